@@ -1,0 +1,268 @@
+package disk
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path"
+	"sort"
+	"strconv"
+
+	diskfs "github.com/diskfs/go-diskfs"
+	"github.com/diskfs/go-diskfs/disk"
+	"github.com/diskfs/go-diskfs/filesystem"
+	"github.com/diskfs/go-diskfs/partition/gpt"
+)
+
+// Content is a file to place in a FAT filesystem, at an absolute slash path.
+type Content struct {
+	Path string
+	Data []byte
+}
+
+// Ext4 asks for an ext4 filesystem made by mke2fs on a partition, optionally populated
+// from a host directory (mke2fs -d). go-diskfs's own ext4 writer is not fsck-clean.
+type Ext4 struct {
+	Label string
+	From  string // host directory to copy in; empty for an empty filesystem
+}
+
+// ImageSpec is everything a disk image holds.
+type ImageSpec struct {
+	Layout Layout
+	ESP    []Content         // files of the EFI partition (FAT32)
+	Slots  map[string]string // partition name → slot filesystem image file, copied raw
+	Ext4   map[string]Ext4   // partition name → filesystem to make
+}
+
+// BuildImage writes a whole disk image at path (replacing it): GPT, ESP, slots, ext4
+// filesystems. Partitions not named in spec are left zeroed (META starts empty).
+func BuildImage(imagePath string, spec ImageSpec) (err error) {
+	if err := os.Remove(imagePath); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("build image %s: %w", imagePath, err)
+	}
+	d, err := diskfs.Create(imagePath, spec.Layout.Size, diskfs.SectorSizeDefault)
+	if err != nil {
+		return fmt.Errorf("build image %s: create: %w", imagePath, err)
+	}
+	defer func() {
+		if cerr := d.Close(); err == nil && cerr != nil {
+			err = fmt.Errorf("build image %s: close: %w", imagePath, cerr)
+		}
+	}()
+	table := &gpt.Table{ProtectiveMBR: true, LogicalSectorSize: 512, PhysicalSectorSize: 512}
+	for _, p := range spec.Layout.Parts {
+		typ := gpt.LinuxFilesystem
+		if p.Kind == KindESP {
+			typ = gpt.EFISystemPartition
+		}
+		table.Partitions = append(table.Partitions, &gpt.Partition{
+			Index: p.Number, Start: uint64(p.Start / 512), End: uint64((p.Start+p.Size)/512 - 1),
+			Size: uint64(p.Size), Type: typ, Name: p.Name,
+		})
+	}
+	if err := d.Partition(table); err != nil {
+		return fmt.Errorf("build image %s: partition: %w", imagePath, err)
+	}
+	esp, ok := spec.Layout.Find(PartEFI)
+	if !ok {
+		return fmt.Errorf("build image %s: layout has no %s partition", imagePath, PartEFI)
+	}
+	fs, err := d.CreateFilesystem(disk.FilesystemSpec{Partition: esp.Number, FSType: filesystem.TypeFat32, VolumeLabel: "EFI", Reproducible: true})
+	if err != nil {
+		return fmt.Errorf("build image %s: ESP filesystem: %w", imagePath, err)
+	}
+	if err := writeFiles(fs, spec.ESP); err != nil {
+		return fmt.Errorf("build image %s: ESP: %w", imagePath, err)
+	}
+
+	f, err := os.OpenFile(imagePath, os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("build image %s: %w", imagePath, err)
+	}
+	defer f.Close()
+	for _, name := range sortedKeys(spec.Slots) {
+		p, ok := spec.Layout.Find(name)
+		if !ok {
+			return fmt.Errorf("build image %s: no partition %q for slot", imagePath, name)
+		}
+		if err := copyInto(f, p, spec.Slots[name]); err != nil {
+			return fmt.Errorf("build image %s: %s: %w", imagePath, name, err)
+		}
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("build image %s: sync: %w", imagePath, err)
+	}
+	for _, name := range sortedKeys(spec.Ext4) {
+		p, ok := spec.Layout.Find(name)
+		if !ok {
+			return fmt.Errorf("build image %s: no partition %q for ext4", imagePath, name)
+		}
+		if err := Mke2fs(imagePath, p.Start, p.Size, spec.Ext4[name]); err != nil {
+			return fmt.Errorf("build image %s: %s: %w", imagePath, name, err)
+		}
+	}
+	return nil
+}
+
+// Mke2fs makes an ext4 filesystem of size bytes at byte offset off of file target (a disk
+// image, or a block device with off 0).
+func Mke2fs(target string, off, size int64, e Ext4) error {
+	args := []string{"-q", "-t", "ext4", "-F", "-L", e.Label}
+	if off != 0 {
+		args = append(args, "-E", "offset="+strconv.FormatInt(off, 10))
+	}
+	if e.From != "" {
+		args = append(args, "-d", e.From)
+	}
+	args = append(args, target, strconv.FormatInt(size/1024, 10)+"k")
+	out, err := exec.Command("mke2fs", args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("mke2fs %v: %w: %s", args, err, out)
+	}
+	return nil
+}
+
+func copyInto(dst *os.File, p Part, src string) error {
+	s, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	fi, err := s.Stat()
+	if err != nil {
+		return err
+	}
+	if fi.Size() > p.Size {
+		return fmt.Errorf("slot image %s (%d bytes) is larger than partition %s (%d bytes)", src, fi.Size(), p.Name, p.Size)
+	}
+	n, err := io.Copy(io.NewOffsetWriter(dst, p.Start), s)
+	if err != nil {
+		return fmt.Errorf("copy %s: %w", src, err)
+	}
+	if n != fi.Size() {
+		return fmt.Errorf("copy %s: short copy %d of %d", src, n, fi.Size())
+	}
+	return nil
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+func writeFiles(fs filesystem.FileSystem, files []Content) error {
+	for _, c := range files {
+		if dir := path.Dir(c.Path); dir != "/" {
+			if err := fs.Mkdir(dir); err != nil {
+				return fmt.Errorf("mkdir %s: %w", dir, err)
+			}
+		}
+		f, err := fs.OpenFile(c.Path, os.O_CREATE|os.O_RDWR)
+		if err != nil {
+			return fmt.Errorf("create %s: %w", c.Path, err)
+		}
+		if _, err := f.Write(c.Data); err != nil {
+			return fmt.Errorf("write %s: %w", c.Path, err)
+		}
+		if err := f.Close(); err != nil {
+			return fmt.Errorf("close %s: %w", c.Path, err)
+		}
+	}
+	return nil
+}
+
+// BuildSlot writes a slot filesystem image (FAT32, no partition table) of size bytes at
+// imagePath holding files plus the manifest, which it completes with each file's size and
+// SHA-256. The image is what gets streamed onto a BOOT-A/BOOT-B partition.
+func BuildSlot(imagePath string, size int64, m Manifest, files []Content) (Manifest, error) {
+	m.Files = nil
+	for _, c := range files {
+		m.Files = append(m.Files, NewFile(path.Base(c.Path), c.Data))
+	}
+	mb, err := m.Encode()
+	if err != nil {
+		return Manifest{}, fmt.Errorf("build slot %s: %w", imagePath, err)
+	}
+	if err := os.Remove(imagePath); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return Manifest{}, fmt.Errorf("build slot %s: %w", imagePath, err)
+	}
+	d, err := diskfs.Create(imagePath, size, diskfs.SectorSizeDefault)
+	if err != nil {
+		return Manifest{}, fmt.Errorf("build slot %s: %w", imagePath, err)
+	}
+	defer d.Close()
+	fs, err := d.CreateFilesystem(disk.FilesystemSpec{Partition: 0, FSType: filesystem.TypeFat32, VolumeLabel: "KEELSLOT", Reproducible: true})
+	if err != nil {
+		return Manifest{}, fmt.Errorf("build slot %s: filesystem: %w", imagePath, err)
+	}
+	all := append(append([]Content(nil), files...), Content{Path: "/" + ManifestName, Data: mb})
+	if err := writeFiles(fs, all); err != nil {
+		return Manifest{}, fmt.Errorf("build slot %s: %w", imagePath, err)
+	}
+	return m, nil
+}
+
+// SlotSize is the filesystem size for content bytes of files: a quarter spare plus 8 MiB for
+// FAT metadata, at least 48 MiB (FAT32 with go-diskfs's 512-byte clusters needs more than
+// 65525 clusters), rounded up to 1 MiB.
+func SlotSize(content int64) int64 {
+	s := content + content/4 + 8*MiB
+	s = max(s, 48*MiB)
+	return (s + MiB - 1) / MiB * MiB
+}
+
+// ReadFATFile reads a file from the FAT filesystem of partition number part of a disk image
+// (part 0: the image is a bare filesystem).
+func ReadFATFile(imagePath string, part int, p string) ([]byte, error) {
+	d, err := diskfs.Open(imagePath, diskfs.WithOpenMode(diskfs.ReadOnly))
+	if err != nil {
+		return nil, fmt.Errorf("read %s:%d%s: %w", imagePath, part, p, err)
+	}
+	defer d.Close()
+	fs, err := d.GetFilesystem(part)
+	if err != nil {
+		return nil, fmt.Errorf("read %s:%d%s: %w", imagePath, part, p, err)
+	}
+	f, err := fs.OpenFile(p, os.O_RDONLY)
+	if err != nil {
+		return nil, fmt.Errorf("read %s:%d%s: %w", imagePath, part, p, err)
+	}
+	defer f.Close()
+	return io.ReadAll(f)
+}
+
+// OverwriteFATFile rewrites an existing file of the same size in place (the grubenv case:
+// GRUB expects the file's blocks not to move).
+func OverwriteFATFile(imagePath string, part int, p string, data []byte) error {
+	d, err := diskfs.Open(imagePath, diskfs.WithOpenMode(diskfs.ReadWrite))
+	if err != nil {
+		return fmt.Errorf("write %s:%d%s: %w", imagePath, part, p, err)
+	}
+	defer d.Close()
+	fs, err := d.GetFilesystem(part)
+	if err != nil {
+		return fmt.Errorf("write %s:%d%s: %w", imagePath, part, p, err)
+	}
+	f, err := fs.OpenFile(p, os.O_RDWR)
+	if err != nil {
+		return fmt.Errorf("write %s:%d%s: %w", imagePath, part, p, err)
+	}
+	if fi, ok := f.(interface{ Stat() (os.FileInfo, error) }); ok {
+		if st, err := fi.Stat(); err == nil && st.Size() != int64(len(data)) {
+			f.Close()
+			return fmt.Errorf("write %s:%d%s: size %d, would change to %d", imagePath, part, p, st.Size(), len(data))
+		}
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s:%d%s: %w", imagePath, part, p, err)
+	}
+	return f.Close()
+}
