@@ -1,0 +1,80 @@
+// Package config is the node's machine configuration, kept on the STATE partition as
+// config.json. The zero value of every field is its default, so an empty file is a valid
+// configuration. Pure: bytes in, Config out.
+package config
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+)
+
+// FileName is the configuration's path relative to the STATE mount.
+const FileName = "config.json"
+
+// DefaultAPIPort is where the control endpoint listens when the config does not say.
+const DefaultAPIPort = 50000
+
+// Config is the node's configuration.
+type Config struct {
+	Hostname string  `json:"hostname,omitempty"`
+	API      API     `json:"api,omitzero"`
+	Network  Network `json:"network,omitzero"`
+}
+
+// API configures the control endpoint.
+type API struct {
+	Port int `json:"port,omitempty"`
+}
+
+// Network configures the primary link. IP takes the kernel's ip= syntax; empty is DHCP. The
+// kernel command line's ip= overrides it (a console is where one fixes a bad address).
+type Network struct {
+	IP string `json:"ip,omitempty"`
+}
+
+// ErrInvalid wraps every validation failure.
+var ErrInvalid = errors.New("config: invalid")
+
+// Parse decodes config.json strictly: an unknown field is an error (a typo must not silently
+// fall back to a default on a machine nobody watches).
+func Parse(b []byte) (Config, error) {
+	var c Config
+	if len(bytes.TrimSpace(b)) == 0 {
+		return c, nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return Config{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	return c, c.Validate()
+}
+
+// Validate checks ranges.
+func (c Config) Validate() error {
+	if c.API.Port < 0 || c.API.Port > 65535 {
+		return fmt.Errorf("%w: api.port %d", ErrInvalid, c.API.Port)
+	}
+	if len(c.Hostname) > 64 {
+		return fmt.Errorf("%w: hostname longer than 64 bytes", ErrInvalid)
+	}
+	return nil
+}
+
+// APIPort is the configured port or the default.
+func (c Config) APIPort() int {
+	if c.API.Port == 0 {
+		return DefaultAPIPort
+	}
+	return c.API.Port
+}
+
+// Hostname or "keel".
+func (c Config) HostnameOrDefault() string {
+	if c.Hostname == "" {
+		return "keel"
+	}
+	return c.Hostname
+}

@@ -1,0 +1,22 @@
+package config
+
+import (
+	"errors"
+	"testing"
+)
+
+func TestParse(t *testing.T) {
+	c, err := Parse(nil)
+	if err != nil || c.APIPort() != DefaultAPIPort || c.HostnameOrDefault() != "keel" {
+		t.Errorf("empty: %+v, %v", c, err)
+	}
+	c, err = Parse([]byte(`{"hostname":"n1","api":{"port":6443},"network":{"ip":"dhcp"}}`))
+	if err != nil || c.APIPort() != 6443 || c.Hostname != "n1" || c.Network.IP != "dhcp" {
+		t.Errorf("full: %+v, %v", c, err)
+	}
+	for _, bad := range []string{`{"hostnam":"x"}`, `{"api":{"port":70000}}`, `{`, `[]`} {
+		if _, err := Parse([]byte(bad)); !errors.Is(err, ErrInvalid) {
+			t.Errorf("Parse(%s) = %v, want ErrInvalid", bad, err)
+		}
+	}
+}

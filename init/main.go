@@ -1,0 +1,78 @@
+// Command init is keel's PID 1. It wires the packages together and decides nothing itself:
+// boot (sequence), then wait for a power request (signal or API), then the ordered shutdown
+// and reboot(2).
+//
+// It never exits on its own once booted. If the boot fails fatally it exits on purpose: the
+// kernel panics ("Attempted to kill init") and panic=N on the command line reboots the machine,
+// into the committed slot when this was a one-shot boot. A node must never hang.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"keel/initramfs"
+	"keel/logbuf"
+	"keel/machine"
+	"keel/sequence"
+)
+
+// version is set at build time: -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	initAt := machine.Uptime()
+	ring := logbuf.New(20000, 4<<20)
+	log := slog.New(slog.NewTextHandler(io.MultiWriter(os.Stdout, ring), &slog.HandlerOptions{Level: slog.LevelInfo}))
+	// Libraries that use the log package (u-root's DHCP client) land in the same log.
+	slog.SetDefault(log)
+
+	if os.Getpid() != 1 {
+		fmt.Fprintln(os.Stderr, "keel init: must run as PID 1")
+		os.Exit(2)
+	}
+	// Signal handler first: Ctrl-Alt-Del (SIGINT once CAD is off) or a `kill 1` may come at any
+	// moment of the boot, and an unhandled one would be lost.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGUSR2, syscall.SIGPWR)
+
+	log.Info("keel init starting", "version", version, "kernel_uptime", initAt.Round(time.Millisecond))
+	node := sequence.New(sequence.Options{
+		Version: version,
+		Log:     log,
+		Console: os.Stdout,
+		Modules: initramfs.DefaultModules,
+	}, initAt)
+	ctx := context.Background()
+	if err := node.Boot(ctx); err != nil {
+		log.Error("boot failed; exiting so the kernel panics and reboots", "err", err)
+		time.Sleep(200 * time.Millisecond) // let the console drain
+		os.Exit(1)
+	}
+	go node.Reaper.Loop(ctx)
+
+	var action machine.Action
+	select {
+	case s := <-sigs:
+		// busybox convention: SIGUSR2 and SIGPWR power off; SIGINT (Ctrl-Alt-Del) and SIGTERM
+		// reboot.
+		action = machine.ActionReboot
+		if s == syscall.SIGUSR2 || s == syscall.SIGPWR {
+			action = machine.ActionPowerOff
+		}
+		log.Info("signal received", "signal", s.String(), "action", action.String())
+	case action = <-node.PowerRequests():
+	}
+	node.RunShutdown(ctx, action, sequence.ShutdownOptions{})
+	ring.Close()
+	if err := machine.Reboot(action); err != nil {
+		log.Error("reboot failed; exiting so the kernel panics and reboots", "err", err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,196 @@
+// Package netapi is the node's control endpoint: HTTPS with client certificates (mTLS), JSON
+// in and out, roles taken from the client certificate's Organization.
+package netapi
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// Role is what a caller may do. Roles are ordered: each can do what the ones below can.
+type Role int
+
+// Roles, lowest first.
+const (
+	RoleNone     Role = iota // authenticated by the CA but without a known role
+	RoleReader               // read status, logs, events
+	RoleOperator             // also reboot, restart services
+	RoleAdmin                // also upgrade, roll back, reset, shut down
+)
+
+func (r Role) String() string {
+	switch r {
+	case RoleReader:
+		return "reader"
+	case RoleOperator:
+		return "operator"
+	case RoleAdmin:
+		return "admin"
+	}
+	return "none"
+}
+
+// RoleOf is the highest role named in the certificate's subject Organization.
+func RoleOf(c *x509.Certificate) Role {
+	best := RoleNone
+	for _, o := range c.Subject.Organization {
+		for _, r := range []Role{RoleReader, RoleOperator, RoleAdmin} {
+			if strings.EqualFold(o, r.String()) && r > best {
+				best = r
+			}
+		}
+	}
+	return best
+}
+
+// Node is what the endpoint asks of the running node.
+type Node interface {
+	Status() Status
+	Version() Version
+	// Reboot and Shutdown start the ordered shutdown and return at once; the node goes down
+	// after the response is written.
+	Reboot(reason string) error
+	Shutdown(reason string) error
+}
+
+// Options configure a Server.
+type Options struct {
+	Node Node
+	Log  *slog.Logger
+}
+
+// Server serves the API. Build it with New.
+type Server struct {
+	node Node
+	log  *slog.Logger
+	mux  *http.ServeMux
+}
+
+// New returns a Server for node.
+func New(o Options) *Server {
+	s := &Server{node: o.Node, log: o.Log, mux: http.NewServeMux()}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	s.route("GET /v1/version", RoleReader, s.version)
+	s.route("GET /v1/status", RoleReader, s.status)
+	s.route("POST /v1/reboot", RoleOperator, s.reboot)
+	s.route("POST /v1/shutdown", RoleAdmin, s.shutdown)
+	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		WriteError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no route %s %s", r.Method, r.URL.Path))
+	})
+	return s
+}
+
+// route registers h behind the role check. Go's mux answers 405 itself for a known path
+// with another method; that answer is not JSON, so every path also gets a JSON 405.
+func (s *Server) route(pattern string, need Role, h http.HandlerFunc) {
+	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		role := RoleNone
+		if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+			role = RoleOf(r.TLS.PeerCertificates[0])
+		} else {
+			// Unreachable with RequireAndVerifyClientCert; kept so a misconfigured listener
+			// fails closed.
+			WriteError(w, http.StatusUnauthorized, "unauthenticated", "a client certificate is required")
+			return
+		}
+		if role < need {
+			WriteError(w, http.StatusForbidden, "forbidden",
+				fmt.Sprintf("%s %s needs role %s; the certificate grants %s", r.Method, r.URL.Path, need, role))
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, 1<<20)
+		h(w, r)
+	})
+	_, path, _ := strings.Cut(pattern, " ")
+	s.mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
+		WriteError(w, http.StatusMethodNotAllowed, "method_not_allowed", fmt.Sprintf("%s does not take %s", path, r.Method))
+	})
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+
+func (s *Server) version(w http.ResponseWriter, r *http.Request) {
+	WriteJSON(w, http.StatusOK, s.node.Version())
+}
+
+func (s *Server) status(w http.ResponseWriter, r *http.Request) {
+	WriteJSON(w, http.StatusOK, s.node.Status())
+}
+
+func (s *Server) reboot(w http.ResponseWriter, r *http.Request) {
+	s.power(w, r, "rebooting", s.node.Reboot)
+}
+
+func (s *Server) shutdown(w http.ResponseWriter, r *http.Request) {
+	s.power(w, r, "shutting down", s.node.Shutdown)
+}
+
+func (s *Server) power(w http.ResponseWriter, r *http.Request, what string, do func(string) error) {
+	who := r.TLS.PeerCertificates[0].Subject.CommonName
+	s.log.Info("api: power request", "action", what, "client", who, "remote", r.RemoteAddr)
+	if err := do("api request from " + who); err != nil {
+		WriteError(w, http.StatusConflict, "busy", err.Error())
+		return
+	}
+	WriteJSON(w, http.StatusAccepted, Accepted{Status: what})
+}
+
+// WriteJSON writes v as the JSON body with status code.
+func WriteJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v) // the client went away: nothing left to tell it
+}
+
+// WriteError writes the uniform error body.
+func WriteError(w http.ResponseWriter, code int, errCode, msg string) {
+	WriteJSON(w, code, ErrorBody{Error: ErrorDetail{Code: errCode, Message: msg}})
+}
+
+// TLSConfig is the server side of mTLS: our certificate, and clients must present one signed
+// by the CA. A client without one, or with one from another CA, fails the handshake.
+func TLSConfig(caPEM, certPEM, keyPEM []byte) (*tls.Config, error) {
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, errors.New("netapi: no CA certificate in PEM")
+	}
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("netapi: server key pair: %w", err)
+	}
+	return &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		ClientCAs:    pool,
+		MinVersion:   tls.VersionTLS12,
+	}, nil
+}
+
+// Serve serves the API on ln with TLS until ln is closed. Timeouts bound slow clients; write
+// timeouts are left to each handler so that streams can last.
+func Serve(ln net.Listener, h http.Handler, cfg *tls.Config, log *slog.Logger) (*http.Server, <-chan error) {
+	srv := &http.Server{
+		Handler:           h,
+		TLSConfig:         cfg,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(tls.NewListener(ln, cfg)) }()
+	return srv, done
+}

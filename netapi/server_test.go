@@ -1,0 +1,149 @@
+package netapi
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"keel/pki"
+)
+
+type fakeNode struct {
+	mu      sync.Mutex
+	reboots int
+}
+
+func (f *fakeNode) Status() Status   { return Status{Version: "v9", BootedSlot: "A"} }
+func (f *fakeNode) Version() Version { return Version{Version: "v9"} }
+func (f *fakeNode) Reboot(string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.reboots++
+	return nil
+}
+func (f *fakeNode) Shutdown(string) error { return errors.New("already shutting down") }
+
+type env struct {
+	url   string
+	ca    *pki.CA
+	node  *fakeNode
+	roots *x509.CertPool
+}
+
+// newEnv serves the real handler over real mTLS on 127.0.0.1.
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	now := time.Now()
+	ca, err := pki.NewCA("test CA", now, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srvPair, err := ca.Issue(pki.Request{CommonName: "node", IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, Server: true, Now: now, Validity: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := TLSConfig(ca.CertPEM, srvPair.CertPEM, srvPair.KeyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := &fakeNode{}
+	srv, _ := Serve(ln, New(Options{Node: node, Log: slog.Default()}), cfg, slog.Default())
+	t.Cleanup(func() { srv.Close() })
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(ca.CertPEM)
+	return &env{url: "https://" + ln.Addr().String(), ca: ca, node: node, roots: roots}
+}
+
+func (e *env) client(t *testing.T, ca *pki.CA, orgs ...string) *http.Client {
+	t.Helper()
+	tc := &tls.Config{RootCAs: e.roots}
+	if ca != nil {
+		p, err := ca.Issue(pki.Request{CommonName: "c", Orgs: orgs, Client: true, Now: time.Now(), Validity: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cert, err := tls.X509KeyPair(p.CertPEM, p.KeyPEM)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: tc}, Timeout: 5 * time.Second}
+}
+
+func do(t *testing.T, c *http.Client, method, url string) (int, ErrorBody, []byte) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, nil)
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var eb ErrorBody
+	json.Unmarshal(b, &eb)
+	return resp.StatusCode, eb, b
+}
+
+func TestRoles(t *testing.T) {
+	e := newEnv(t)
+	tests := []struct {
+		name, method, path string
+		orgs               []string
+		want               int
+		code               string
+	}{
+		{"reader reads status", "GET", "/v1/status", []string{"reader"}, 200, ""},
+		{"reader cannot reboot", "POST", "/v1/reboot", []string{"reader"}, 403, "forbidden"},
+		{"no role reads nothing", "GET", "/v1/status", nil, 403, "forbidden"},
+		{"operator reboots", "POST", "/v1/reboot", []string{"operator"}, 202, ""},
+		{"operator cannot shut down", "POST", "/v1/shutdown", []string{"operator"}, 403, "forbidden"},
+		{"highest role wins", "POST", "/v1/reboot", []string{"reader", "operator"}, 202, ""},
+		{"admin conflict is JSON", "POST", "/v1/shutdown", []string{"admin"}, 409, "busy"},
+		{"wrong method", "GET", "/v1/reboot", []string{"admin"}, 405, "method_not_allowed"},
+		{"unknown path", "GET", "/v1/nope", []string{"admin"}, 404, "not_found"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, eb, body := do(t, e.client(t, e.ca, tc.orgs...), tc.method, e.url+tc.path)
+			if got != tc.want || eb.Error.Code != tc.code {
+				t.Errorf("%s %s = %d %q, want %d %q: %s", tc.method, tc.path, got, eb.Error.Code, tc.want, tc.code, body)
+			}
+		})
+	}
+	if e.node.reboots != 2 {
+		t.Errorf("reboots = %d, want 2", e.node.reboots)
+	}
+}
+
+func TestRefusedWithoutTrustedCert(t *testing.T) {
+	e := newEnv(t)
+	other, err := pki.NewCA("other CA", time.Now(), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, c := range map[string]*http.Client{
+		"no certificate":        e.client(t, nil),
+		"certificate, other CA": e.client(t, other, "admin"),
+	} {
+		t.Run(name, func(t *testing.T) {
+			resp, err := c.Get(e.url + "/v1/status")
+			if err == nil {
+				resp.Body.Close()
+				t.Fatalf("got %d, want a failed handshake", resp.StatusCode)
+			}
+		})
+	}
+}

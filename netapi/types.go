@@ -1,0 +1,77 @@
+package netapi
+
+// The endpoint's JSON bodies. Field names are the API: renaming one breaks every curl script.
+
+// Version is GET /v1/version.
+type Version struct {
+	Version   string `json:"version"`
+	GoVersion string `json:"go_version"`
+	Kernel    string `json:"kernel"`
+}
+
+// Status is GET /v1/status.
+type Status struct {
+	Version       string      `json:"version"`
+	BootedSlot    string      `json:"booted_slot"`
+	CommittedSlot string      `json:"committed_slot"`
+	NextSlot      string      `json:"next_slot,omitempty"`
+	UptimeS       float64     `json:"uptime_s"`
+	BootID        string      `json:"boot_id"`
+	// BootCount is how many earlier boots /var/log/keel/boots.log records: it survives a
+	// clean shutdown and is lost with EPHEMERAL.
+	BootCount int `json:"boot_count"`
+	Boot          BootTiming  `json:"boot"`
+	Partitions    []Partition `json:"partitions"`
+	Addresses     []string    `json:"addresses"`
+	Slots         []SlotInfo  `json:"slots,omitempty"`
+	Warnings      []string    `json:"warnings,omitempty"`
+}
+
+// BootTiming is how long this boot took, in kernel uptime seconds (CLOCK_BOOTTIME).
+type BootTiming struct {
+	KernelAtInitS  float64 `json:"kernel_uptime_at_init_s"`
+	KernelAtReadyS float64 `json:"kernel_uptime_at_ready_s"`
+	InitToReadyS   float64 `json:"init_to_ready_s"`
+	Phases         []Phase `json:"phases"`
+}
+
+// Phase is one step of the boot sequence.
+type Phase struct {
+	Name      string  `json:"name"`
+	DurationS float64 `json:"duration_s"`
+	Error     string  `json:"error,omitempty"`
+}
+
+// Partition is one of the node's partitions.
+type Partition struct {
+	Name       string `json:"name"`
+	Device     string `json:"device"`
+	SizeBytes  int64  `json:"size_bytes"`
+	Mountpoint string `json:"mountpoint,omitempty"`
+	// CleanAtMount tells, for ext4, whether the journal needed no recovery when mounted:
+	// false after a power cut, true after a clean unmount.
+	CleanAtMount *bool `json:"clean_at_mount,omitempty"`
+}
+
+// SlotInfo is what a slot's manifest says it holds.
+type SlotInfo struct {
+	Slot    string `json:"slot"`
+	Version string `json:"version,omitempty"`
+	Error   string `json:"error,omitempty"`
+}
+
+// Accepted is the answer to a request that starts something asynchronous.
+type Accepted struct {
+	Status string `json:"status"`
+}
+
+// ErrorBody is every error answer: {"error": {"code": ..., "message": ...}}.
+type ErrorBody struct {
+	Error ErrorDetail `json:"error"`
+}
+
+// ErrorDetail is the machine-readable code and the human-readable message of an error.
+type ErrorDetail struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}

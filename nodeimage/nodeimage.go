@@ -1,0 +1,268 @@
+// Package nodeimage assembles a bootable node image on the build host: it builds the static
+// init for a version, packs the initramfs, makes the slot filesystem with its manifest, builds
+// GRUB, and lays everything out on a GPT disk image. `make image` (through initramfs/mkimage)
+// and the QEMU test harness both use it, so tests boot exactly what users boot.
+package nodeimage
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"keel/boot"
+	"keel/config"
+	"keel/disk"
+	"keel/initramfs"
+)
+
+// DefaultKernelArgs go on every slot's kernel command line (after slot= and panic=).
+const DefaultKernelArgs = "console=ttyS0,115200 quiet"
+
+// GrubModules are built into BOOTX64.EFI; the prefix has no device, so GRUB reads grub.cfg
+// and grubenv from the ESP it was loaded from.
+var GrubModules = []string{"part_gpt", "fat", "normal", "configfile", "linux", "echo", "test",
+	"loadenv", "search", "ls", "cat", "reboot", "halt", "sleep", "efi_gop", "all_video", "gzio", "regexp"}
+
+// Kernel is an unpacked Debian kernel package.
+type Kernel struct {
+	Root    string // holds boot/vmlinuz-VER and lib/modules/VER
+	Release string
+}
+
+// FindKernel reads the kernel unpacked by scripts/deps.sh under cacheDir/kernel.
+func FindKernel(cacheDir string) (Kernel, error) {
+	dir := filepath.Join(cacheDir, "kernel")
+	b, err := os.ReadFile(filepath.Join(dir, ".done"))
+	if err != nil {
+		return Kernel{}, fmt.Errorf("no kernel in %s (run `make deps`): %w", dir, err)
+	}
+	return Kernel{Root: filepath.Join(dir, "root"), Release: strings.TrimSpace(string(b))}, nil
+}
+
+// Vmlinuz is the kernel image path.
+func (k Kernel) Vmlinuz() string { return filepath.Join(k.Root, "boot", "vmlinuz-"+k.Release) }
+
+// BuildInit compiles the init for version into out: static (CGO_ENABLED=0), stripped,
+// reproducible paths.
+func BuildInit(ctx context.Context, repoRoot, version, out string) error {
+	if err := disk.ValidVersion(version); err != nil {
+		return err
+	}
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", "-s -w -X main.version="+version, "-o", out, "./init")
+	cmd.Dir = repoRoot
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build init %s: %w\n%s", version, err, b)
+	}
+	return nil
+}
+
+// InitramfsOptions are the contents of an initramfs.
+type InitramfsOptions struct {
+	Init    string // path of the built init
+	Kernel  Kernel
+	Modules []string          // default: initramfs.DefaultModules
+	Files   map[string]string // archive path → host file
+	// Binaries are host executables to include with their shared-library closure
+	// (archive path → host path).
+	Binaries map[string]string
+}
+
+// BuildInitramfs returns the gzipped cpio archive.
+func BuildInitramfs(o InitramfsOptions) ([]byte, error) {
+	a := initramfs.New()
+	if err := a.AddHostFile("/init", o.Init); err != nil {
+		return nil, err
+	}
+	mods := o.Modules
+	if mods == nil {
+		mods = initramfs.DefaultModules
+	}
+	if _, err := a.AddModules(o.Kernel.Root, o.Kernel.Release, mods); err != nil {
+		return nil, err
+	}
+	for _, dst := range sortedKeys(o.Files) {
+		if err := a.AddHostFile(dst, o.Files[dst]); err != nil {
+			return nil, err
+		}
+	}
+	for _, dst := range sortedKeys(o.Binaries) {
+		if err := a.AddBinary(dst, o.Binaries[dst]); err != nil {
+			return nil, err
+		}
+	}
+	var buf bytes.Buffer
+	if _, err := a.WriteTo(&buf); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// DefaultBinaries ride in every initramfs: mke2fs re-creates EPHEMERAL on the node.
+func DefaultBinaries() map[string]string {
+	m := map[string]string{}
+	if p, err := exec.LookPath("mke2fs"); err == nil {
+		m["/sbin/mke2fs"] = p
+	}
+	return m
+}
+
+// Slot is a built slot image.
+type Slot struct {
+	Path     string
+	Manifest disk.Manifest
+}
+
+// SlotOptions build one slot image.
+type SlotOptions struct {
+	RepoRoot string
+	Version  string
+	Kernel   Kernel
+	OutDir   string // gets init-VERSION, initramfs-VERSION, slot-VERSION.img
+	Binaries map[string]string
+}
+
+// BuildSlot builds the init, initramfs and slot filesystem image for one version.
+func BuildSlot(ctx context.Context, o SlotOptions) (Slot, error) {
+	if err := os.MkdirAll(o.OutDir, 0o755); err != nil {
+		return Slot{}, err
+	}
+	initPath := filepath.Join(o.OutDir, "init-"+o.Version)
+	if err := BuildInit(ctx, o.RepoRoot, o.Version, initPath); err != nil {
+		return Slot{}, err
+	}
+	bins := o.Binaries
+	if bins == nil {
+		bins = DefaultBinaries()
+	}
+	rd, err := BuildInitramfs(InitramfsOptions{Init: initPath, Kernel: o.Kernel, Binaries: bins})
+	if err != nil {
+		return Slot{}, fmt.Errorf("initramfs %s: %w", o.Version, err)
+	}
+	if err := os.WriteFile(filepath.Join(o.OutDir, "initramfs-"+o.Version), rd, 0o644); err != nil {
+		return Slot{}, err
+	}
+	kernel, err := os.ReadFile(o.Kernel.Vmlinuz())
+	if err != nil {
+		return Slot{}, err
+	}
+	path := filepath.Join(o.OutDir, "slot-"+o.Version+".img")
+	m, err := disk.BuildSlot(path, disk.SlotSize(int64(len(kernel)+len(rd))),
+		disk.Manifest{Version: o.Version, Arch: "amd64", KernelRelease: o.Kernel.Release},
+		[]disk.Content{{Path: "/vmlinuz", Data: kernel}, {Path: "/initramfs", Data: rd}})
+	if err != nil {
+		return Slot{}, err
+	}
+	return Slot{Path: path, Manifest: m}, nil
+}
+
+// BuildGrubEFI makes BOOTX64.EFI with grub-mkimage.
+func BuildGrubEFI(ctx context.Context, out string) error {
+	args := append([]string{"-O", "x86_64-efi", "-p", "/grub", "-o", out}, GrubModules...)
+	if b, err := exec.CommandContext(ctx, "grub-mkimage", args...).CombinedOutput(); err != nil {
+		return fmt.Errorf("grub-mkimage: %w\n%s", err, b)
+	}
+	return nil
+}
+
+// DiskOptions describe a whole node disk.
+type DiskOptions struct {
+	Path       string
+	Size       int64 // default 1 GiB
+	SlotA      Slot
+	SlotB      *Slot // nil: BOOT-B left empty, as on a freshly installed node
+	KernelArgs string
+	PKIDir     string // CA and server certificate to install on STATE (ca.crt, server.crt, server.key)
+	Config     config.Config
+	WorkDir    string
+}
+
+// BuildDisk lays out the disk image.
+func BuildDisk(ctx context.Context, o DiskOptions) error {
+	if o.Size == 0 {
+		o.Size = 1024 * disk.MiB
+	}
+	if o.KernelArgs == "" {
+		o.KernelArgs = DefaultKernelArgs
+	}
+	layout, err := disk.Plan(o.Size, disk.DefaultSpecs)
+	if err != nil {
+		return err
+	}
+	work, err := os.MkdirTemp(o.WorkDir, "disk-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+
+	efi := filepath.Join(work, "BOOTX64.EFI")
+	if err := BuildGrubEFI(ctx, efi); err != nil {
+		return err
+	}
+	efiBytes, err := os.ReadFile(efi)
+	if err != nil {
+		return err
+	}
+	parts := map[boot.Slot]int{}
+	for _, s := range []boot.Slot{boot.SlotA, boot.SlotB} {
+		p, _ := layout.Find(s.Partition())
+		parts[s] = p.Number
+	}
+	cfg, err := boot.GrubConfig{SlotPartitions: parts, KernelArgs: o.KernelArgs}.Render()
+	if err != nil {
+		return err
+	}
+	env, err := boot.Env{}.Encode()
+	if err != nil {
+		return err
+	}
+
+	// STATE: machine config and the endpoint's key material.
+	state := filepath.Join(work, "state")
+	if err := os.MkdirAll(filepath.Join(state, "pki"), 0o700); err != nil {
+		return err
+	}
+	for _, f := range []string{"ca.crt", "server.crt", "server.key"} {
+		b, err := os.ReadFile(filepath.Join(o.PKIDir, f))
+		if err != nil {
+			return fmt.Errorf("state: %w (run `make pki`)", err)
+		}
+		if err := os.WriteFile(filepath.Join(state, "pki", f), b, 0o600); err != nil {
+			return err
+		}
+	}
+	cb, err := json.MarshalIndent(o.Config, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(state, config.FileName), append(cb, '\n'), 0o644); err != nil {
+		return err
+	}
+
+	slots := map[string]string{disk.PartBootA: o.SlotA.Path}
+	if o.SlotB != nil {
+		slots[disk.PartBootB] = o.SlotB.Path
+	}
+	return disk.BuildImage(o.Path, disk.ImageSpec{
+		Layout: layout,
+		ESP: []disk.Content{
+			{Path: "/EFI/BOOT/BOOTX64.EFI", Data: efiBytes},
+			{Path: "/grub/grub.cfg", Data: []byte(cfg)},
+			{Path: "/grub/grubenv", Data: env},
+		},
+		Slots: slots,
+		Ext4: map[string]disk.Ext4{
+			disk.PartState:     {Label: disk.PartState, From: state},
+			disk.PartEphemeral: {Label: disk.PartEphemeral},
+		},
+	})
+}
+
+func sortedKeys(m map[string]string) []string { return slices.Sorted(maps.Keys(m)) }
