@@ -11,20 +11,20 @@ type Version struct {
 
 // Status is GET /v1/status.
 type Status struct {
-	Version       string      `json:"version"`
-	BootedSlot    string      `json:"booted_slot"`
-	CommittedSlot string      `json:"committed_slot"`
-	NextSlot      string      `json:"next_slot,omitempty"`
-	UptimeS       float64     `json:"uptime_s"`
-	BootID        string      `json:"boot_id"`
+	Version       string  `json:"version"`
+	BootedSlot    string  `json:"booted_slot"`
+	CommittedSlot string  `json:"committed_slot"`
+	NextSlot      string  `json:"next_slot,omitempty"`
+	UptimeS       float64 `json:"uptime_s"`
+	BootID        string  `json:"boot_id"`
 	// BootCount is how many earlier boots /var/log/keel/boots.log records: it survives a
 	// clean shutdown and is lost with EPHEMERAL.
-	BootCount int `json:"boot_count"`
-	Boot          BootTiming  `json:"boot"`
-	Partitions    []Partition `json:"partitions"`
-	Addresses     []string    `json:"addresses"`
-	Slots         []SlotInfo  `json:"slots,omitempty"`
-	Warnings      []string    `json:"warnings,omitempty"`
+	BootCount  int         `json:"boot_count"`
+	Boot       BootTiming  `json:"boot"`
+	Partitions []Partition `json:"partitions"`
+	Addresses  []string    `json:"addresses"`
+	Slots      []SlotInfo  `json:"slots,omitempty"`
+	Warnings   []string    `json:"warnings,omitempty"`
 }
 
 // BootTiming is how long this boot took, in kernel uptime seconds (CLOCK_BOOTTIME).

@@ -20,7 +20,7 @@ func TestParseIPArg(t *testing.T) {
 		{in: "192.168.7.9::::::none", addr: "192.168.7.9/24"},
 		{in: "10.1.2.3:::255.255.0.0", addr: "10.1.2.3/16"},
 		{in: "10.0.2.15::10.9.9.9:255.255.255.0::eth0:off", wantErr: true}, // gateway off-link
-		{in: "10.0.2.15:::255.0.255.0", wantErr: true},                    // non-contiguous mask
+		{in: "10.0.2.15:::255.0.255.0", wantErr: true},                     // non-contiguous mask
 		{in: "fe80::1", wantErr: true},
 		{in: "10.0.2.15::::::bootp", wantErr: true},
 	}
