@@ -1,0 +1,414 @@
+package vmtest
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"keel/boot"
+	"keel/config"
+	"keel/disk"
+	"keel/netapi"
+	"keel/sequence"
+)
+
+// Firmware paths from Debian's ovmf package.
+const (
+	OVMFCode = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+	OVMFVars = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+)
+
+// VM is one QEMU machine with its own disk and firmware variables. It survives reboots and
+// restarts; Cleanup kills it.
+type VM struct {
+	t       testing.TB
+	img     *Image
+	Dir     string
+	Disk    string
+	vars    string
+	Port    int // host port forwarded to the endpoint
+	logPath string
+	logFile *os.File
+
+	mu      sync.Mutex
+	cmd     *exec.Cmd
+	exited  chan struct{}
+	con     *console
+	qmp     *qmp
+	starts  int
+	clients map[string]*http.Client
+}
+
+// New prepares a VM for img without starting it: copies the disk (sparse) and the OVMF
+// variables into a fresh directory. Cleanup kills QEMU and, when the test failed, keeps the
+// serial log under build/vmtest/logs.
+func New(t testing.TB, img *Image) *VM {
+	t.Helper()
+	dir := t.TempDir()
+	vm := &VM{t: t, img: img, Dir: dir, Disk: filepath.Join(dir, "disk.img"), vars: filepath.Join(dir, "vars.fd"),
+		logPath: filepath.Join(dir, "serial.log"), clients: map[string]*http.Client{}}
+	if out, err := exec.Command("cp", "--sparse=always", img.Disk, vm.Disk).CombinedOutput(); err != nil {
+		t.Fatalf("copy disk: %v: %s", err, out)
+	}
+	if out, err := exec.Command("cp", OVMFVars, vm.vars).CombinedOutput(); err != nil {
+		t.Fatalf("copy OVMF vars: %v: %s", err, out)
+	}
+	f, err := os.Create(vm.logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm.logFile = f
+	t.Cleanup(vm.cleanup)
+	return vm
+}
+
+func (vm *VM) cleanup() {
+	vm.kill()
+	vm.logFile.Close()
+	if !vm.t.Failed() {
+		return
+	}
+	if dir, err := BuildDir(); err == nil {
+		dst := filepath.Join(dir, "logs", safeName(vm.t.Name())+".log")
+		os.MkdirAll(filepath.Dir(dst), 0o755)
+		if b, err := os.ReadFile(vm.logPath); err == nil && os.WriteFile(dst, b, 0o644) == nil {
+			vm.t.Logf("serial log kept at %s", dst)
+		}
+	}
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// Args is the QEMU command line for this VM. KVM=1 in the environment opts into KVM; the
+// default is TCG (KVM hangs on the project's machines).
+func (vm *VM) Args() []string {
+	accel := []string{"-accel", "tcg", "-cpu", "max"} // max: RDRAND, so the guest's CRNG seeds at once
+	if os.Getenv("KVM") == "1" {
+		accel = []string{"-accel", "kvm", "-cpu", "host"}
+	}
+	return append(accel,
+		"-machine", "q35", "-m", "512M", "-smp", "1",
+		"-display", "none", "-no-user-config", "-nodefaults",
+		"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+OVMFCode,
+		"-drive", "if=pflash,format=raw,unit=1,file="+vm.vars,
+		"-drive", "if=none,id=d0,format=raw,file="+vm.Disk,
+		"-device", "virtio-blk-pci,drive=d0,bootindex=0",
+		"-netdev", fmt.Sprintf("user,id=n0,hostfwd=tcp:127.0.0.1:%d-:%d", vm.Port, config.DefaultAPIPort),
+		"-device", "virtio-net-pci,netdev=n0",
+		"-device", "i6300esb", "-action", "watchdog=reset",
+		"-chardev", "stdio,id=ser0,signal=off", "-serial", "chardev:ser0",
+		"-qmp", "unix:"+filepath.Join(vm.Dir, "qmp.sock")+",server=on,wait=off",
+	)
+}
+
+// Start powers the VM on. A VM that powered off can be started again on the same disk.
+func (vm *VM) Start() {
+	vm.t.Helper()
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	if vm.cmd != nil {
+		vm.t.Fatal("vmtest: Start while QEMU is running")
+	}
+	port, err := freePort()
+	if err != nil {
+		vm.t.Fatal(err)
+	}
+	vm.Port = port
+	vm.starts++
+	fmt.Fprintf(vm.logFile, "==== vmtest: start %d ====\n", vm.starts)
+	args := vm.Args()
+	vm.t.Logf("qemu (start %d): qemu-system-x86_64 %s", vm.starts, strings.Join(args, " "))
+	cmd := exec.Command("qemu-system-x86_64", args...)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		vm.t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	sock := filepath.Join(vm.Dir, "qmp.sock")
+	os.Remove(sock)
+	if err := cmd.Start(); err != nil {
+		vm.t.Fatalf("start qemu: %v", err)
+	}
+	vm.cmd = cmd
+	vm.con = newConsole(vm.logFile)
+	vm.exited = make(chan struct{})
+	readDone := make(chan struct{})
+	go func() { vm.con.read(out); close(readDone) }()
+	go func(cmd *exec.Cmd, exited chan struct{}) {
+		<-readDone
+		err := cmd.Wait()
+		if err != nil && stderr.Len() > 0 {
+			fmt.Fprintf(vm.logFile, "==== qemu: %v: %s\n", err, stderr.String())
+		}
+		close(exited)
+	}(cmd, vm.exited)
+	q, err := dialQMP(sock, 10*time.Second)
+	if err != nil {
+		vm.t.Fatalf("vmtest: %v (qemu stderr: %s)", err, stderr.String())
+	}
+	vm.qmp = q
+}
+
+// Expect waits for a console line matching pattern (after the last matched line) and returns
+// its submatches.
+func (vm *VM) Expect(pattern string, timeout time.Duration) []string {
+	vm.t.Helper()
+	m, err := vm.con.expect(regexp.MustCompile(pattern), timeout)
+	if err != nil {
+		vm.t.Fatalf("vmtest: %v", err)
+	}
+	return m
+}
+
+// WaitReady waits for the init's ready line.
+func (vm *VM) WaitReady(timeout time.Duration) sequence.Ready {
+	vm.t.Helper()
+	m := vm.Expect(regexp.QuoteMeta(sequence.ReadyPrefix)+".*", timeout)
+	r, err := sequence.ParseReady(m[0])
+	if err != nil {
+		vm.t.Fatal(err)
+	}
+	return r
+}
+
+// WaitExit waits for QEMU to exit by itself (the guest powered off).
+func (vm *VM) WaitExit(timeout time.Duration) {
+	vm.t.Helper()
+	vm.mu.Lock()
+	exited := vm.exited
+	vm.mu.Unlock()
+	select {
+	case <-exited:
+	case <-time.After(timeout):
+		vm.t.Fatalf("vmtest: QEMU did not exit within %s", timeout)
+	}
+	vm.mu.Lock()
+	vm.cmd = nil
+	if vm.qmp != nil {
+		vm.qmp.close()
+		vm.qmp = nil
+	}
+	vm.mu.Unlock()
+}
+
+// QMP runs a QMP command.
+func (vm *VM) QMP(cmd string, args any) json.RawMessage {
+	vm.t.Helper()
+	vm.mu.Lock()
+	q := vm.qmp
+	vm.mu.Unlock()
+	if q == nil {
+		vm.t.Fatalf("vmtest: QMP %s: VM not running", cmd)
+	}
+	r, err := q.execute(cmd, args)
+	if err != nil {
+		vm.t.Fatalf("vmtest: %v", err)
+	}
+	return r
+}
+
+// Reset cuts the power and powers on again at once (QMP system_reset): the guest gets no
+// chance to sync or unmount.
+func (vm *VM) Reset() { vm.t.Helper(); vm.QMP("system_reset", nil) }
+
+// CtrlAltDel presses Ctrl-Alt-Del on the VM's keyboard.
+func (vm *VM) CtrlAltDel() {
+	vm.t.Helper()
+	vm.QMP("send-key", map[string]any{"keys": []map[string]string{
+		{"type": "qcode", "data": "ctrl"}, {"type": "qcode", "data": "alt"}, {"type": "qcode", "data": "delete"}}})
+}
+
+// PowerCut kills QEMU outright: the disk keeps exactly what the guest had written.
+func (vm *VM) PowerCut() { vm.t.Helper(); vm.kill() }
+
+func (vm *VM) kill() {
+	vm.mu.Lock()
+	cmd, exited := vm.cmd, vm.exited
+	vm.cmd = nil
+	if vm.qmp != nil {
+		vm.qmp.close()
+		vm.qmp = nil
+	}
+	vm.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	cmd.Process.Kill()
+	<-exited
+}
+
+// client returns an HTTPS client presenting the certificate of role ("" for none).
+func (vm *VM) client(role string) *http.Client {
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	if c, ok := vm.clients[role]; ok {
+		return c
+	}
+	ca, err := os.ReadFile(filepath.Join(vm.img.PKIDir, "ca.crt"))
+	if err != nil {
+		vm.t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(ca)
+	tc := &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}
+	if role != "" {
+		cert, err := tls.LoadX509KeyPair(filepath.Join(vm.img.PKIDir, role+".crt"), filepath.Join(vm.img.PKIDir, role+".key"))
+		if err != nil {
+			vm.t.Fatal(err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	c := &http.Client{Transport: &http.Transport{TLSClientConfig: tc, DisableKeepAlives: true}, Timeout: 30 * time.Second}
+	vm.clients[role] = c
+	return c
+}
+
+// URL is the endpoint URL of path through hostfwd.
+func (vm *VM) URL(path string) string {
+	return "https://127.0.0.1:" + strconv.Itoa(vm.Port) + path
+}
+
+// Call sends a request as role ("admin", "operator", "reader", or "" for no certificate)
+// and returns the status code and body. A transport error (such as a refused handshake) is
+// returned, not fatal.
+func (vm *VM) Call(role, method, path string, body any) (int, []byte, error) {
+	var rd io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = bytes.NewReader(b)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, method, vm.URL(path), rd)
+	if err != nil {
+		return 0, nil, err
+	}
+	resp, err := vm.client(role).Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, b, err
+}
+
+// Status reads /v1/status as admin.
+func (vm *VM) Status() netapi.Status {
+	vm.t.Helper()
+	code, b, err := vm.Call("admin", "GET", "/v1/status", nil)
+	if err != nil || code != http.StatusOK {
+		vm.t.Fatalf("vmtest: GET /v1/status: %d %v: %s", code, err, b)
+	}
+	var st netapi.Status
+	if err := json.Unmarshal(b, &st); err != nil {
+		vm.t.Fatalf("vmtest: status JSON: %v: %s", err, b)
+	}
+	return st
+}
+
+// Grubenv reads the VM's grubenv from its disk. The VM must be off.
+func (vm *VM) Grubenv() boot.Env {
+	vm.t.Helper()
+	vm.mustBeOff("read grubenv")
+	b, err := disk.ReadFATFile(vm.Disk, 1, "/grub/grubenv")
+	if err != nil {
+		vm.t.Fatal(err)
+	}
+	e, err := boot.ParseEnv(b)
+	if err != nil {
+		vm.t.Fatal(err)
+	}
+	return e
+}
+
+// SetGrubenv sets key=value in the VM's grubenv in place. The VM must be off.
+func (vm *VM) SetGrubenv(key, value string) {
+	vm.t.Helper()
+	e, err := vm.Grubenv().Set(key, value)
+	if err != nil {
+		vm.t.Fatal(err)
+	}
+	b, err := e.Encode()
+	if err != nil {
+		vm.t.Fatal(err)
+	}
+	if err := disk.OverwriteFATFile(vm.Disk, 1, "/grub/grubenv", b); err != nil {
+		vm.t.Fatal(err)
+	}
+}
+
+// ReadPartition returns n bytes from the start of the named partition of the VM's disk.
+// The VM must be off.
+func (vm *VM) ReadPartition(name string, n int64) []byte {
+	vm.t.Helper()
+	vm.mustBeOff("read partition")
+	l, err := disk.Plan(1024*disk.MiB, disk.DefaultSpecs)
+	if err != nil {
+		vm.t.Fatal(err)
+	}
+	p, ok := l.Find(name)
+	if !ok {
+		vm.t.Fatalf("no partition %s", name)
+	}
+	f, err := os.Open(vm.Disk)
+	if err != nil {
+		vm.t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, min(n, p.Size))
+	if _, err := f.ReadAt(b, p.Start); err != nil {
+		vm.t.Fatal(err)
+	}
+	return b
+}
+
+// WritePartition writes b at the start of the named partition. The VM must be off.
+func (vm *VM) WritePartition(name string, b []byte) {
+	vm.t.Helper()
+	vm.mustBeOff("write partition")
+	l, _ := disk.Plan(1024*disk.MiB, disk.DefaultSpecs)
+	p, _ := l.Find(name)
+	f, err := os.OpenFile(vm.Disk, os.O_WRONLY, 0)
+	if err != nil {
+		vm.t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt(b, p.Start); err != nil {
+		vm.t.Fatal(err)
+	}
+}
+
+func (vm *VM) mustBeOff(what string) {
+	vm.mu.Lock()
+	running := vm.cmd != nil
+	vm.mu.Unlock()
+	if running {
+		vm.t.Fatalf("vmtest: %s: the VM is running (its page cache could overwrite the change)", what)
+	}
+}
+
+// Console returns everything the serial console printed since the last Start.
+func (vm *VM) Console() string { return vm.con.all() }
