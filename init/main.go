@@ -30,8 +30,10 @@ func main() {
 	initAt := machine.Uptime()
 	ring := logbuf.New(20000, 4<<20)
 	log := slog.New(slog.NewTextHandler(io.MultiWriter(os.Stdout, ring), &slog.HandlerOptions{Level: slog.LevelInfo}))
-	// Libraries that use the log package (u-root's DHCP client) land in the same log.
+	// Libraries that use the log package (u-root's DHCP client) land in the same log, at
+	// debug level: they print whole DHCP packets, and their failures come back as errors.
 	slog.SetDefault(log)
+	slog.SetLogLoggerLevel(slog.LevelDebug)
 
 	if os.Getpid() != 1 {
 		fmt.Fprintln(os.Stderr, "keel init: must run as PID 1")

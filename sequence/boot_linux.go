@@ -239,7 +239,9 @@ func (n *Node) readSlots() error {
 	for _, s := range []boot.Slot{boot.SlotA, boot.SlotB} {
 		info := netapi.SlotInfo{Slot: string(s)}
 		m, err := n.readManifest(s)
-		if err != nil {
+		if errors.Is(err, errSlotEmpty) {
+			info.Error = err.Error()
+		} else if err != nil {
 			info.Error = err.Error()
 			errs = append(errs, fmt.Errorf("slot %s: %w", s, err))
 		} else {
@@ -250,9 +252,15 @@ func (n *Node) readSlots() error {
 	return errors.Join(errs...)
 }
 
+// errSlotEmpty marks a slot partition that was never written (a fresh node's BOOT-B).
+var errSlotEmpty = errors.New("empty: no filesystem")
+
 func (n *Node) readManifest(s boot.Slot) (disk.Manifest, error) {
 	dir := filepath.Join(slotMountDir, string(s))
 	dev := n.parts[s.Partition()].Dev
+	if empty, err := zeroStart(dev); err == nil && empty {
+		return disk.Manifest{}, errSlotEmpty
+	}
 	if err := (machine.Mount{Source: dev, Target: dir, FSType: "vfat", Flags: unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC}).Do(); err != nil {
 		return disk.Manifest{}, err
 	}
@@ -262,6 +270,25 @@ func (n *Node) readManifest(s boot.Slot) (disk.Manifest, error) {
 		return disk.Manifest{}, err
 	}
 	return disk.ParseManifest(b)
+}
+
+// zeroStart reports whether the first sector of dev is all zeros (no boot sector).
+func zeroStart(dev string) (bool, error) {
+	f, err := os.Open(dev)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	b := make([]byte, 512)
+	if _, err := io.ReadFull(f, b); err != nil {
+		return false, err
+	}
+	for _, c := range b {
+		if c != 0 {
+			return false, nil
+		}
+	}
+	return true, nil
 }
 
 // mountExt4 records the filesystem's health before mounting it (mounting changes it).

@@ -1,0 +1,65 @@
+# keel: a Go PID 1 that boots and upgrades Kubernetes nodes, A/B, image-based.
+#
+#   make run        build everything, boot the disk image in QEMU (console here, API on 127.0.0.1:$(PORT))
+#   make stop       shut that VM down through its own API
+#   make test       unit tests + QEMU end-to-end tests (what CI runs)
+#   make test-unit  the quick loop: vet + unit tests, no VM
+#
+# Everything a fresh Debian 12 machine lacks is installed by `make deps` (apt packages only if
+# missing, the Debian kernel package into build/cache). Outputs live in build/ (git-ignored).
+
+SHELL    := /bin/bash
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+VERSION_B ?=
+PORT     ?= 50000
+KVM      ?= 0
+CACHE    := build/cache
+GO       ?= go
+E2E_PARALLEL ?= 2
+E2E_TIMEOUT  ?= 40m
+
+UNIT_PKGS = $(shell $(GO) list ./... | grep -v -e /e2e -e /vmtest)
+
+.PHONY: all deps pki disk run stop test test-unit test-e2e fuzz vet clean
+
+all: disk
+
+deps:
+	@CACHE=$(CACHE) scripts/deps.sh
+
+pki:
+	@$(GO) run ./initramfs/mkimage pki -dir build/pki
+
+# The node's disk image: slot A holds VERSION; VERSION_B, if set, fills slot B.
+disk: deps pki
+	@echo "disk: building version $(VERSION)$(if $(VERSION_B), and $(VERSION_B) in slot B)"
+	@$(GO) run ./initramfs/mkimage disk -version $(VERSION) $(if $(VERSION_B),-version-b $(VERSION_B)) -out build/disk.img -cache $(CACHE) -pki build/pki
+
+run: disk
+	@KVM=$(KVM) scripts/qemu-run.sh build/disk.img $(PORT)
+
+stop:
+	@scripts/qemu-stop.sh
+
+vet:
+	@echo "vet: gofmt + go vet"
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }
+	@$(GO) vet ./...
+
+test-unit: vet
+	@echo "test-unit: go test $(words $(UNIT_PKGS)) packages"
+	@$(GO) test -count=1 $(UNIT_PKGS)
+
+test-e2e: deps
+	@echo "test-e2e: QEMU end-to-end tests (TCG; KVM=1 to opt in), -parallel $(E2E_PARALLEL)"
+	@KVM=$(KVM) $(GO) test -count=1 -v -parallel $(E2E_PARALLEL) -timeout $(E2E_TIMEOUT) ./e2e 2>&1 | tee build/e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|boot_test.go|vmtest' ; exit $${PIPESTATUS[0]}
+
+test: deps test-unit test-e2e
+
+# Short fuzzing of the decoders (the seeds always run as part of test-unit).
+fuzz:
+	@$(GO) test -run XXX -fuzz FuzzParseEnv -fuzztime 30s ./boot
+
+clean:
+	@-scripts/qemu-stop.sh >/dev/null 2>&1
+	rm -rf build/disk.img build/images build/run build/vmtest build/e2e.log
