@@ -1,0 +1,146 @@
+// Package upgrade is the upgrade state machine: the record persisted on META and a pure,
+// deterministic transition function Step(record, event) → (record, actions). It performs no
+// I/O and reads no clock; the executor in package sequence persists every new record to META
+// (synced) before it performs the record's actions, and feeds their outcome back as events.
+package upgrade
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"keel/boot"
+)
+
+// State is where an upgrade is. The executor persists a state before starting its effect, so
+// after a power cut the record names the effect that may have been interrupted.
+type State string
+
+// States, in the order of a successful upgrade.
+const (
+	Pulling  State = "pulling"  // download and verify the installer image; nothing changed yet
+	Stopping State = "stopping" // stop services, kill what holds STATE/EPHEMERAL, unmount
+	// Cluster steps (lease, cordon, drain, leave etcd) go between Pulling and Stopping.
+	Writing    State = "writing"    // stream the slot onto the inactive partition, re-read, verify
+	Wiping     State = "wiping"     // preserve=false: re-create EPHEMERAL
+	Arming     State = "arming"     // set the boot-once entry (grubenv next_entry)
+	Rebooting  State = "rebooting"  // point of no return passed: reboot into the new slot
+	Trial      State = "trial"      // booted the new slot: watchdog armed, health gates running
+	Committing State = "committing" // make the new slot the default (grubenv saved_entry)
+	// Post-commit cluster steps (rejoin, uncordon, release the lease) go here.
+	Done       State = "done"        // terminal: running the new version
+	Aborted    State = "aborted"     // terminal: stopped before the point of no return
+	RolledBack State = "rolled-back" // terminal: the new slot failed; back on the old one
+)
+
+// Terminal reports whether s ends an upgrade.
+func (s State) Terminal() bool { return s == Done || s == Aborted || s == RolledBack }
+
+// MaxBoots bounds the boots one upgrade may see before it is ended, so that no sequence of
+// crashes can reboot a node forever.
+const MaxBoots = 3
+
+// Progress counts bytes of the slot write.
+type Progress struct {
+	Written int64 `json:"written"`
+	Total   int64 `json:"total"`
+}
+
+// Upgrade is one upgrade's record.
+type Upgrade struct {
+	ID          string    `json:"id"`
+	State       State     `json:"state"`
+	Image       string    `json:"image"`
+	Digest      string    `json:"digest,omitempty"` // of the installer image's manifest
+	SlotSHA256  string    `json:"slot_sha256,omitempty"`
+	SlotSize    int64     `json:"slot_size,omitempty"`
+	Preserve    bool      `json:"preserve"`
+	Force       bool      `json:"force"`
+	FromVersion string    `json:"from_version"`
+	ToVersion   string    `json:"to_version,omitempty"`
+	FromSlot    boot.Slot `json:"from_slot"`
+	ToSlot      boot.Slot `json:"to_slot"`
+	Boots       int       `json:"boots"` // boots seen while this upgrade was in flight
+	Progress    Progress  `json:"progress"`
+	RequestedAt time.Time `json:"requested_at"`
+	UpdatedAt   time.Time `json:"updated_at"`
+	FinishedAt  time.Time `json:"finished_at,omitzero"`
+	// Reason says why an upgrade was aborted or rolled back.
+	Reason string `json:"reason,omitempty"`
+}
+
+// SlotRecord is what META knows of a slot's content.
+type SlotRecord struct {
+	Version  string `json:"version,omitempty"`
+	SHA256   string `json:"sha256,omitempty"`
+	Size     int64  `json:"size,omitempty"`
+	Verified bool   `json:"verified"` // written and read back with the expected digest
+}
+
+// HistoryLen is how many finished upgrades the record keeps.
+const HistoryLen = 8
+
+// Record is the whole META payload.
+type Record struct {
+	// Current is the upgrade in flight, or the last one (terminal) until the next starts.
+	Current *Upgrade `json:"current,omitempty"`
+	// History holds earlier finished upgrades, newest first.
+	History []Upgrade `json:"history,omitempty"`
+	// Slots records what each slot holds, as far as the node wrote or verified it.
+	Slots map[boot.Slot]SlotRecord `json:"slots,omitempty"`
+	// Rollbacks records operator rollbacks (not upgrades), newest first.
+	Rollbacks []Rollback `json:"rollbacks,omitempty"`
+}
+
+// Rollback is one POST /v1/rollback.
+type Rollback struct {
+	From boot.Slot `json:"from"`
+	To   boot.Slot `json:"to"`
+	At   time.Time `json:"at"`
+}
+
+// Active reports whether an upgrade is in flight.
+func (r Record) Active() bool { return r.Current != nil && !r.Current.State.Terminal() }
+
+// Clone returns a deep copy, so Step never mutates its input.
+func (r Record) Clone() Record {
+	out := Record{History: append([]Upgrade(nil), r.History...), Rollbacks: append([]Rollback(nil), r.Rollbacks...)}
+	if r.Current != nil {
+		c := *r.Current
+		out.Current = &c
+	}
+	if r.Slots != nil {
+		out.Slots = map[boot.Slot]SlotRecord{}
+		for k, v := range r.Slots {
+			out.Slots[k] = v
+		}
+	}
+	return out
+}
+
+// Encode is the META payload. Maps are encoded by encoding/json with sorted keys, so the same
+// record always gives the same bytes.
+func (r Record) Encode() ([]byte, error) { return json.Marshal(r) }
+
+// Decode parses a META payload; an empty payload is an empty record (a fresh node).
+func Decode(b []byte) (Record, error) {
+	var r Record
+	if len(b) == 0 {
+		return r, nil
+	}
+	if err := json.Unmarshal(b, &r); err != nil {
+		return Record{}, fmt.Errorf("upgrade: decode record: %w", err)
+	}
+	if r.Current != nil && !validState(r.Current.State) {
+		return Record{}, fmt.Errorf("upgrade: decode record: unknown state %q", r.Current.State)
+	}
+	return r, nil
+}
+
+func validState(s State) bool {
+	switch s {
+	case Pulling, Stopping, Writing, Wiping, Arming, Rebooting, Trial, Committing, Done, Aborted, RolledBack:
+		return true
+	}
+	return false
+}

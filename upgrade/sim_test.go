@@ -1,0 +1,364 @@
+package upgrade
+
+import (
+	"fmt"
+	"math/rand"
+	"testing"
+	"time"
+
+	"keel/boot"
+)
+
+// world models what the state machine drives: grubenv, the slots' contents, and a GRUB that
+// boots next_entry once (clearing it first) or else saved_entry (A when unset).
+type world struct {
+	saved, next boot.Slot
+	bootable    map[boot.Slot]bool // holds a complete, good image
+	newBroken   bool               // the new slot's kernel/init dies before reaching the trial
+	unhealthy   bool               // the new slot boots but fails its health gates
+	pullFails   bool
+	stopFails   bool
+	booted      boot.Slot
+	persisted   Record
+	boots       int
+	log         []string
+}
+
+// crash describes where the power goes: at the k-th action executed (counting from 0 over the
+// whole run), before, in the middle of, or after its effect.
+type crash struct {
+	at   int
+	mode string // "before", "during", "after"
+}
+
+func (w *world) grub() boot.Slot {
+	for range 10 {
+		s := w.saved
+		if s == "" {
+			s = boot.SlotA
+		}
+		if w.next != "" {
+			s, w.next = w.next, "" // save_env before booting
+		}
+		w.boots++
+		if w.bootable[s] && !(w.newBroken && s == boot.SlotB) {
+			return s
+		}
+		w.log = append(w.log, "panic in slot "+string(s))
+		// panic=1: the machine reboots by itself, GRUB again.
+	}
+	panic("no bootable slot")
+}
+
+// run drives the machine until the upgrade is terminal and the node is up, with the given
+// crashes. It returns the final record.
+func (w *world) run(t *testing.T, crashes []crash) Record {
+	t.Helper()
+	now := time.Unix(1000, 0)
+	actionN := 0
+	crashAt := map[int]string{}
+	for _, c := range crashes {
+		crashAt[c.at] = c.mode
+	}
+	step := func(ev Event) []Action {
+		n, acts, err := Step(w.persisted, ev)
+		if err != nil {
+			t.Fatalf("Step(%s, %#v): %v\nlog: %v", stateOf(w.persisted), ev, err, w.log)
+		}
+		w.persisted = n // persisted (synced) before any action
+		return acts
+	}
+	reboot := func() []Action {
+		w.booted = w.grub()
+		w.log = append(w.log, "boot "+string(w.booted))
+		return step(Booted{Slot: w.booted, Committed: w.committed(), Now: now})
+	}
+	acts := step(Request{ID: "u1", Image: "r/i:v2", Preserve: true, FromVersion: "v1", Booted: boot.SlotA, Now: now})
+	for guard := 0; guard < 200; guard++ {
+		if len(acts) == 0 {
+			return w.persisted
+		}
+		a := acts[0]
+		acts = acts[1:]
+		mode, crashing := crashAt[actionN]
+		actionN++
+		w.log = append(w.log, fmt.Sprintf("%s[%s]", a, stateOf(w.persisted)))
+		if crashing && mode == "before" {
+			acts = reboot()
+			continue
+		}
+		u := w.persisted.Current
+		var ev Event
+		switch a {
+		case ActPull:
+			if w.pullFails {
+				ev = Failed{Reason: "404", Now: now}
+			} else {
+				ev = Pulled{Digest: "sha256:d", ToVersion: "v2", SlotSHA256: "s", SlotSize: 10, Now: now}
+			}
+		case ActStop:
+			if w.stopFails {
+				ev = Failed{Reason: "unmount /var: busy", Now: now}
+			} else {
+				ev = Completed{Now: now}
+			}
+		case ActWriteSlot:
+			if w.next == u.ToSlot || w.saved == u.ToSlot {
+				t.Fatalf("writing slot %s while grubenv points at it (next %q saved %q)", u.ToSlot, w.next, w.saved)
+			}
+			w.bootable[u.ToSlot] = false
+			if crashing && mode == "during" {
+				acts = reboot()
+				continue
+			}
+			w.bootable[u.ToSlot] = true
+			ev = Completed{Now: now}
+		case ActWipe, ActFinish:
+			ev = Completed{Now: now}
+			if a == ActFinish {
+				ev = nil
+			}
+		case ActArm:
+			if !w.bootable[u.ToSlot] {
+				t.Fatalf("arming slot %s, which holds no complete image", u.ToSlot)
+			}
+			if crashing && mode == "during" {
+				acts = reboot() // the grubenv write did not land
+				continue
+			}
+			w.next = u.ToSlot
+			ev = Completed{Now: now}
+		case ActCommit:
+			if w.booted != u.ToSlot {
+				t.Fatalf("committing %s while running %s", u.ToSlot, w.booted)
+			}
+			if crashing && mode == "during" {
+				acts = reboot()
+				continue
+			}
+			w.saved = u.ToSlot
+			ev = Completed{Now: now}
+		case ActTrial:
+			ev = Health{OK: !w.unhealthy, Reason: "gate api: refused", Now: now}
+		case ActDisarm:
+			w.next = ""
+			continue
+		case ActReboot, ActRebootCurrent:
+			acts = reboot()
+			continue
+		default:
+			t.Fatalf("unknown action %s", a)
+		}
+		if crashing && (mode == "after" || mode == "during") {
+			acts = reboot()
+			continue
+		}
+		if ev != nil {
+			acts = append(step(ev), acts...)
+		}
+	}
+	t.Fatalf("no end after 200 actions: %v", w.log)
+	return Record{}
+}
+
+func (w *world) committed() boot.Slot {
+	if w.saved == "" {
+		return boot.SlotA
+	}
+	return w.saved
+}
+
+func stateOf(r Record) State {
+	if r.Current == nil {
+		return ""
+	}
+	return r.Current.State
+}
+
+type scenario struct {
+	name                                    string
+	broken, unhealthy, pullFails, stopFails bool
+}
+
+var scenarios = []scenario{
+	{name: "healthy"},
+	{name: "new slot panics", broken: true},
+	{name: "new slot unhealthy", unhealthy: true},
+	{name: "pull fails", pullFails: true},
+	{name: "unmount fails", stopFails: true},
+}
+
+func newWorld(s scenario) *world {
+	return &world{bootable: map[boot.Slot]bool{boot.SlotA: true}, newBroken: s.broken, unhealthy: s.unhealthy,
+		pullFails: s.pullFails, stopFails: s.stopFails, booted: boot.SlotA}
+}
+
+// check asserts the invariants on a finished run.
+func check(t *testing.T, s scenario, w *world, r Record, desc string) {
+	t.Helper()
+	u := r.Current
+	if u == nil || !u.State.Terminal() {
+		t.Fatalf("%s: not terminal: %+v\nlog %v", desc, u, w.log)
+	}
+	if !w.bootable[w.committed()] {
+		t.Fatalf("%s: committed slot %s holds no good image", desc, w.committed())
+	}
+	if w.next != "" {
+		t.Fatalf("%s: boot-once %s left armed", desc, w.next)
+	}
+	if u.Boots > MaxBoots+1 {
+		t.Fatalf("%s: %d boots", desc, u.Boots)
+	}
+	if u.State != Done && u.Reason == "" {
+		t.Fatalf("%s: %s without a reason", desc, u.State)
+	}
+	switch u.State {
+	case Done:
+		if w.booted != boot.SlotB || w.committed() != boot.SlotB {
+			t.Fatalf("%s: done but running %s, committed %s", desc, w.booted, w.committed())
+		}
+		if s.broken || s.unhealthy || s.pullFails || s.stopFails {
+			t.Fatalf("%s: done although the scenario cannot succeed", desc)
+		}
+	case Aborted, RolledBack:
+		// A failed upgrade always ends on the last good slot.
+		if w.booted != boot.SlotA || w.committed() != boot.SlotA {
+			t.Fatalf("%s: %s but running %s, committed %s; log %v", desc, u.State, w.booted, w.committed(), w.log)
+		}
+	}
+}
+
+// TestEveryCrashPoint: every scenario, a power cut at every action, before, during and after
+// its effect; then every pair of such cuts.
+func TestEveryCrashPoint(t *testing.T) {
+	for _, s := range scenarios {
+		// The number of actions of the run without crashes bounds k.
+		w := newWorld(s)
+		r := w.run(t, nil)
+		check(t, s, w, r, s.name+": no crash")
+		n := len(w.log) + 4
+		runs := 0
+		for k := 0; k < n; k++ {
+			for _, m := range []string{"before", "during", "after"} {
+				w := newWorld(s)
+				r := w.run(t, []crash{{k, m}})
+				check(t, s, w, r, fmt.Sprintf("%s: crash %s action %d", s.name, m, k))
+				runs++
+				for k2 := k + 1; k2 < n+4; k2++ {
+					for _, m2 := range []string{"before", "during", "after"} {
+						w := newWorld(s)
+						r := w.run(t, []crash{{k, m}, {k2, m2}})
+						check(t, s, w, r, fmt.Sprintf("%s: crashes %s@%d, %s@%d", s.name, m, k, m2, k2))
+						runs++
+					}
+				}
+			}
+		}
+		t.Logf("%s: %d crash runs", s.name, runs)
+	}
+}
+
+// TestHealthyRunSucceedsDespiteLateCrashes: crashes after the point of no return still end
+// in done when the new slot is healthy, unless the crash lands in the trial itself.
+func TestHealthyNoCrashIsDone(t *testing.T) {
+	w := newWorld(scenarios[0])
+	r := w.run(t, nil)
+	if r.Current.State != Done || r.Slots[boot.SlotB].Version != "v2" || !r.Slots[boot.SlotB].Verified {
+		t.Fatalf("record = %+v slots %+v", r.Current, r.Slots)
+	}
+	want := []string{"pull[pulling]", "stop[stopping]", "write-slot[writing]", "arm[arming]", "reboot[rebooting]", "boot B", "trial[trial]", "commit[committing]", "finish[done]"}
+	if fmt.Sprint(w.log) != fmt.Sprint(want) {
+		t.Errorf("sequence\n got %v\nwant %v", w.log, want)
+	}
+}
+
+// TestRandomWalks: many random crash sequences (up to six cuts), all scenarios.
+func TestRandomWalks(t *testing.T) {
+	rng := rand.New(rand.NewSource(1))
+	modes := []string{"before", "during", "after"}
+	for i := range 3000 {
+		s := scenarios[rng.Intn(len(scenarios))]
+		var cs []crash
+		at := 0
+		for range rng.Intn(7) {
+			at += rng.Intn(4)
+			cs = append(cs, crash{at, modes[rng.Intn(3)]})
+			at++
+		}
+		w := newWorld(s)
+		r := w.run(t, cs)
+		check(t, s, w, r, fmt.Sprintf("walk %d %s %v", i, s.name, cs))
+	}
+}
+
+func TestStepRejects(t *testing.T) {
+	now := time.Unix(1, 0)
+	r, _, err := Step(Record{}, Request{ID: "a", Booted: boot.SlotA, Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := Step(r, Request{ID: "b", Booted: boot.SlotA}); err == nil {
+		t.Error("second request while one is in flight accepted")
+	}
+	if _, _, err := Step(r, Health{OK: true}); err == nil {
+		t.Error("health while pulling accepted")
+	}
+	if _, _, err := Step(Record{}, Completed{}); err == nil {
+		t.Error("done with no upgrade accepted")
+	}
+	before := r.Clone()
+	Step(r, Pulled{ToVersion: "v2"})
+	if r.Current.ToVersion != before.Current.ToVersion {
+		t.Error("Step mutated its input")
+	}
+	// History keeps the last HistoryLen upgrades.
+	for i := range HistoryLen + 3 {
+		r, _, _ = Step(r, Failed{Reason: "x"})
+		r, _, _ = Step(r, Request{ID: fmt.Sprint(i), Booted: boot.SlotA})
+	}
+	if len(r.History) != HistoryLen {
+		t.Errorf("history = %d", len(r.History))
+	}
+}
+
+func TestRecordRoundTrip(t *testing.T) {
+	r, _, _ := Step(Record{}, Request{ID: "a", Image: "x", Booted: boot.SlotB, Now: time.Unix(5, 0).UTC()})
+	b, err := r.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := Decode(b)
+	if err != nil || got.Current.ToSlot != boot.SlotA || got.Current.State != Pulling {
+		t.Fatalf("round trip: %+v %v", got.Current, err)
+	}
+	if _, err := Decode([]byte(`{"current":{"state":"exploded"}}`)); err == nil {
+		t.Error("unknown state accepted")
+	}
+	if r, err := Decode(nil); err != nil || r.Current != nil {
+		t.Error("empty payload is not an empty record")
+	}
+}
+
+func FuzzDecode(f *testing.F) {
+	r, _, _ := Step(Record{}, Request{ID: "a", Booted: boot.SlotA})
+	b, _ := r.Encode()
+	f.Add(b)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := Decode(b)
+		if err != nil {
+			return
+		}
+		enc, err := r.Encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		r2, err := Decode(enc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		enc2, _ := r2.Encode()
+		if string(enc) != string(enc2) {
+			t.Fatalf("decode→encode→decode disagrees")
+		}
+	})
+}
