@@ -174,7 +174,7 @@ func TestCorruptBoth(t *testing.T) {
 	s, _ := mustOpen(t, d)
 	s.Write([]byte("a"))
 	s.Write([]byte("b"))
-	d.b[HeaderSize] ^= 0xff           // copy 0's payload
+	d.b[HeaderSize] ^= 0xff          // copy 0's payload
 	d.b[CopySize+HeaderSize] ^= 0xff // copy 1's payload
 	s2, _, err := Open(d)
 	if !errors.Is(err, ErrNoValidCopy) {
