@@ -5,6 +5,7 @@ package config
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,6 +22,38 @@ type Config struct {
 	Hostname string  `json:"hostname,omitempty"`
 	API      API     `json:"api,omitzero"`
 	Network  Network `json:"network,omitzero"`
+	Upgrade  Upgrade `json:"upgrade,omitzero"`
+}
+
+// Upgrade is the node's upgrade policy.
+type Upgrade struct {
+	// TrustedKeys are base64 ed25519 public keys; an installer image must be signed by one.
+	TrustedKeys []string `json:"trusted_keys,omitempty"`
+	// AllowUnsigned accepts images without a (trusted) signature. Off unless said.
+	AllowUnsigned bool `json:"allow_unsigned,omitempty"`
+	// InsecureRegistries may be reached over plain HTTP (registries on private or loopback
+	// addresses are anyway, as in go-containerregistry).
+	InsecureRegistries []string `json:"insecure_registries,omitempty"`
+	// WatchdogS is the hardware watchdog timeout during a trial boot (default 30).
+	WatchdogS int `json:"watchdog_s,omitempty"`
+	// TrialS bounds the health gates of a trial boot (default 60).
+	TrialS int `json:"trial_s,omitempty"`
+}
+
+// WatchdogTimeout in seconds, defaulted.
+func (u Upgrade) WatchdogTimeout() int {
+	if u.WatchdogS <= 0 {
+		return 30
+	}
+	return u.WatchdogS
+}
+
+// TrialTimeout in seconds, defaulted.
+func (u Upgrade) TrialTimeout() int {
+	if u.TrialS <= 0 {
+		return 60
+	}
+	return u.TrialS
 }
 
 // API configures the control endpoint.
@@ -56,6 +89,14 @@ func Parse(b []byte) (Config, error) {
 func (c Config) Validate() error {
 	if c.API.Port < 0 || c.API.Port > 65535 {
 		return fmt.Errorf("%w: api.port %d", ErrInvalid, c.API.Port)
+	}
+	if c.Upgrade.WatchdogS < 0 || c.Upgrade.WatchdogS > 600 || c.Upgrade.TrialS < 0 || c.Upgrade.TrialS > 3600 {
+		return fmt.Errorf("%w: upgrade.watchdog_s must be 0-600, trial_s 0-3600", ErrInvalid)
+	}
+	for _, k := range c.Upgrade.TrustedKeys {
+		if b, err := base64.StdEncoding.DecodeString(k); err != nil || len(b) != 32 {
+			return fmt.Errorf("%w: upgrade.trusted_keys: %q is not a base64 ed25519 public key", ErrInvalid, k)
+		}
 	}
 	if len(c.Hostname) > 64 {
 		return fmt.Errorf("%w: hostname longer than 64 bytes", ErrInvalid)

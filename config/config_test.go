@@ -14,7 +14,7 @@ func TestParse(t *testing.T) {
 	if err != nil || c.APIPort() != 6443 || c.Hostname != "n1" || c.Network.IP != "dhcp" {
 		t.Errorf("full: %+v, %v", c, err)
 	}
-	for _, bad := range []string{`{"hostnam":"x"}`, `{"api":{"port":70000}}`, `{`, `[]`} {
+	for _, bad := range []string{`{"hostnam":"x"}`, `{"api":{"port":70000}}`, `{"upgrade":{"trusted_keys":["nope"]}}`, `{"upgrade":{"watchdog_s":-1}}`, `{`, `[]`} {
 		if _, err := Parse([]byte(bad)); !errors.Is(err, ErrInvalid) {
 			t.Errorf("Parse(%s) = %v, want ErrInvalid", bad, err)
 		}

@@ -26,6 +26,10 @@ import (
 // version is set at build time: -ldflags "-X main.version=...".
 var version = "dev"
 
+// fault is empty in production; test images set it (-X main.fault=...) to reach failures a
+// real part cannot produce on demand (see sequence.Fault).
+var fault = ""
+
 func main() {
 	initAt := machine.Uptime()
 	ring := logbuf.New(20000, 4<<20)
@@ -45,11 +49,16 @@ func main() {
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGUSR2, syscall.SIGPWR)
 
 	log.Info("keel init starting", "version", version, "kernel_uptime", initAt.Round(time.Millisecond))
+	if sequence.Fault(fault) == sequence.FaultExitAtStart {
+		log.Error("fault injected: exiting at start")
+		os.Exit(3)
+	}
 	node := sequence.New(sequence.Options{
 		Version: version,
 		Log:     log,
 		Console: os.Stdout,
 		Modules: initramfs.DefaultModules,
+		Fault:   sequence.Fault(fault),
 	}, initAt)
 	ctx := context.Background()
 	if err := node.Boot(ctx); err != nil {

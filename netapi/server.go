@@ -59,7 +59,18 @@ type Node interface {
 	// after the response is written.
 	Reboot(reason string) error
 	Shutdown(reason string) error
+	// StartUpgrade starts an upgrade and returns its id at once.
+	StartUpgrade(UpgradeRequest) (string, error)
+	// Rollback commits the other slot and reboots.
+	Rollback() error
 }
+
+// Errors a Node returns to pick the HTTP status; anything else is a 500.
+var (
+	ErrBadRequest   = errors.New("bad request")         // 400
+	ErrConflict     = errors.New("conflict")            // 409
+	ErrPrecondition = errors.New("precondition failed") // 412
+)
 
 // Options configure a Server.
 type Options struct {
@@ -84,6 +95,8 @@ func New(o Options) *Server {
 	s.route("GET /v1/status", RoleReader, s.status)
 	s.route("POST /v1/reboot", RoleOperator, s.reboot)
 	s.route("POST /v1/shutdown", RoleAdmin, s.shutdown)
+	s.route("POST /v1/upgrade", RoleAdmin, s.upgrade)
+	s.route("POST /v1/rollback", RoleAdmin, s.rollback)
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no route %s %s", r.Method, r.URL.Path))
 	})
@@ -144,6 +157,52 @@ func (s *Server) power(w http.ResponseWriter, r *http.Request, what string, do f
 		return
 	}
 	WriteJSON(w, http.StatusAccepted, Accepted{Status: what})
+}
+
+func (s *Server) upgrade(w http.ResponseWriter, r *http.Request) {
+	var req UpgradeRequest
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		WriteError(w, http.StatusBadRequest, "bad_request", "body: "+err.Error())
+		return
+	}
+	if dec.More() {
+		WriteError(w, http.StatusBadRequest, "bad_request", "body: more than one JSON value")
+		return
+	}
+	if req.Image == "" {
+		WriteError(w, http.StatusBadRequest, "bad_request", `"image" is required`)
+		return
+	}
+	id, err := s.node.StartUpgrade(req)
+	if err != nil {
+		writeNodeError(w, err)
+		return
+	}
+	s.log.Info("api: upgrade accepted", "id", id, "image", req.Image, "preserve", req.Preserve, "client", r.TLS.PeerCertificates[0].Subject.CommonName)
+	WriteJSON(w, http.StatusAccepted, UpgradeAccepted{ID: id, Status: "accepted"})
+}
+
+func (s *Server) rollback(w http.ResponseWriter, r *http.Request) {
+	if err := s.node.Rollback(); err != nil {
+		writeNodeError(w, err)
+		return
+	}
+	WriteJSON(w, http.StatusAccepted, Accepted{Status: "rolling back"})
+}
+
+func writeNodeError(w http.ResponseWriter, err error) {
+	switch {
+	case errors.Is(err, ErrBadRequest):
+		WriteError(w, http.StatusBadRequest, "bad_request", err.Error())
+	case errors.Is(err, ErrConflict):
+		WriteError(w, http.StatusConflict, "conflict", err.Error())
+	case errors.Is(err, ErrPrecondition):
+		WriteError(w, http.StatusPreconditionFailed, "precondition_failed", err.Error())
+	default:
+		WriteError(w, http.StatusInternalServerError, "internal", err.Error())
+	}
 }
 
 // WriteJSON writes v as the JSON body with status code.

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -30,6 +31,13 @@ func (f *fakeNode) Reboot(string) error {
 	return nil
 }
 func (f *fakeNode) Shutdown(string) error { return errors.New("already shutting down") }
+func (f *fakeNode) StartUpgrade(r UpgradeRequest) (string, error) {
+	if r.Image == "busy" {
+		return "", fmt.Errorf("%w: busy", ErrConflict)
+	}
+	return "id1", nil
+}
+func (f *fakeNode) Rollback() error { return fmt.Errorf("%w: slot B is empty", ErrPrecondition) }
 
 type env struct {
 	url   string

@@ -1,5 +1,10 @@
 package netapi
 
+import (
+	"keel/boot"
+	"keel/upgrade"
+)
+
 // The endpoint's JSON bodies. Field names are the API: renaming one breaks every curl script.
 
 // Version is GET /v1/version.
@@ -25,6 +30,25 @@ type Status struct {
 	Addresses  []string    `json:"addresses"`
 	Slots      []SlotInfo  `json:"slots,omitempty"`
 	Warnings   []string    `json:"warnings,omitempty"`
+	// Upgrade is the upgrade in flight, or the last one; History the ones before it,
+	// newest first. Both are read from META, so they survive reboots.
+	Upgrade   *upgrade.Upgrade                 `json:"upgrade,omitempty"`
+	History   []upgrade.Upgrade                `json:"history,omitempty"`
+	SlotsMeta map[boot.Slot]upgrade.SlotRecord `json:"slots_meta,omitempty"`
+	Rollbacks []upgrade.Rollback               `json:"rollbacks,omitempty"`
+}
+
+// UpgradeRequest is the body of POST /v1/upgrade.
+type UpgradeRequest struct {
+	Image    string `json:"image"`
+	Preserve bool   `json:"preserve"`
+	Force    bool   `json:"force"`
+}
+
+// UpgradeAccepted answers POST /v1/upgrade.
+type UpgradeAccepted struct {
+	ID     string `json:"id"`
+	Status string `json:"status"`
 }
 
 // BootTiming is how long this boot took, in kernel uptime seconds (CLOCK_BOOTTIME).
@@ -51,6 +75,8 @@ type Partition struct {
 	// CleanAtMount tells, for ext4, whether the journal needed no recovery when mounted:
 	// false after a power cut, true after a clean unmount.
 	CleanAtMount *bool `json:"clean_at_mount,omitempty"`
+	// FSUUID is the ext4 filesystem's UUID: a new one after EPHEMERAL is wiped.
+	FSUUID string `json:"fs_uuid,omitempty"`
 }
 
 // SlotInfo is what a slot's manifest says it holds.

@@ -50,12 +50,16 @@ func FindKernel(cacheDir string) (Kernel, error) {
 func (k Kernel) Vmlinuz() string { return filepath.Join(k.Root, "boot", "vmlinuz-"+k.Release) }
 
 // BuildInit compiles the init for version into out: static (CGO_ENABLED=0), stripped,
-// reproducible paths.
-func BuildInit(ctx context.Context, repoRoot, version, out string) error {
+// reproducible paths. fault is empty except for test images (see sequence.Fault).
+func BuildInit(ctx context.Context, repoRoot, version, out string, fault ...string) error {
 	if err := disk.ValidVersion(version); err != nil {
 		return err
 	}
-	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", "-s -w -X main.version="+version, "-o", out, "./init")
+	ldflags := "-s -w -X main.version=" + version
+	if len(fault) > 0 && fault[0] != "" {
+		ldflags += " -X main.fault=" + fault[0]
+	}
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", ldflags, "-o", out, "./init")
 	cmd.Dir = repoRoot
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
 	if b, err := cmd.CombinedOutput(); err != nil {
@@ -127,6 +131,7 @@ type SlotOptions struct {
 	Kernel   Kernel
 	OutDir   string // gets init-VERSION, initramfs-VERSION, slot-VERSION.img
 	Binaries map[string]string
+	Fault    string // test images only
 }
 
 // BuildSlot builds the init, initramfs and slot filesystem image for one version.
@@ -135,7 +140,7 @@ func BuildSlot(ctx context.Context, o SlotOptions) (Slot, error) {
 		return Slot{}, err
 	}
 	initPath := filepath.Join(o.OutDir, "init-"+o.Version)
-	if err := BuildInit(ctx, o.RepoRoot, o.Version, initPath); err != nil {
+	if err := BuildInit(ctx, o.RepoRoot, o.Version, initPath, o.Fault); err != nil {
 		return Slot{}, err
 	}
 	bins := o.Binaries

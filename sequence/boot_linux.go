@@ -22,8 +22,10 @@ import (
 	"keel/config"
 	"keel/disk"
 	"keel/machine"
+	"keel/meta"
 	"keel/netapi"
 	"keel/network"
+	"keel/upgrade"
 )
 
 // Where the node mounts things.
@@ -47,6 +49,8 @@ type Options struct {
 	Modules []string  // kernel modules to load at boot
 	// PartitionWait bounds the wait for the disk's partitions to appear.
 	PartitionWait time.Duration
+	// Fault is a test image's injected failure (empty in production).
+	Fault Fault
 }
 
 // Node is the running machine as the init sees it.
@@ -71,6 +75,16 @@ type Node struct {
 	warnings  []string
 	srv       *http.Server
 	bootCount int
+	goingDown bool
+
+	// The upgrade: execMu serializes Step and its persisting; rec is guarded by mu for readers.
+	execMu   sync.Mutex
+	grubMu   sync.Mutex
+	metaDev  *os.File
+	store    *meta.Store
+	rec      upgrade.Record
+	bootActs []upgrade.Action // what this boot means for the upgrade, run once ready
+	watchdog *machine.Watchdog
 
 	down     chan machine.Action
 	downOnce sync.Once
@@ -79,6 +93,7 @@ type Node struct {
 type mounted struct {
 	part, target string
 	clean        *bool // ext4 health before mounting, nil for other filesystems
+	uuid         string
 }
 
 // New returns a Node; initAt is the kernel uptime at which the init started.
@@ -143,9 +158,11 @@ func (n *Node) Boot(ctx context.Context) error {
 		{"modules", false, n.loadModules},
 		{"partitions", true, func() error { return n.findPartitions(ctx) }},
 		{"bootloader", false, n.readBootloader},
+		{"meta", false, n.bootMeta},
 		{"slots", false, n.readSlots},
 		{"state", true, n.mountState},
 		{"ephemeral", false, n.mountEphemeral},
+		{"fault", false, n.injectFault},
 		{"network", false, func() error { return n.network(ctx) }},
 		{"api", false, n.serveAPI},
 	}
@@ -163,6 +180,50 @@ func (n *Node) Boot(ctx context.Context) error {
 	n.mu.Unlock()
 	n.log.Info("ready", "version", r.Version, "slot", r.Slot, "init_to_ready", (n.readyAt - n.initAt).Round(time.Millisecond))
 	fmt.Fprintln(n.opts.Console, r.Line())
+	if len(n.bootActs) > 0 {
+		go n.runActions(ctx, n.bootActs)
+	}
+	return nil
+}
+
+// bootMeta reads the upgrade record and tells the state machine which slot this boot is.
+// Actions that must precede the mounts (re-wipe, disarm) run now; the rest (trial, commit,
+// reboot back) once the node is ready.
+func (n *Node) bootMeta() error {
+	if err := n.openMeta(); err != nil {
+		return err
+	}
+	acts, err := n.apply(upgrade.Booted{Slot: n.booted, Committed: n.entries.Committed, Now: now()})
+	if err != nil {
+		return err
+	}
+	for _, a := range acts {
+		switch a {
+		case upgrade.ActWipe, upgrade.ActDisarm:
+			if ev := n.perform(context.Background(), a); ev != nil {
+				n.warn("boot action %s: %+v", a, ev)
+			}
+		default:
+			n.bootActs = append(n.bootActs, a)
+		}
+	}
+	return nil
+}
+
+// injectFault sets up a test image's failure that needs the booted node.
+func (n *Node) injectFault() error {
+	if n.opts.Fault != FaultBusyVar {
+		return nil
+	}
+	f := filepath.Join(MountEphemeral, "busy.img")
+	if err := os.WriteFile(f, make([]byte, 1<<20), 0o600); err != nil {
+		return err
+	}
+	dev, err := machine.AttachLoop(f)
+	if err != nil {
+		return err
+	}
+	n.log.Warn("fault injected: loop device keeps /var busy", "device", dev, "file", f)
 	return nil
 }
 
@@ -295,6 +356,7 @@ func zeroStart(dev string) (bool, error) {
 func (n *Node) mountExt4(part, target string) error {
 	d := n.parts[part]
 	var clean *bool
+	uuid := ""
 	if f, err := os.Open(d.Dev); err == nil {
 		h, herr := disk.ReadExt4Health(f)
 		f.Close()
@@ -303,6 +365,7 @@ func (n *Node) mountExt4(part, target string) error {
 		}
 		c := h.Clean()
 		clean = &c
+		uuid = h.UUID
 		if !c {
 			n.log.Warn("filesystem was not cleanly unmounted; the kernel replays its journal", "partition", part, "needs_recovery", h.NeedsRecovery, "errors", h.Errors)
 		}
@@ -311,6 +374,9 @@ func (n *Node) mountExt4(part, target string) error {
 		return err
 	}
 	n.addMount(part, target, clean)
+	n.mu.Lock()
+	n.mounts[len(n.mounts)-1].uuid = uuid
+	n.mu.Unlock()
 	return nil
 }
 
@@ -429,8 +495,15 @@ func (n *Node) Status() netapi.Status {
 			InitToReadyS: (n.readyAt - n.initAt).Seconds(),
 			Phases:       append([]netapi.Phase(nil), n.phases...),
 		},
-		Slots:    append([]netapi.SlotInfo(nil), n.slots...),
-		Warnings: append([]string(nil), n.warnings...),
+		Slots:     append([]netapi.SlotInfo(nil), n.slots...),
+		Warnings:  append([]string(nil), n.warnings...),
+		History:   n.rec.History,
+		Rollbacks: n.rec.Rollbacks,
+		SlotsMeta: n.rec.Slots,
+	}
+	if n.rec.Current != nil {
+		u := *n.rec.Current
+		st.Upgrade = &u
 	}
 	for _, a := range n.addrs {
 		st.Addresses = append(st.Addresses, a.String())
@@ -446,7 +519,7 @@ func (n *Node) Status() netapi.Status {
 		}
 		m := mountOf[name]
 		st.Partitions = append(st.Partitions, netapi.Partition{
-			Name: name, Device: d.Dev, SizeBytes: d.Size, Mountpoint: m.target, CleanAtMount: m.clean,
+			Name: name, Device: d.Dev, SizeBytes: d.Size, Mountpoint: m.target, CleanAtMount: m.clean, FSUUID: m.uuid,
 		})
 	}
 	return st
@@ -465,6 +538,9 @@ var ErrShuttingDown = errors.New("the node is already shutting down")
 func (n *Node) request(a machine.Action, reason string) error {
 	err := ErrShuttingDown
 	n.downOnce.Do(func() {
+		n.mu.Lock()
+		n.goingDown = true
+		n.mu.Unlock()
 		n.log.Info("power request", "action", a.String(), "reason", reason)
 		n.down <- a
 		err = nil

@@ -6,6 +6,8 @@ package vmtest
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -31,11 +33,15 @@ type Image struct {
 type ImageOptions struct {
 	VersionA string
 	VersionB string // empty: slot B left empty
-	Config   config.Config
+	FaultA   string // a test fault baked into slot A's init
+	// Config is the node's config.json; the harness adds its signing key to the trusted keys.
+	Config config.Config
 }
 
 func (o ImageOptions) key() string {
-	return fmt.Sprintf("%s_%s_%s", o.VersionA, o.VersionB, o.Config.Network.IP)
+	b, _ := json.Marshal(o)
+	h := sha256.Sum256(b)
+	return fmt.Sprintf("%s_%s_%x", o.VersionA, o.VersionB, h[:4])
 }
 
 var (
@@ -93,19 +99,29 @@ func BuildImage(ctx context.Context, o ImageOptions) (*Image, error) {
 	}
 	imgDir := filepath.Join(dir, "images")
 	img := &Image{PKIDir: pkiDir, Disk: filepath.Join(dir, "disk-"+o.key()+".img")}
-	img.SlotA, err = nodeimage.BuildSlot(ctx, nodeimage.SlotOptions{RepoRoot: root, Version: o.VersionA, Kernel: k, OutDir: imgDir})
+	dirA := imgDir
+	if o.FaultA != "" {
+		dirA = filepath.Join(imgDir, "fault-"+o.FaultA)
+	}
+	img.SlotA, err = buildSlotOnce(ctx, nodeimage.SlotOptions{RepoRoot: root, Version: o.VersionA, Kernel: k, OutDir: dirA, Fault: o.FaultA})
 	if err != nil {
 		return nil, err
 	}
 	if o.VersionB != "" {
-		b, err := nodeimage.BuildSlot(ctx, nodeimage.SlotOptions{RepoRoot: root, Version: o.VersionB, Kernel: k, OutDir: imgDir})
+		b, err := buildSlotOnce(ctx, nodeimage.SlotOptions{RepoRoot: root, Version: o.VersionB, Kernel: k, OutDir: imgDir})
 		if err != nil {
 			return nil, err
 		}
 		img.SlotB = &b
 	}
+	_, pub, err := nodeimage.EnsureSigningKey(filepath.Join(dir, "keys"))
+	if err != nil {
+		return nil, err
+	}
+	cfg := o.Config
+	cfg.Upgrade.TrustedKeys = append([]string{pub}, cfg.Upgrade.TrustedKeys...)
 	err = nodeimage.BuildDisk(ctx, nodeimage.DiskOptions{
-		Path: img.Disk, SlotA: img.SlotA, SlotB: img.SlotB, PKIDir: pkiDir, Config: o.Config, WorkDir: dir,
+		Path: img.Disk, SlotA: img.SlotA, SlotB: img.SlotB, PKIDir: pkiDir, Config: cfg, WorkDir: dir,
 	})
 	if err != nil {
 		return nil, err

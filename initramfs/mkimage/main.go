@@ -2,19 +2,27 @@
 //
 //	mkimage pki  -dir build/pki                       development CA, node and client certificates
 //	mkimage disk -version v1 [-version-b v2] -out build/disk.img
-//	mkimage slot -version v1 -out build/images        one slot image (for installer images)
+//	mkimage slot -version v1 -out build/images        one slot image
+//	mkimage key  -dir build/keys                      ed25519 signing key for installer images
+//	mkimage image -version v2 -out build/installer-v2.tar   signed installer image (OCI tarball)
+//	mkimage push -image build/installer-v2.tar -ref 127.0.0.1:5000/keel:v2
 //
 // The Makefile drives it; every step prints what it made.
 package main
 
 import (
 	"context"
+	"crypto/ed25519"
 	"flag"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"keel/config"
 	"keel/nodeimage"
@@ -33,6 +41,12 @@ func main() {
 		err = cmdDisk(os.Args[2:])
 	case "slot":
 		err = cmdSlot(os.Args[2:])
+	case "key":
+		err = cmdKey(os.Args[2:])
+	case "image":
+		err = cmdImage(os.Args[2:])
+	case "push":
+		err = cmdPush(os.Args[2:])
 	default:
 		usage()
 	}
@@ -43,7 +57,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: mkimage pki|disk|slot [flags] (-h for flags)")
+	fmt.Fprintln(os.Stderr, "usage: mkimage pki|disk|slot|key|image|push [flags] (-h for flags)")
 	os.Exit(2)
 }
 
@@ -94,6 +108,7 @@ func cmdDisk(args []string) error {
 	cache := fs.String("cache", "build/cache", "cache holding the unpacked kernel")
 	pkiDir := fs.String("pki", "build/pki", "development PKI (mkimage pki)")
 	size := fs.Int64("size-mib", 1024, "disk size in MiB")
+	keys := fs.String("keys", "build/keys", "signing key directory; its public key becomes the node's trusted key")
 	args0 := fs.String("kernel-args", nodeimage.DefaultKernelArgs, "kernel command line after slot= and panic=")
 	fs.Parse(args)
 	k, err := nodeimage.FindKernel(*cache)
@@ -117,13 +132,91 @@ func cmdDisk(args []string) error {
 		b = &s
 		fmt.Printf("slot: wrote %s (version %s)\n", s.Path, s.Manifest.Version)
 	}
+	_, pub, err := nodeimage.EnsureSigningKey(*keys)
+	if err != nil {
+		return err
+	}
 	err = nodeimage.BuildDisk(ctx, nodeimage.DiskOptions{
 		Path: *out, Size: *size << 20, SlotA: a, SlotB: b, KernelArgs: *args0, PKIDir: *pkiDir,
-		Config: config.Config{}, WorkDir: filepath.Dir(*out),
+		Config: config.Config{Upgrade: config.Upgrade{TrustedKeys: []string{pub}}}, WorkDir: filepath.Dir(*out),
 	})
 	if err != nil {
 		return err
 	}
 	fmt.Printf("disk: wrote %s (%d MiB, kernel %s) in %s\n", *out, *size, k.Release, time.Since(t0).Round(time.Millisecond))
+	return nil
+}
+
+func cmdKey(args []string) error {
+	fs := flag.NewFlagSet("key", flag.ExitOnError)
+	dir := fs.String("dir", "build/keys", "key directory")
+	fs.Parse(args)
+	_, pub, err := nodeimage.EnsureSigningKey(*dir)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("key: %s/%s (public key %s)\n", *dir, nodeimage.SigningKeyFile, pub)
+	return nil
+}
+
+func cmdImage(args []string) error {
+	fs := flag.NewFlagSet("image", flag.ExitOnError)
+	version := fs.String("version", "", "version the image installs (required; also its tag)")
+	out := fs.String("out", "", "OCI tarball to write (default build/installer-VERSION.tar)")
+	cache := fs.String("cache", "build/cache", "cache holding the unpacked kernel")
+	keys := fs.String("keys", "build/keys", "signing key directory")
+	unsigned := fs.Bool("unsigned", false, "do not sign")
+	fs.Parse(args)
+	if *out == "" {
+		*out = filepath.Join("build", "installer-"+*version+".tar")
+	}
+	k, err := nodeimage.FindKernel(*cache)
+	if err != nil {
+		return err
+	}
+	s, err := nodeimage.BuildSlot(context.Background(), nodeimage.SlotOptions{RepoRoot: ".", Version: *version, Kernel: k, OutDir: filepath.Join("build", "images")})
+	if err != nil {
+		return err
+	}
+	var key ed25519.PrivateKey
+	if !*unsigned {
+		if key, _, err = nodeimage.EnsureSigningKey(*keys); err != nil {
+			return err
+		}
+	}
+	img, err := nodeimage.Installer(s, key)
+	if err != nil {
+		return err
+	}
+	tag, err := name.NewTag("keel:" + *version)
+	if err != nil {
+		return err
+	}
+	if err := tarball.WriteToFile(*out, tag, img); err != nil {
+		return err
+	}
+	d, _ := img.Digest()
+	fmt.Printf("image: wrote %s (version %s, %s, signed %v)\n", *out, *version, d, key != nil)
+	return nil
+}
+
+func cmdPush(args []string) error {
+	fs := flag.NewFlagSet("push", flag.ExitOnError)
+	image := fs.String("image", "", "OCI tarball from mkimage image")
+	ref := fs.String("ref", "", "where to push, e.g. 127.0.0.1:5000/keel:v2")
+	fs.Parse(args)
+	img, err := tarball.ImageFromPath(*image, nil)
+	if err != nil {
+		return err
+	}
+	r, err := name.ParseReference(*ref)
+	if err != nil {
+		return err
+	}
+	if err := remote.Write(r, img); err != nil {
+		return err
+	}
+	d, _ := img.Digest()
+	fmt.Printf("push: %s@%s\n", r, d)
 	return nil
 }

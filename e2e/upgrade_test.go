@@ -1,0 +1,88 @@
+package e2e
+
+import (
+	"net/http"
+	"testing"
+	"time"
+
+	"keel/boot"
+	"keel/disk"
+	"keel/netapi"
+	"keel/upgrade"
+	"keel/vmtest"
+)
+
+// upgradeTimeout covers pull, write, reboot, trial and commit under TCG.
+const upgradeTimeout = 4 * time.Minute
+
+func mustState(t *testing.T, st netapi.Status, want upgrade.State, version string, slot boot.Slot) {
+	t.Helper()
+	u := st.Upgrade
+	if u == nil || u.State != want {
+		t.Fatalf("upgrade = %+v, want %s", u, want)
+	}
+	if st.Version != version || st.BootedSlot != string(slot) || st.CommittedSlot != string(slot) {
+		t.Fatalf("running %s on %s (committed %s), want %s on %s", st.Version, st.BootedSlot, st.CommittedSlot, version, slot)
+	}
+	if want != upgrade.Done && u.Reason == "" {
+		t.Fatalf("%s without a reason", want)
+	}
+}
+
+// TestUpgradeAndRollback: v1 on A → v2 on B (preserve), → v3 on A, then POST /v1/rollback
+// returns to v2 on B. /var is kept throughout: its boot log keeps growing.
+func TestUpgradeAndRollback(t *testing.T) {
+	t.Parallel()
+	reg := vmtest.NewRegistry(t)
+	v2 := reg.PushInstaller(t, "keel:e2e-v2", vmtest.InstallerOptions{Version: "e2e-v2"})
+	v3 := reg.PushInstaller(t, "keel:e2e-v3", vmtest.InstallerOptions{Version: "e2e-v3"})
+	vm := vmtest.New(t, image(t, vmtest.ImageOptions{VersionA: "e2e-v1"}))
+	vm.Start()
+	vm.WaitReady(bootTimeout)
+	before := vm.Status()
+
+	// Rollback with nothing in slot B is refused and changes nothing.
+	if code, b, err := vm.Call("admin", "POST", "/v1/rollback", nil); err != nil || code != http.StatusPreconditionFailed {
+		t.Fatalf("rollback to an empty slot: %d %v %s, want 412", code, err, b)
+	}
+
+	t0 := time.Now()
+	id := vm.Upgrade(v2, true)
+	if code, b, _ := vm.Call("admin", "POST", "/v1/upgrade", netapi.UpgradeRequest{Image: v3, Preserve: true}); code != http.StatusConflict {
+		t.Errorf("second upgrade while one runs: %d %s, want 409", code, b)
+	}
+	vm.Expect(`keel-upgrade id=`+id+` state=rebooting`, upgradeTimeout)
+	vm.Expect(`keel: booting slot B`, bootTimeout)
+	st := vm.WaitUpgrade(id, upgradeTimeout)
+	t.Logf("upgrade A→B: request → done in %.1fs", time.Since(t0).Seconds())
+	mustState(t, st, upgrade.Done, "e2e-v2", boot.SlotB)
+	if u := st.Upgrade; u.FromVersion != "e2e-v1" || u.ToVersion != "e2e-v2" || u.Digest == "" || u.Progress.Written != u.SlotSize || u.SlotSize == 0 {
+		t.Errorf("record = %+v", u)
+	}
+	if st.BootCount <= before.BootCount || partition(st, disk.PartEphemeral).FSUUID != partition(before, disk.PartEphemeral).FSUUID {
+		t.Errorf("preserve=true: boot count %d → %d, EPHEMERAL uuid %s → %s", before.BootCount, st.BootCount,
+			partition(before, disk.PartEphemeral).FSUUID, partition(st, disk.PartEphemeral).FSUUID)
+	}
+	if !st.SlotsMeta[boot.SlotB].Verified || st.SlotsMeta[boot.SlotB].Version != "e2e-v2" {
+		t.Errorf("slots_meta = %+v", st.SlotsMeta)
+	}
+
+	// B → A.
+	id2 := vm.Upgrade(v3, true)
+	st = vm.WaitUpgrade(id2, upgradeTimeout)
+	mustState(t, st, upgrade.Done, "e2e-v3", boot.SlotA)
+	if len(st.History) != 1 || st.History[0].ID != id || st.History[0].State != upgrade.Done {
+		t.Errorf("history = %+v", st.History)
+	}
+
+	// Rollback: back to v2 on B.
+	if code, b, err := vm.Call("admin", "POST", "/v1/rollback", nil); err != nil || code != http.StatusAccepted {
+		t.Fatalf("rollback: %d %v %s", code, err, b)
+	}
+	vm.Expect(`keel: booting slot B`, bootTimeout)
+	r := vm.WaitReady(bootTimeout)
+	st = vm.Status()
+	if r.Version != "e2e-v2" || st.BootedSlot != "B" || st.CommittedSlot != "B" || len(st.Rollbacks) != 1 {
+		t.Fatalf("after rollback: version %s booted %s committed %s rollbacks %+v", r.Version, st.BootedSlot, st.CommittedSlot, st.Rollbacks)
+	}
+}

@@ -1,0 +1,192 @@
+package installer
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"keel/disk"
+)
+
+// serve runs go-containerregistry's registry (a real OCI distribution implementation) on
+// 127.0.0.1, optionally behind a wrapper that damages blob downloads: a real registry never
+// truncates or corrupts on demand, so those two failures need the wrapper (said where used).
+func serve(t *testing.T, wrap func(http.Handler) http.Handler) string {
+	t.Helper()
+	var h http.Handler = registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	if wrap != nil {
+		h = wrap(h)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: h}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return ln.Addr().String()
+}
+
+type fixture struct {
+	slot     string
+	content  []byte
+	manifest disk.Manifest
+	pub      ed25519.PublicKey
+	key      ed25519.PrivateKey
+}
+
+func newFixture(t *testing.T) fixture {
+	dir := t.TempDir()
+	content := bytes.Repeat([]byte("slot-bytes-"), 100000) // ~1 MB
+	p := filepath.Join(dir, "slot.img")
+	os.WriteFile(p, content, 0o644)
+	pub, key, _ := GenerateKey()
+	return fixture{slot: p, content: content, pub: pub, key: key,
+		manifest: disk.Manifest{Version: "v2", Arch: "amd64", Files: []disk.File{disk.NewFile("vmlinuz", []byte("k"))}}}
+}
+
+func push(t *testing.T, addr, repoTag string, o BuildOptions) string {
+	t.Helper()
+	img, err := Build(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := ParseReference(addr+"/"+repoTag, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	return ref.String()
+}
+
+func TestPull(t *testing.T) {
+	f := newFixture(t)
+	addr := serve(t, nil)
+	policy := Policy{Arch: "amd64", TrustedKeys: []ed25519.PublicKey{f.pub}, MaxSlotSize: 2 << 20}
+	_, otherKey, _ := GenerateKey()
+
+	good := push(t, addr, "keel:v2", BuildOptions{SlotPath: f.slot, Slot: f.manifest, Key: f.key})
+	unsigned := push(t, addr, "keel:unsigned", BuildOptions{SlotPath: f.slot, Slot: f.manifest})
+	wrongKey := push(t, addr, "keel:wrongkey", BuildOptions{SlotPath: f.slot, Slot: f.manifest, Key: otherKey})
+	arm := push(t, addr, "keel:arm", BuildOptions{SlotPath: f.slot, Slot: f.manifest, Key: f.key, Arch: "arm64"})
+	lying := push(t, addr, "keel:lying", BuildOptions{SlotPath: f.slot, Slot: f.manifest, Key: f.key,
+		Manifest: func(m *Manifest) { m.SlotSHA256 = strings.Repeat("0", 64) }})
+	short := push(t, addr, "keel:short", BuildOptions{SlotPath: f.slot, Slot: f.manifest, Key: f.key,
+		Manifest: func(m *Manifest) { m.SlotSize -= 10 }})
+
+	// A port nothing listens on.
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	closed := ln.Addr().String()
+	ln.Close()
+
+	tests := []struct {
+		name   string
+		ref    string
+		policy Policy
+		want   error
+	}{
+		{"good", good, policy, nil},
+		{"invalid reference", "127.0.0.1:1/UPPER CASE:x", policy, ErrReference},
+		{"not found", addr + "/keel:nope", policy, ErrNotFound},
+		{"refused", closed + "/keel:v2", policy, ErrUnreachable},
+		{"unsigned", unsigned, policy, ErrUnsigned},
+		{"unsigned allowed", unsigned, Policy{Arch: "amd64", AllowUnsigned: true, MaxSlotSize: 2 << 20}, nil},
+		{"untrusted key", wrongKey, policy, ErrSignature},
+		{"other architecture", arm, policy, ErrArch},
+		{"too large", good, Policy{Arch: "amd64", TrustedKeys: policy.TrustedKeys, MaxSlotSize: 1000}, ErrTooLarge},
+		{"manifest digest lies", lying, policy, ErrDigest},
+		{"more bytes than declared", short, policy, ErrDigest},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			dest := filepath.Join(t.TempDir(), "slot")
+			p, err := Pull(context.Background(), tc.ref, tc.policy, PullOptions{Dest: dest})
+			if tc.want == nil {
+				if err != nil {
+					t.Fatal(err)
+				}
+				got, _ := os.ReadFile(dest)
+				if !bytes.Equal(got, f.content) || p.Manifest.Version != "v2" || !strings.HasPrefix(p.Digest, "sha256:") {
+					t.Errorf("pulled %d bytes, manifest %+v, digest %s", len(got), p.Manifest, p.Digest)
+				}
+				return
+			}
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("err = %v, want %v", err, tc.want)
+			}
+			if _, serr := os.Stat(dest); serr == nil {
+				t.Error("destination left behind after a failed pull")
+			}
+		})
+	}
+}
+
+// TestPullDamagedDownloads uses a wrapper around the real registry that damages the slot
+// blob's bytes: the two failures a real registry will not produce on demand.
+func TestPullDamagedDownloads(t *testing.T) {
+	f := newFixture(t)
+	for _, tc := range []struct {
+		name   string
+		damage func([]byte) []byte
+		want   error
+	}{
+		{"truncated", func(b []byte) []byte { return b[:len(b)/2] }, ErrTruncated},
+		{"corrupted", func(b []byte) []byte { b = bytes.Clone(b); b[len(b)/2] ^= 0xff; return b }, ErrDigest},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var slotDigest string
+			addr := serve(t, func(h http.Handler) http.Handler {
+				return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					if r.Method != http.MethodGet || slotDigest == "" || !strings.HasSuffix(r.URL.Path, slotDigest) {
+						h.ServeHTTP(w, r)
+						return
+					}
+					rec := &recorder{header: http.Header{}}
+					h.ServeHTTP(rec, r)
+					body := tc.damage(rec.body.Bytes())
+					for k, v := range rec.header {
+						w.Header()[k] = v
+					}
+					w.WriteHeader(rec.code)
+					w.Write(body) // Content-Length stays the real size: the client sees a short or wrong body
+				})
+			})
+			img, _ := Build(BuildOptions{SlotPath: f.slot, Slot: f.manifest, Key: f.key})
+			layers, _ := img.Layers()
+			d, _ := layers[len(layers)-1].Digest()
+			ref, _ := ParseReference(addr+"/keel:v2", false)
+			if err := remote.Write(ref, img); err != nil {
+				t.Fatal(err)
+			}
+			slotDigest = d.String()
+			_, err := Pull(context.Background(), ref.String(), Policy{Arch: "amd64", TrustedKeys: []ed25519.PublicKey{f.pub}}, PullOptions{Dest: filepath.Join(t.TempDir(), "s")})
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("err = %v, want %v", err, tc.want)
+			}
+		})
+	}
+}
+
+type recorder struct {
+	header http.Header
+	body   bytes.Buffer
+	code   int
+}
+
+func (r *recorder) Header() http.Header         { return r.header }
+func (r *recorder) Write(b []byte) (int, error) { return r.body.Write(b) }
+func (r *recorder) WriteHeader(c int)           { r.code = c }
