@@ -42,6 +42,7 @@ const (
 	FaultHangInTrial Fault = "hang-in-trial" // arm the watchdog in a trial, then hang
 	FaultHealthFail  Fault = "health-fail"   // a health gate fails in a trial
 	FaultBusyVar     Fault = "busy-var"      // a loop device on a file in /var keeps it busy
+	FaultSlowTrial   Fault = "slow-trial"    // a health gate takes 15 s (a window to cut power in)
 )
 
 // openMeta reads the record; a META that holds no valid copy is reset (with a warning)
@@ -399,6 +400,16 @@ func (n *Node) gates() []gate {
 			}
 			return c.Close()
 		}},
+	}
+	if n.opts.Fault == FaultSlowTrial {
+		g = append(g, gate{"fault-slow", func(ctx context.Context) error {
+			select {
+			case <-time.After(15 * time.Second):
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}})
 	}
 	if n.opts.Fault == FaultHealthFail {
 		g = append(g, gate{"fault-injected", func(context.Context) error { return errors.New("this test image always fails its health gate") }})

@@ -295,10 +295,18 @@ func (vm *VM) URL(path string) string {
 // and returns the status code and body. A transport error (such as a refused handshake) is
 // returned, not fatal.
 func (vm *VM) Call(role, method, path string, body any) (int, []byte, error) {
+	var raw []byte
+	if body != nil {
+		raw, _ = json.Marshal(body)
+	}
+	return vm.CallRaw(role, method, path, raw)
+}
+
+// CallRaw is Call with the request body as bytes (nil for none).
+func (vm *VM) CallRaw(role, method, path string, body []byte) (int, []byte, error) {
 	var rd io.Reader
 	if body != nil {
-		b, _ := json.Marshal(body)
-		rd = bytes.NewReader(b)
+		rd = bytes.NewReader(body)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -1,0 +1,289 @@
+package e2e
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"keel/boot"
+	"keel/config"
+	"keel/disk"
+	"keel/installer"
+	"keel/netapi"
+	"keel/upgrade"
+	"keel/vmtest"
+)
+
+// TestUpgradeWipe: preserve=false re-creates EPHEMERAL: a new filesystem, none of the old
+// files, cleanly mounted.
+func TestUpgradeWipe(t *testing.T) {
+	t.Parallel()
+	reg := vmtest.NewRegistry(t)
+	v2 := reg.PushInstaller(t, "keel:e2e-v2", vmtest.InstallerOptions{Version: "e2e-v2"})
+	vm := vmtest.New(t, image(t, vmtest.ImageOptions{VersionA: "e2e-v1"}))
+	vm.Start()
+	vm.WaitReady(bootTimeout)
+	// A second boot, so that /var holds a boot log with an earlier entry.
+	vm.CtrlAltDel()
+	vm.WaitReady(bootTimeout)
+	before := vm.Status()
+	if before.BootCount != 1 {
+		t.Fatalf("boot count before = %d", before.BootCount)
+	}
+	st := vm.WaitUpgrade(vm.Upgrade(v2, false), upgradeTimeout)
+	mustState(t, st, upgrade.Done, "e2e-v2", boot.SlotB)
+	e := partition(st, disk.PartEphemeral)
+	if st.BootCount != 0 || e.FSUUID == "" || e.FSUUID == partition(before, disk.PartEphemeral).FSUUID || e.CleanAtMount == nil || !*e.CleanAtMount {
+		t.Errorf("after preserve=false: boot count %d (want 0), uuid %s (was %s), clean %v", st.BootCount, e.FSUUID, partition(before, disk.PartEphemeral).FSUUID, e.CleanAtMount)
+	}
+}
+
+// TestBrokenNewSlot: a new slot that cannot come up healthy sends the node back to the old
+// one by itself, and the record says why. The three failures are baked into test images
+// (sequence.Fault): a real kernel will not panic, hang or fail a gate on demand.
+func TestBrokenNewSlot(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		fault, reason string
+		console       []string
+	}{
+		{"exit-at-start", "the new slot never reported healthy", []string{`fault injected: exiting at start`, `Kernel panic`}},
+		{"hang-in-trial", "the new slot never reported healthy (reset during the trial boot)", []string{`watchdog armed`, `fault injected: hanging`}},
+		{"health-fail", "health gate failed: fault-injected", nil},
+	} {
+		t.Run(tc.fault, func(t *testing.T) {
+			t.Parallel()
+			reg := vmtest.NewRegistry(t)
+			bad := reg.PushInstaller(t, "keel:broken", vmtest.InstallerOptions{Version: "e2e-broken", Fault: tc.fault})
+			vm := vmtest.New(t, image(t, vmtest.ImageOptions{VersionA: "e2e-v1", Config: config.Config{Upgrade: config.Upgrade{WatchdogS: 10}}}))
+			vm.Start()
+			vm.WaitReady(bootTimeout)
+			id := vm.Upgrade(bad, true)
+			vm.Expect(`keel: booting slot B`, upgradeTimeout)
+			for _, c := range tc.console {
+				vm.Expect(c, bootTimeout)
+			}
+			vm.Expect(`keel: booting slot A`, 2*bootTimeout)
+			st := vm.WaitUpgrade(id, upgradeTimeout)
+			mustState(t, st, upgrade.RolledBack, "e2e-v1", boot.SlotA)
+			if !strings.HasPrefix(st.Upgrade.Reason, tc.reason) {
+				t.Errorf("reason = %q, want %q", st.Upgrade.Reason, tc.reason)
+			}
+		})
+	}
+}
+
+// TestBadImages: every class of bad reference or image is refused before anything changes:
+// the node keeps running, slot B keeps its old bytes, and META records each abort.
+func TestBadImages(t *testing.T) {
+	t.Parallel()
+	reg := vmtest.NewRegistry(t)
+	_, otherKey, _ := installer.GenerateKey()
+	refs := map[string]string{
+		"unsigned":  reg.PushInstaller(t, "keel:unsigned", vmtest.InstallerOptions{Version: "e2e-v2", Unsigned: true}),
+		"wrong key": reg.PushInstaller(t, "keel:wrongkey", vmtest.InstallerOptions{Version: "e2e-v2", Key: otherKey}),
+		"arm64":     reg.PushInstaller(t, "keel:arm", vmtest.InstallerOptions{Version: "e2e-v2", Arch: "arm64"}),
+		"too large": reg.PushInstaller(t, "keel:huge", vmtest.InstallerOptions{Version: "e2e-v2",
+			Manifest: func(m *installer.Manifest) { m.SlotSize = 300 << 20 }}),
+		"digest": reg.PushInstaller(t, "keel:lying", vmtest.InstallerOptions{Version: "e2e-v2",
+			Manifest: func(m *installer.Manifest) { m.SlotSHA256 = strings.Repeat("0", 64) }}),
+		"truncated": reg.PushInstaller(t, "keel:truncated", vmtest.InstallerOptions{Version: "e2e-v2"}),
+	}
+	img := image(t, vmtest.ImageOptions{VersionA: "e2e-v1", VersionB: "e2e-old"})
+	vm := vmtest.New(t, img)
+	slotB := vm.ReadPartition(disk.PartBootB, img.SlotB.Manifest.Files[0].Size)
+	vm.Start()
+	vm.WaitReady(bootTimeout)
+
+	// Malformed requests: 400, nothing recorded.
+	for _, body := range []string{`{`, `{"image": ""}`, `{"image": "x", "bogus": 1}`, `{"image": "10.0.2.2:1/Bad Ref:x"}`} {
+		code, b, err := vm.CallRaw("admin", "POST", "/v1/upgrade", []byte(body))
+		if err != nil || code != http.StatusBadRequest {
+			t.Errorf("POST /v1/upgrade %s: %d %v %s, want 400", body, code, err, b)
+		}
+	}
+	if st := vm.Status(); st.Upgrade != nil {
+		t.Fatalf("a malformed request left a record: %+v", st.Upgrade)
+	}
+	// Reader and operator may not upgrade.
+	for _, role := range []string{"reader", "operator"} {
+		if code, _, _ := vm.Call(role, "POST", "/v1/upgrade", netapi.UpgradeRequest{Image: refs["unsigned"]}); code != http.StatusForbidden {
+			t.Errorf("%s upgrade: %d, want 403", role, code)
+		}
+	}
+
+	cases := []struct{ name, ref, reason string }{
+		{"not found", reg.GuestRef("keel:nope"), "image not found"},
+		{"refused", "10.0.2.2:1/keel:x", "registry unreachable"},
+		{"unsigned", refs["unsigned"], "image is not signed"},
+		{"wrong key", refs["wrong key"], "bad signature"},
+		{"arm64", refs["arm64"], "another architecture"},
+		{"too large", refs["too large"], "slot image too large"},
+		{"digest", refs["digest"], "digest mismatch"},
+		{"truncated", refs["truncated"], "download truncated"},
+	}
+	var ids []string
+	for _, tc := range cases {
+		if tc.name == "truncated" {
+			// The registry's answer is cut in half: a real registry does not do that on demand.
+			reg.Wrap(truncateBlobs)
+		}
+		id := vm.Upgrade(tc.ref, true)
+		st := vm.WaitUpgrade(id, upgradeTimeout)
+		reg.Wrap(nil)
+		mustState(t, st, upgrade.Aborted, "e2e-v1", boot.SlotA)
+		if !strings.Contains(st.Upgrade.Reason, tc.reason) {
+			t.Errorf("%s: reason %q, want %q", tc.name, st.Upgrade.Reason, tc.reason)
+		}
+		ids = append(ids, id)
+	}
+	st := vm.Status()
+	if len(st.History) != len(cases)-1 || st.BootCount != 0 {
+		t.Errorf("history has %d entries, boot count %d (a reboot happened?)", len(st.History), st.BootCount)
+	}
+	if code, b, err := vm.Call("admin", "POST", "/v1/shutdown", nil); err != nil || code != http.StatusAccepted {
+		t.Fatalf("shutdown: %d %v %s", code, err, b)
+	}
+	vm.WaitExit(downTimeout)
+	if got := vm.ReadPartition(disk.PartBootB, int64(len(slotB))); !bytes.Equal(got, slotB) {
+		t.Errorf("slot B changed: sha256 %x, was %x", sha256.Sum256(got), sha256.Sum256(slotB))
+	}
+}
+
+// truncateBlobs serves large blobs with their full Content-Length but half their bytes.
+func truncateBlobs(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet || !strings.Contains(r.URL.Path, "/blobs/") {
+			h.ServeHTTP(w, r)
+			return
+		}
+		rec := &bufWriter{header: http.Header{}, code: 200}
+		h.ServeHTTP(rec, r)
+		body := rec.body.Bytes()
+		for k, v := range rec.header {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(rec.code)
+		if len(body) > 64<<10 {
+			body = body[:len(body)/2]
+		}
+		w.Write(body)
+	})
+}
+
+// slowBlobs holds large blob downloads for a while: a window to cut the power in.
+func slowBlobs(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
+			rec := &bufWriter{header: http.Header{}, code: 200}
+			h.ServeHTTP(rec, r)
+			if rec.body.Len() > 64<<10 {
+				select {
+				case <-time.After(30 * time.Second):
+				case <-r.Context().Done():
+					return
+				}
+			}
+			for k, v := range rec.header {
+				w.Header()[k] = v
+			}
+			w.WriteHeader(rec.code)
+			w.Write(rec.body.Bytes())
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+type bufWriter struct {
+	header http.Header
+	body   bytes.Buffer
+	code   int
+}
+
+func (b *bufWriter) Header() http.Header         { return b.header }
+func (b *bufWriter) Write(p []byte) (int, error) { return b.body.Write(p) }
+func (b *bufWriter) WriteHeader(c int)           { b.code = c }
+
+// TestPowerCuts cuts the power (QMP system_reset) during the pull, during the slot write,
+// after arming and during the trial boot: the node always boots, and the record always ends
+// terminal with a reason; a half-written slot is never armed.
+func TestPowerCuts(t *testing.T) {
+	t.Parallel()
+	reg := vmtest.NewRegistry(t)
+	v2 := reg.PushInstaller(t, "keel:e2e-v2", vmtest.InstallerOptions{Version: "e2e-v2"})
+	slow := reg.PushInstaller(t, "keel:slow-trial", vmtest.InstallerOptions{Version: "e2e-v3", Fault: "slow-trial"})
+	vm := vmtest.New(t, image(t, vmtest.ImageOptions{VersionA: "e2e-v1"}))
+	vm.Start()
+	vm.WaitReady(bootTimeout)
+
+	t.Log("cut during the pull")
+	reg.Wrap(slowBlobs)
+	id := vm.Upgrade(v2, true)
+	vm.Expect(`keel-upgrade id=`+id+` state=pulling`, bootTimeout)
+	time.Sleep(2 * time.Second)
+	vm.Reset()
+	reg.Wrap(nil)
+	vm.WaitReady(bootTimeout)
+	st := vm.WaitUpgrade(id, upgradeTimeout)
+	mustState(t, st, upgrade.Aborted, "e2e-v1", boot.SlotA)
+	if !strings.Contains(st.Upgrade.Reason, "while pulling") {
+		t.Errorf("reason = %q", st.Upgrade.Reason)
+	}
+
+	t.Log("cut during the slot write")
+	id = vm.Upgrade(v2, true)
+	vm.Expect(`keel-upgrade id=`+id+` state=writing`, upgradeTimeout)
+	vm.Reset()
+	vm.Expect(`keel: booting slot A`, bootTimeout)
+	vm.WaitReady(bootTimeout)
+	st = vm.WaitUpgrade(id, upgradeTimeout)
+	mustState(t, st, upgrade.Aborted, "e2e-v1", boot.SlotA)
+	if !strings.Contains(st.Upgrade.Reason, "while writing") || st.SlotsMeta[boot.SlotB].Verified || st.NextSlot != "" {
+		t.Errorf("after a cut mid-write: reason %q, slot B %+v, next %q", st.Upgrade.Reason, st.SlotsMeta[boot.SlotB], st.NextSlot)
+	}
+
+	t.Log("cut after arming")
+	id = vm.Upgrade(v2, true)
+	vm.Expect(`keel-upgrade id=`+id+` state=rebooting`, upgradeTimeout)
+	vm.Reset()
+	vm.Expect(`keel: booting slot B`, bootTimeout)
+	st = vm.WaitUpgrade(id, upgradeTimeout)
+	mustState(t, st, upgrade.Done, "e2e-v2", boot.SlotB)
+
+	t.Log("cut during the trial boot")
+	id = vm.Upgrade(slow, true)
+	vm.Expect(`keel: booting slot A`, upgradeTimeout)
+	vm.Expect(`keel-upgrade id=`+id+` state=trial`, bootTimeout)
+	vm.Reset()
+	vm.Expect(`keel: booting slot B`, bootTimeout)
+	st = vm.WaitUpgrade(id, upgradeTimeout)
+	mustState(t, st, upgrade.RolledBack, "e2e-v2", boot.SlotB)
+	if !strings.Contains(st.Upgrade.Reason, "reset during the trial boot") {
+		t.Errorf("reason = %q", st.Upgrade.Reason)
+	}
+}
+
+// TestUnmountBusy: a loop device on a file in /var keeps it busy whatever is killed; the
+// upgrade aborts and the node reboots into its current slot. The loop device is set up by
+// a test fault in slot A's init (sequence.FaultBusyVar).
+func TestUnmountBusy(t *testing.T) {
+	t.Parallel()
+	reg := vmtest.NewRegistry(t)
+	v2 := reg.PushInstaller(t, "keel:e2e-v2", vmtest.InstallerOptions{Version: "e2e-v2"})
+	vm := vmtest.New(t, image(t, vmtest.ImageOptions{VersionA: "e2e-v1", FaultA: "busy-var"}))
+	vm.Start()
+	r := vm.WaitReady(bootTimeout)
+	id := vm.Upgrade(v2, true)
+	vm.Expect(`keel-upgrade id=`+id+` state=aborted`, upgradeTimeout)
+	vm.Expect(`keel: booting slot A`, bootTimeout)
+	r2 := vm.WaitReady(bootTimeout)
+	st := vm.Status()
+	mustState(t, st, upgrade.Aborted, "e2e-v1", boot.SlotA)
+	if !strings.Contains(st.Upgrade.Reason, "unmount /var") || r2.BootID == r.BootID {
+		t.Errorf("reason %q; rebooted: %v", st.Upgrade.Reason, r2.BootID != r.BootID)
+	}
+}
