@@ -147,6 +147,11 @@ func BuildSlot(ctx context.Context, o SlotOptions) (Slot, error) {
 	if bins == nil {
 		bins = DefaultBinaries()
 	}
+	if o.Fault == "bench-write" {
+		if p, err := exec.LookPath("dd"); err == nil {
+			bins["/bin/dd"] = p
+		}
+	}
 	rd, err := BuildInitramfs(InitramfsOptions{Init: initPath, Kernel: o.Kernel, Binaries: bins})
 	if err != nil {
 		return Slot{}, fmt.Errorf("initramfs %s: %w", o.Version, err)

@@ -16,6 +16,7 @@ import (
 	"runtime"
 	"strings"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -43,6 +44,9 @@ const (
 	FaultHealthFail  Fault = "health-fail"   // a health gate fails in a trial
 	FaultBusyVar     Fault = "busy-var"      // a loop device on a file in /var keeps it busy
 	FaultSlowTrial   Fault = "slow-trial"    // a health gate takes 15 s (a window to cut power in)
+	// FaultBenchWrite is for the slot-write benchmark: before writing a slot, write the same
+	// bytes to the same partition with dd oflag=direct (packed in the image) and time both.
+	FaultBenchWrite Fault = "bench-write"
 )
 
 // openMeta reads the record; a META that holds no valid copy is reset (with a warning)
@@ -268,23 +272,42 @@ func (n *Node) writeSlot(u upgrade.Upgrade) error {
 	}
 	defer src.Close()
 	dev := n.parts[u.ToSlot.Partition()].Dev
-	dst, err := os.OpenFile(dev, os.O_WRONLY, 0)
+	if n.opts.Fault == FaultBenchWrite {
+		t0 := time.Now()
+		out, err := exec.Command("/bin/dd", "if="+src.Name(), "of="+dev, "bs=4M", "oflag=direct").CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("bench dd: %v: %s", err, out)
+		}
+		fmt.Fprintf(n.opts.Console, "keel-bench dd_oflag_direct_s=%.3f bytes=%d\n", time.Since(t0).Seconds(), u.SlotSize)
+	}
+	// O_DIRECT: the bytes go to the disk as they are written, not into a page cache that
+	// fsync then has to flush (measured here: 5x slower under QEMU). The buffer is aligned
+	// as O_DIRECT requires; a tail that is not a whole sector is written without it.
+	dst, err := os.OpenFile(dev, os.O_WRONLY|unix.O_DIRECT, 0)
 	if err != nil {
 		return err
 	}
 	defer dst.Close()
 	h := sha256.New()
-	buf := make([]byte, 4<<20)
+	buf := alignedBuffer(4<<20, 4096)
 	var written int64
+	var hashTime time.Duration
 	last := time.Now()
 	t0 := time.Now()
 	for {
-		k, rerr := src.Read(buf)
+		k, rerr := io.ReadFull(src, buf)
 		if k > 0 {
-			if _, err := dst.Write(buf[:k]); err != nil {
+			chunk := buf[:k]
+			if k%512 != 0 {
+				if err := writeTail(dev, written, chunk); err != nil {
+					return err
+				}
+			} else if _, err := dst.WriteAt(chunk, written); err != nil {
 				return fmt.Errorf("write %s at %d: %w", dev, written, err)
 			}
-			h.Write(buf[:k])
+			th := time.Now()
+			h.Write(chunk)
+			hashTime += time.Since(th)
 			written += int64(k)
 			if time.Since(last) > 250*time.Millisecond {
 				last = time.Now()
@@ -293,7 +316,7 @@ func (n *Node) writeSlot(u upgrade.Upgrade) error {
 				}
 			}
 		}
-		if rerr == io.EOF {
+		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
 			break
 		}
 		if rerr != nil {
@@ -307,6 +330,9 @@ func (n *Node) writeSlot(u upgrade.Upgrade) error {
 		return fmt.Errorf("sync %s: %w", dev, err)
 	}
 	took := time.Since(t0)
+	if n.opts.Fault == FaultBenchWrite {
+		fmt.Fprintf(n.opts.Console, "keel-bench slot_write_s=%.3f hash_s=%.3f bytes=%d\n", took.Seconds(), hashTime.Seconds(), written)
+	}
 	// Read back from the device, not from the page cache.
 	if err := unix.IoctlSetInt(int(dst.Fd()), unix.BLKFLSBUF, 0); err != nil {
 		n.log.Warn("upgrade: BLKFLSBUF", "err", err)
@@ -328,6 +354,29 @@ func (n *Node) writeSlot(u upgrade.Upgrade) error {
 		"write_s", took.Seconds(), "mib_per_s", float64(written)/(1<<20)/took.Seconds())
 	os.Remove(filepath.Join(upgradeDir, "slot.img"))
 	return nil
+}
+
+// alignedBuffer returns size bytes starting at an align boundary (O_DIRECT needs it).
+func alignedBuffer(size, align int) []byte {
+	b := make([]byte, size+align)
+	off := 0
+	if r := int(uintptr(unsafe.Pointer(&b[0])) & uintptr(align-1)); r != 0 {
+		off = align - r
+	}
+	return b[off : off+size]
+}
+
+// writeTail writes a last chunk that is not a whole number of sectors, without O_DIRECT.
+func writeTail(dev string, off int64, b []byte) error {
+	f, err := os.OpenFile(dev, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if _, err := f.WriteAt(b, off); err != nil {
+		return fmt.Errorf("write %s at %d: %w", dev, off, err)
+	}
+	return f.Sync()
 }
 
 func (n *Node) wipeEphemeral() error {
