@@ -12,6 +12,7 @@ SHELL    := /bin/bash
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 VERSION_B ?=
 PORT     ?= 50000
+REGISTRY ?= 127.0.0.1:5000
 KVM      ?= 0
 CACHE    := build/cache
 GO       ?= go
@@ -20,7 +21,7 @@ E2E_TIMEOUT  ?= 40m
 
 UNIT_PKGS = $(shell $(GO) list ./... | grep -v -e /e2e -e /vmtest)
 
-.PHONY: all deps pki disk run stop test test-unit test-e2e fuzz vet clean
+.PHONY: all deps pki key disk image push registry run stop test test-unit test-e2e bench fuzz vet clean
 
 all: disk
 
@@ -30,10 +31,26 @@ deps:
 pki:
 	@$(GO) run ./initramfs/mkimage pki -dir build/pki
 
+# The ed25519 key that signs installer images; nodes built here trust its public half.
+key:
+	@$(GO) run ./initramfs/mkimage key -dir build/keys
+
 # The node's disk image: slot A holds VERSION; VERSION_B, if set, fills slot B.
-disk: deps pki
+disk: deps pki key
 	@echo "disk: building version $(VERSION)$(if $(VERSION_B), and $(VERSION_B) in slot B)"
 	@$(GO) run ./initramfs/mkimage disk -version $(VERSION) $(if $(VERSION_B),-version-b $(VERSION_B)) -out build/disk.img -cache $(CACHE) -pki build/pki
+
+# A signed installer image for VERSION, as an OCI image layout: build/installer-VERSION/.
+image: deps key
+	@$(GO) run ./initramfs/mkimage image -version $(VERSION) -cache $(CACHE) -keys build/keys
+
+# Push that image to REGISTRY as keel:VERSION (start one with `make registry`).
+push: image
+	@$(GO) run ./initramfs/mkimage push -image build/installer-$(VERSION) -ref $(REGISTRY)/keel:$(VERSION)
+
+# A local OCI registry (in memory) for trying upgrades; a VM reaches it as 10.0.2.2.
+registry:
+	@$(GO) run ./initramfs/mkimage registry -addr $(REGISTRY)
 
 run: disk
 	@KVM=$(KVM) scripts/qemu-run.sh build/disk.img $(PORT)
@@ -56,10 +73,16 @@ test-e2e: deps
 
 test: deps test-unit test-e2e
 
+# Boot time and slot-write throughput (see e2e/bench_test.go).
+bench: deps
+	@$(GO) test -run XXX -bench . -benchtime 3x ./e2e | grep -E '^(Benchmark|ok|FAIL)'
+
 # Short fuzzing of the decoders (the seeds always run as part of test-unit).
 fuzz:
-	@$(GO) test -run XXX -fuzz FuzzParseEnv -fuzztime 30s ./boot
+	@$(GO) test -run XXX -fuzz FuzzParseEnv -fuzztime 20s ./boot
+	@$(GO) test -run XXX -fuzz FuzzDecodeCopy -fuzztime 20s ./meta
+	@$(GO) test -run XXX -fuzz FuzzDecode -fuzztime 20s ./upgrade
 
 clean:
 	@-scripts/qemu-stop.sh >/dev/null 2>&1
-	rm -rf build/disk.img build/images build/run build/vmtest build/e2e.log
+	rm -rf build/disk.img build/images build/run build/vmtest build/e2e.log build/installer-*

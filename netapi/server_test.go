@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -153,5 +154,43 @@ func TestRefusedWithoutTrustedCert(t *testing.T) {
 				t.Fatalf("got %d, want a failed handshake", resp.StatusCode)
 			}
 		})
+	}
+}
+
+func TestUpgradeEndpoint(t *testing.T) {
+	e := newEnv(t)
+	admin := e.client(t, e.ca, "admin")
+	post := func(body string) (int, ErrorBody, []byte) {
+		resp, err := admin.Post(e.url+"/v1/upgrade", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		var eb ErrorBody
+		json.Unmarshal(b, &eb)
+		return resp.StatusCode, eb, b
+	}
+	for _, tc := range []struct {
+		body string
+		want int
+	}{
+		{`{"image":"r/x:1","preserve":true}`, 202},
+		{`{"image":"busy"}`, 409},
+		{`{`, 400},
+		{`{"image":""}`, 400},
+		{`{"image":"x","extra":1}`, 400},
+		{`{"image":"x"}{"image":"y"}`, 400},
+		{`[]`, 400},
+		{strings.Repeat(" ", 2<<20) + `{"image":"x"}`, 400}, // over the 1 MiB body limit
+	} {
+		code, eb, b := post(tc.body)
+		if code != tc.want || (code >= 400 && eb.Error.Code == "") {
+			t.Errorf("POST %.40q = %d %s, want %d with a JSON error", tc.body, code, b, tc.want)
+		}
+	}
+	code, eb, _ := do(t, admin, "POST", e.url+"/v1/rollback")
+	if code != http.StatusPreconditionFailed || eb.Error.Code != "precondition_failed" {
+		t.Errorf("rollback = %d %+v", code, eb)
 	}
 }

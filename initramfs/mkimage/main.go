@@ -4,8 +4,9 @@
 //	mkimage disk -version v1 [-version-b v2] -out build/disk.img
 //	mkimage slot -version v1 -out build/images        one slot image
 //	mkimage key  -dir build/keys                      ed25519 signing key for installer images
-//	mkimage image -version v2 -out build/installer-v2.tar   signed installer image (OCI tarball)
-//	mkimage push -image build/installer-v2.tar -ref 127.0.0.1:5000/keel:v2
+//	mkimage image -version v2 -out build/installer-v2   signed installer image (OCI image layout)
+//	mkimage push -image build/installer-v2 -ref 127.0.0.1:5000/keel:v2
+//	mkimage registry -addr 127.0.0.1:5000            a local OCI registry (in memory) to push to
 //
 // The Makefile drives it; every step prints what it made.
 package main
@@ -16,13 +17,16 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
 
 	"keel/config"
 	"keel/nodeimage"
@@ -47,6 +51,8 @@ func main() {
 		err = cmdImage(os.Args[2:])
 	case "push":
 		err = cmdPush(os.Args[2:])
+	case "registry":
+		err = cmdRegistry(os.Args[2:])
 	default:
 		usage()
 	}
@@ -57,7 +63,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: mkimage pki|disk|slot|key|image|push [flags] (-h for flags)")
+	fmt.Fprintln(os.Stderr, "usage: mkimage pki|disk|slot|key|image|push|registry [flags] (-h for flags)")
 	os.Exit(2)
 }
 
@@ -162,13 +168,13 @@ func cmdKey(args []string) error {
 func cmdImage(args []string) error {
 	fs := flag.NewFlagSet("image", flag.ExitOnError)
 	version := fs.String("version", "", "version the image installs (required; also its tag)")
-	out := fs.String("out", "", "OCI tarball to write (default build/installer-VERSION.tar)")
+	out := fs.String("out", "", "OCI image layout directory to write (default build/installer-VERSION)")
 	cache := fs.String("cache", "build/cache", "cache holding the unpacked kernel")
 	keys := fs.String("keys", "build/keys", "signing key directory")
 	unsigned := fs.Bool("unsigned", false, "do not sign")
 	fs.Parse(args)
 	if *out == "" {
-		*out = filepath.Join("build", "installer-"+*version+".tar")
+		*out = filepath.Join("build", "installer-"+*version)
 	}
 	k, err := nodeimage.FindKernel(*cache)
 	if err != nil {
@@ -188,11 +194,16 @@ func cmdImage(args []string) error {
 	if err != nil {
 		return err
 	}
-	tag, err := name.NewTag("keel:" + *version)
+	// An OCI image layout keeps the manifest byte for byte (a docker-save tarball would be
+	// re-serialized on read, changing the digest and the layers' media types).
+	if err := os.RemoveAll(*out); err != nil {
+		return err
+	}
+	lp, err := layout.Write(*out, empty.Index)
 	if err != nil {
 		return err
 	}
-	if err := tarball.WriteToFile(*out, tag, img); err != nil {
+	if err := lp.AppendImage(img, layout.WithAnnotations(map[string]string{"org.opencontainers.image.ref.name": *version})); err != nil {
 		return err
 	}
 	d, _ := img.Digest()
@@ -202,10 +213,21 @@ func cmdImage(args []string) error {
 
 func cmdPush(args []string) error {
 	fs := flag.NewFlagSet("push", flag.ExitOnError)
-	image := fs.String("image", "", "OCI tarball from mkimage image")
+	image := fs.String("image", "", "OCI image layout from mkimage image")
 	ref := fs.String("ref", "", "where to push, e.g. 127.0.0.1:5000/keel:v2")
 	fs.Parse(args)
-	img, err := tarball.ImageFromPath(*image, nil)
+	idx, err := layout.ImageIndexFromPath(*image)
+	if err != nil {
+		return err
+	}
+	im, err := idx.IndexManifest()
+	if err != nil {
+		return err
+	}
+	if len(im.Manifests) != 1 {
+		return fmt.Errorf("%s holds %d images, want 1", *image, len(im.Manifests))
+	}
+	img, err := idx.Image(im.Manifests[0].Digest)
 	if err != nil {
 		return err
 	}
@@ -219,4 +241,12 @@ func cmdPush(args []string) error {
 	d, _ := img.Digest()
 	fmt.Printf("push: %s@%s\n", r, d)
 	return nil
+}
+
+func cmdRegistry(args []string) error {
+	fs := flag.NewFlagSet("registry", flag.ExitOnError)
+	addr := fs.String("addr", "127.0.0.1:5000", "listen address (a VM reaches the host's 127.0.0.1 as 10.0.2.2)")
+	fs.Parse(args)
+	fmt.Printf("registry: serving an in-memory OCI registry on %s (Ctrl-C ends it)\n", *addr)
+	return http.ListenAndServe(*addr, registry.New())
 }
