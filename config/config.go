@@ -9,6 +9,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+
+	"keel/supervisor"
 )
 
 // FileName is the configuration's path relative to the STATE mount.
@@ -23,6 +25,10 @@ type Config struct {
 	API      API     `json:"api,omitzero"`
 	Network  Network `json:"network,omitzero"`
 	Upgrade  Upgrade `json:"upgrade,omitzero"`
+	// Role is the node's role (e.g. worker, control-plane); services may be limited to roles.
+	Role string `json:"role,omitempty"`
+	// Services are the system services the init supervises.
+	Services []supervisor.Spec `json:"services,omitempty"`
 }
 
 // Upgrade is the node's upgrade policy.
@@ -97,6 +103,9 @@ func (c Config) Validate() error {
 		if b, err := base64.StdEncoding.DecodeString(k); err != nil || len(b) != 32 {
 			return fmt.Errorf("%w: upgrade.trusted_keys: %q is not a base64 ed25519 public key", ErrInvalid, k)
 		}
+	}
+	if _, err := supervisor.Order(append([]supervisor.Spec(nil), c.Services...)); err != nil {
+		return fmt.Errorf("%w: services: %w", ErrInvalid, err)
 	}
 	if len(c.Hostname) > 64 {
 		return fmt.Errorf("%w: hostname longer than 64 bytes", ErrInvalid)

@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"keel/events"
 	"keel/initramfs"
 	"keel/logbuf"
 	"keel/machine"
@@ -59,6 +60,8 @@ func main() {
 		Console: os.Stdout,
 		Modules: initramfs.DefaultModules,
 		Fault:   sequence.Fault(fault),
+		InitLog: ring,
+		Events:  events.New(5000, nil),
 	}, initAt)
 	ctx := context.Background()
 	if err := node.Boot(ctx); err != nil {

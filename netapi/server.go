@@ -3,6 +3,7 @@
 package netapi
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -11,8 +12,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
+
+	"keel/logbuf"
+	"keel/supervisor"
 )
 
 // Role is what a caller may do. Roles are ordered: each can do what the ones below can.
@@ -63,13 +68,34 @@ type Node interface {
 	StartUpgrade(UpgradeRequest) (string, error)
 	// Rollback commits the other slot and reboots.
 	Rollback() error
+	// Services lists the supervised services.
+	Services() []supervisor.Status
+	// RestartService restarts one service.
+	RestartService(name string) error
+	// LogRing is a service's output, or the init's own log under the name "init".
+	LogRing(name string) (*logbuf.Ring, error)
+	// Events is the event stream's ring of NDJSON lines.
+	Events() *logbuf.Ring
+	// Dmesg calls emit for each kernel log record; with follow, until ctx ends.
+	Dmesg(ctx context.Context, follow bool, emit func(any) error) error
+	// Reset wipes the named partitions and reboots.
+	Reset(wipe []string) error
 }
+
+// ResetRequest is the body of POST /v1/reset.
+type ResetRequest struct {
+	Wipe []string `json:"wipe"`
+}
+
+// Wipeable are the partitions POST /v1/reset may wipe.
+var Wipeable = []string{"EPHEMERAL", "STATE"}
 
 // Errors a Node returns to pick the HTTP status; anything else is a 500.
 var (
 	ErrBadRequest   = errors.New("bad request")         // 400
 	ErrConflict     = errors.New("conflict")            // 409
 	ErrPrecondition = errors.New("precondition failed") // 412
+	ErrNotFound     = errors.New("not found")           // 404
 )
 
 // Options configure a Server.
@@ -80,14 +106,17 @@ type Options struct {
 
 // Server serves the API. Build it with New.
 type Server struct {
-	node Node
-	log  *slog.Logger
-	mux  *http.ServeMux
+	node    Node
+	log     *slog.Logger
+	mux     *http.ServeMux
+	streams chan struct{}
+	// methodRoutes records the paths given a JSON 405 fallback.
+	methodRoutes map[string]bool
 }
 
 // New returns a Server for node.
 func New(o Options) *Server {
-	s := &Server{node: o.Node, log: o.Log, mux: http.NewServeMux()}
+	s := &Server{node: o.Node, log: o.Log, mux: http.NewServeMux(), streams: make(chan struct{}, MaxStreams), methodRoutes: map[string]bool{}}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -97,6 +126,12 @@ func New(o Options) *Server {
 	s.route("POST /v1/shutdown", RoleAdmin, s.shutdown)
 	s.route("POST /v1/upgrade", RoleAdmin, s.upgrade)
 	s.route("POST /v1/rollback", RoleAdmin, s.rollback)
+	s.route("POST /v1/reset", RoleAdmin, s.reset)
+	s.route("GET /v1/services", RoleReader, s.services)
+	s.route("POST /v1/services/{name}/restart", RoleOperator, s.restartService)
+	s.route("GET /v1/logs/{name}", RoleReader, s.logs)
+	s.route("GET /v1/events", RoleReader, s.events)
+	s.route("GET /v1/dmesg", RoleReader, s.dmesg)
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no route %s %s", r.Method, r.URL.Path))
 	})
@@ -122,12 +157,17 @@ func (s *Server) route(pattern string, need Role, h http.HandlerFunc) {
 			return
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, 1<<20)
+		// Every answer must be written within 30 s; streams push this out per line.
+		http.NewResponseController(w).SetWriteDeadline(time.Now().Add(30 * time.Second))
 		h(w, r)
 	})
 	_, path, _ := strings.Cut(pattern, " ")
-	s.mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
-		WriteError(w, http.StatusMethodNotAllowed, "method_not_allowed", fmt.Sprintf("%s does not take %s", path, r.Method))
-	})
+	if !s.methodRoutes[path] {
+		s.methodRoutes[path] = true
+		s.mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
+			WriteError(w, http.StatusMethodNotAllowed, "method_not_allowed", fmt.Sprintf("%s does not take %s", path, r.Method))
+		})
+	}
 }
 
 // ServeHTTP implements http.Handler.
@@ -161,14 +201,7 @@ func (s *Server) power(w http.ResponseWriter, r *http.Request, what string, do f
 
 func (s *Server) upgrade(w http.ResponseWriter, r *http.Request) {
 	var req UpgradeRequest
-	dec := json.NewDecoder(r.Body)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		WriteError(w, http.StatusBadRequest, "bad_request", "body: "+err.Error())
-		return
-	}
-	if dec.More() {
-		WriteError(w, http.StatusBadRequest, "bad_request", "body: more than one JSON value")
+	if !decodeBody(w, r, &req) {
 		return
 	}
 	if req.Image == "" {
@@ -192,12 +225,164 @@ func (s *Server) rollback(w http.ResponseWriter, r *http.Request) {
 	WriteJSON(w, http.StatusAccepted, Accepted{Status: "rolling back"})
 }
 
+func (s *Server) reset(w http.ResponseWriter, r *http.Request) {
+	var req ResetRequest
+	if !decodeBody(w, r, &req) {
+		return
+	}
+	if len(req.Wipe) == 0 {
+		WriteError(w, http.StatusBadRequest, "bad_request", `"wipe" must name at least one of EPHEMERAL, STATE`)
+		return
+	}
+	seen := map[string]bool{}
+	for _, p := range req.Wipe {
+		if !slices.Contains(Wipeable, p) || seen[p] {
+			WriteError(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("cannot wipe %q: name each of %v at most once", p, Wipeable))
+			return
+		}
+		seen[p] = true
+	}
+	if err := s.node.Reset(req.Wipe); err != nil {
+		writeNodeError(w, err)
+		return
+	}
+	s.log.Info("api: reset accepted", "wipe", req.Wipe, "client", r.TLS.PeerCertificates[0].Subject.CommonName)
+	WriteJSON(w, http.StatusAccepted, Accepted{Status: "resetting"})
+}
+
+func (s *Server) services(w http.ResponseWriter, r *http.Request) {
+	WriteJSON(w, http.StatusOK, map[string]any{"services": s.node.Services()})
+}
+
+func (s *Server) restartService(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if err := s.node.RestartService(name); err != nil {
+		writeNodeError(w, err)
+		return
+	}
+	WriteJSON(w, http.StatusAccepted, Accepted{Status: "restarting " + name})
+}
+
+// follow serves a ring: the last tail lines, then (with follow=1) every new one until the
+// client leaves or the ring is closed at shutdown. wrap turns a stored line into a JSON
+// value; nil means the lines are JSON already.
+func (s *Server) follow(w http.ResponseWriter, r *http.Request, ring *logbuf.Ring, defTail int, wrap func(string) any) {
+	tail, ok := queryTail(r, defTail)
+	follow, ok2 := queryFollow(r)
+	if !ok || !ok2 {
+		WriteError(w, http.StatusBadRequest, "bad_request", "tail must be 0-100000 and follow 0 or 1")
+		return
+	}
+	write := func(lw *lineWriter, line string) error {
+		if wrap == nil {
+			return lw.raw(line)
+		}
+		return lw.value(wrap(line))
+	}
+	if !follow {
+		lw := newLineWriter(w)
+		if tail == 0 {
+			return
+		}
+		for _, l := range ring.Tail(tail) {
+			if write(lw, l) != nil {
+				return
+			}
+		}
+		return
+	}
+	if !s.acquireStream(w) {
+		return
+	}
+	defer s.releaseStream()
+	// Follow returns the history and the channel atomically: no line is lost or repeated
+	// between the two.
+	lines, ch, cancel := ring.Follow(max(tail, 1), 1024)
+	defer cancel()
+	if tail == 0 {
+		lines = nil
+	}
+	lw := newLineWriter(w)
+	for _, l := range lines {
+		if write(lw, l) != nil {
+			return
+		}
+	}
+	for {
+		select {
+		case l, ok := <-ch:
+			if !ok {
+				return // the node is shutting down: end the response cleanly
+			}
+			if write(lw, l) != nil {
+				return
+			}
+		case <-r.Context().Done():
+			return
+		}
+	}
+}
+
+// LogLine is one line of GET /v1/logs/{name}.
+type LogLine struct {
+	Line string `json:"line"`
+}
+
+func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
+	ring, err := s.node.LogRing(r.PathValue("name"))
+	if err != nil {
+		writeNodeError(w, err)
+		return
+	}
+	s.follow(w, r, ring, 100, func(l string) any { return LogLine{Line: l} })
+}
+
+func (s *Server) events(w http.ResponseWriter, r *http.Request) {
+	s.follow(w, r, s.node.Events(), 100, nil)
+}
+
+func (s *Server) dmesg(w http.ResponseWriter, r *http.Request) {
+	follow, ok := queryFollow(r)
+	if !ok {
+		WriteError(w, http.StatusBadRequest, "bad_request", "follow must be 0 or 1")
+		return
+	}
+	if follow {
+		if !s.acquireStream(w) {
+			return
+		}
+		defer s.releaseStream()
+	}
+	lw := newLineWriter(w)
+	err := s.node.Dmesg(r.Context(), follow, lw.value)
+	if err != nil && r.Context().Err() == nil {
+		s.log.Debug("api: dmesg stream ended", "err", err)
+	}
+}
+
+// decodeBody decodes one JSON object strictly, answering 400 itself on failure.
+func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		WriteError(w, http.StatusBadRequest, "bad_request", "body: "+err.Error())
+		return false
+	}
+	if dec.More() {
+		WriteError(w, http.StatusBadRequest, "bad_request", "body: more than one JSON value")
+		return false
+	}
+	return true
+}
+
 func writeNodeError(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, ErrBadRequest):
 		WriteError(w, http.StatusBadRequest, "bad_request", err.Error())
 	case errors.Is(err, ErrConflict):
 		WriteError(w, http.StatusConflict, "conflict", err.Error())
+	case errors.Is(err, ErrNotFound):
+		WriteError(w, http.StatusNotFound, "not_found", err.Error())
 	case errors.Is(err, ErrPrecondition):
 		WriteError(w, http.StatusPreconditionFailed, "precondition_failed", err.Error())
 	default:
@@ -245,6 +430,7 @@ func Serve(ln net.Listener, h http.Handler, cfg *tls.Config, log *slog.Logger) (
 		Handler:           h,
 		TLSConfig:         cfg,
 		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),

@@ -1,6 +1,8 @@
 package netapi
 
 import (
+	"bufio"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -15,12 +17,43 @@ import (
 	"testing"
 	"time"
 
+	"keel/logbuf"
 	"keel/pki"
+	"keel/supervisor"
 )
 
 type fakeNode struct {
 	mu      sync.Mutex
 	reboots int
+	events  *logbuf.Ring
+	initLog *logbuf.Ring
+	resets  [][]string
+}
+
+func (f *fakeNode) Services() []supervisor.Status {
+	return []supervisor.Status{{Name: "db", State: supervisor.Healthy}}
+}
+func (f *fakeNode) RestartService(name string) error {
+	if name != "db" {
+		return fmt.Errorf("%w: service %q", ErrNotFound, name)
+	}
+	return nil
+}
+func (f *fakeNode) LogRing(name string) (*logbuf.Ring, error) {
+	if name != "init" {
+		return nil, fmt.Errorf("%w: %q", ErrNotFound, name)
+	}
+	return f.initLog, nil
+}
+func (f *fakeNode) Events() *logbuf.Ring { return f.events }
+func (f *fakeNode) Dmesg(ctx context.Context, follow bool, emit func(any) error) error {
+	return emit(map[string]any{"message": "kernel says hi"})
+}
+func (f *fakeNode) Reset(wipe []string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.resets = append(f.resets, wipe)
+	return nil
 }
 
 func (f *fakeNode) Status() Status   { return Status{Version: "v9", BootedSlot: "A"} }
@@ -67,7 +100,7 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	node := &fakeNode{}
+	node := &fakeNode{events: logbuf.New(100, 0), initLog: logbuf.New(100, 0)}
 	srv, _ := Serve(ln, New(Options{Node: node, Log: slog.Default()}), cfg, slog.Default())
 	t.Cleanup(func() { srv.Close() })
 	roots := x509.NewCertPool()
@@ -192,5 +225,114 @@ func TestUpgradeEndpoint(t *testing.T) {
 	code, eb, _ := do(t, admin, "POST", e.url+"/v1/rollback")
 	if code != http.StatusPreconditionFailed || eb.Error.Code != "precondition_failed" {
 		t.Errorf("rollback = %d %+v", code, eb)
+	}
+}
+
+func TestStreams(t *testing.T) {
+	e := newEnv(t)
+	reader := e.client(t, e.ca, "reader")
+	reader.Timeout = 0
+	for i := range 5 {
+		e.node.initLog.Append(fmt.Sprintf("old %d", i))
+	}
+	// History only.
+	code, _, b := do(t, reader, "GET", e.url+"/v1/logs/init?tail=2")
+	if code != 200 || string(b) != "{\"line\":\"old 3\"}\n{\"line\":\"old 4\"}\n" {
+		t.Errorf("tail=2: %d %q", code, b)
+	}
+	if code, eb, _ := do(t, reader, "GET", e.url+"/v1/logs/nope"); code != 404 || eb.Error.Code != "not_found" {
+		t.Errorf("unknown log: %d %+v", code, eb)
+	}
+	if code, _, _ := do(t, reader, "GET", e.url+"/v1/logs/init?tail=x"); code != 400 {
+		t.Errorf("bad tail: %d", code)
+	}
+
+	// Follow: history, then lines as they are written, then a clean end when the ring closes.
+	resp, err := reader.Get(e.url + "/v1/events?follow=1&tail=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if ct := resp.Header.Get("Content-Type"); ct != "application/x-ndjson" {
+		t.Errorf("content type %q", ct)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	go func() {
+		for i := range 3 {
+			e.node.events.Append(fmt.Sprintf(`{"seq":%d}`, i))
+			time.Sleep(20 * time.Millisecond)
+		}
+		e.node.events.Close()
+	}()
+	var got []string
+	for sc.Scan() {
+		got = append(got, sc.Text())
+	}
+	if sc.Err() != nil || len(got) < 3 || got[len(got)-1] != `{"seq":2}` {
+		t.Errorf("followed %q, err %v (want the 3 events, then a clean end)", got, sc.Err())
+	}
+
+	// Stream limit.
+	var open []*http.Response
+	for range MaxStreams {
+		r, err := reader.Get(e.url + "/v1/logs/init?follow=1&tail=0")
+		if err != nil || r.StatusCode != 200 {
+			t.Fatalf("stream: %v %v", err, r)
+		}
+		open = append(open, r)
+	}
+	if code, eb, _ := do(t, reader, "GET", e.url+"/v1/logs/init?follow=1"); code != http.StatusTooManyRequests || eb.Error.Code != "too_many_streams" {
+		t.Errorf("stream %d: %d %+v, want 429", MaxStreams+1, code, eb)
+	}
+	for _, r := range open {
+		r.Body.Close()
+	}
+	code, _, b = do(t, reader, "GET", e.url+"/v1/dmesg")
+	if code != 200 || !strings.Contains(string(b), "kernel says hi") {
+		t.Errorf("dmesg: %d %s", code, b)
+	}
+}
+
+func TestServicesAndReset(t *testing.T) {
+	e := newEnv(t)
+	op, admin := e.client(t, e.ca, "operator"), e.client(t, e.ca, "admin")
+	if code, _, b := do(t, op, "GET", e.url+"/v1/services"); code != 200 || !strings.Contains(string(b), `"healthy"`) {
+		t.Errorf("services: %d %s", code, b)
+	}
+	if code, _, _ := do(t, op, "POST", e.url+"/v1/services/db/restart"); code != 202 {
+		t.Errorf("restart db: %d", code)
+	}
+	if code, _, _ := do(t, op, "POST", e.url+"/v1/services/nope/restart"); code != 404 {
+		t.Errorf("restart unknown: %d", code)
+	}
+	if code, _, _ := do(t, e.client(t, e.ca, "reader"), "POST", e.url+"/v1/services/db/restart"); code != 403 {
+		t.Errorf("reader restart: %d", code)
+	}
+	post := func(c *http.Client, body string) int {
+		resp, err := c.Post(e.url+"/v1/reset", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for body, want := range map[string]int{
+		`{"wipe":["EPHEMERAL"]}`:             202,
+		`{"wipe":["EPHEMERAL","STATE"]}`:     202,
+		`{"wipe":[]}`:                        400,
+		`{"wipe":["META"]}`:                  400,
+		`{"wipe":["EPHEMERAL","EPHEMERAL"]}`: 400,
+		`{"wipe":["ephemeral"]}`:             400,
+		`{}`:                                 400,
+	} {
+		if got := post(admin, body); got != want {
+			t.Errorf("reset %s = %d, want %d", body, got, want)
+		}
+	}
+	if post(op, `{"wipe":["EPHEMERAL"]}`) != 403 {
+		t.Error("operator may reset")
+	}
+	if len(e.node.resets) != 2 {
+		t.Errorf("resets = %v", e.node.resets)
 	}
 }

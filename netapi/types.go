@@ -2,6 +2,7 @@ package netapi
 
 import (
 	"keel/boot"
+	"keel/supervisor"
 	"keel/upgrade"
 )
 
@@ -21,7 +22,9 @@ type Status struct {
 	CommittedSlot string  `json:"committed_slot"`
 	NextSlot      string  `json:"next_slot,omitempty"`
 	UptimeS       float64 `json:"uptime_s"`
-	BootID        string  `json:"boot_id"`
+	// InitRSSBytes is PID 1's resident memory (VmRSS).
+	InitRSSBytes int64  `json:"init_rss_bytes"`
+	BootID       string `json:"boot_id"`
 	// BootCount is how many earlier boots /var/log/keel/boots.log records: it survives a
 	// clean shutdown and is lost with EPHEMERAL.
 	BootCount  int         `json:"boot_count"`
@@ -30,6 +33,9 @@ type Status struct {
 	Addresses  []string    `json:"addresses"`
 	Slots      []SlotInfo  `json:"slots,omitempty"`
 	Warnings   []string    `json:"warnings,omitempty"`
+	Role       string      `json:"role,omitempty"`
+	// Services is GET /v1/services in short.
+	Services []supervisor.Status `json:"services,omitempty"`
 	// Upgrade is the upgrade in flight, or the last one; History the ones before it,
 	// newest first. Both are read from META, so they survive reboots.
 	Upgrade   *upgrade.Upgrade                 `json:"upgrade,omitempty"`

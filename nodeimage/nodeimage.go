@@ -68,6 +68,17 @@ func BuildInit(ctx context.Context, repoRoot, version, out string, fault ...stri
 	return nil
 }
 
+// BuildStatic builds a Go package of this module as a static, stripped linux/amd64 binary.
+func BuildStatic(ctx context.Context, repoRoot, pkg, out string) error {
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", "-s -w", "-o", out, pkg)
+	cmd.Dir = repoRoot
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build %s: %w\n%s", pkg, err, b)
+	}
+	return nil
+}
+
 // InitramfsOptions are the contents of an initramfs.
 type InitramfsOptions struct {
 	Init    string // path of the built init
@@ -131,7 +142,10 @@ type SlotOptions struct {
 	Kernel   Kernel
 	OutDir   string // gets init-VERSION, initramfs-VERSION, slot-VERSION.img
 	Binaries map[string]string
-	Fault    string // test images only
+	// GoBinaries are Go packages of this module to build statically and include
+	// (archive path → package path, e.g. "/bin/testsvc": "./vmtest/testsvc").
+	GoBinaries map[string]string
+	Fault      string // test images only
 }
 
 // BuildSlot builds the init, initramfs and slot filesystem image for one version.
@@ -152,7 +166,15 @@ func BuildSlot(ctx context.Context, o SlotOptions) (Slot, error) {
 			bins["/bin/dd"] = p
 		}
 	}
-	rd, err := BuildInitramfs(InitramfsOptions{Init: initPath, Kernel: o.Kernel, Binaries: bins})
+	files := map[string]string{}
+	for _, dst := range sortedKeys(o.GoBinaries) {
+		out := filepath.Join(o.OutDir, filepath.Base(dst)+"-"+o.Version)
+		if err := BuildStatic(ctx, o.RepoRoot, o.GoBinaries[dst], out); err != nil {
+			return Slot{}, err
+		}
+		files[dst] = out
+	}
+	rd, err := BuildInitramfs(InitramfsOptions{Init: initPath, Kernel: o.Kernel, Binaries: bins, Files: files})
 	if err != nil {
 		return Slot{}, fmt.Errorf("initramfs %s: %w", o.Version, err)
 	}

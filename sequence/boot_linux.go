@@ -21,10 +21,13 @@ import (
 	"keel/boot"
 	"keel/config"
 	"keel/disk"
+	"keel/events"
+	"keel/logbuf"
 	"keel/machine"
 	"keel/meta"
 	"keel/netapi"
 	"keel/network"
+	"keel/supervisor"
 	"keel/upgrade"
 )
 
@@ -51,6 +54,9 @@ type Options struct {
 	PartitionWait time.Duration
 	// Fault is a test image's injected failure (empty in production).
 	Fault Fault
+	// InitLog is the init's own log ring (served as the "init" log); Events the event bus.
+	InitLog *logbuf.Ring
+	Events  *events.Bus
 }
 
 // Node is the running machine as the init sees it.
@@ -85,6 +91,9 @@ type Node struct {
 	rec      upgrade.Record
 	bootActs []upgrade.Action // what this boot means for the upgrade, run once ready
 	watchdog *machine.Watchdog
+
+	sup         *supervisor.Supervisor
+	pendingWipe []string // partitions a reset re-makes during the shutdown
 
 	down     chan machine.Action
 	downOnce sync.Once
@@ -134,6 +143,11 @@ func (n *Node) phase(name string, fatal bool, f func() error) error {
 	n.mu.Lock()
 	n.phases = append(n.phases, p)
 	n.mu.Unlock()
+	data := map[string]any{"duration_s": d.Seconds()}
+	if err != nil {
+		data["error"] = err.Error()
+	}
+	n.publish("boot", name, "phase done", data)
 	switch {
 	case err != nil && fatal:
 		n.log.Error("boot phase failed", "phase", name, "err", err, "took", d.Round(time.Millisecond))
@@ -165,6 +179,7 @@ func (n *Node) Boot(ctx context.Context) error {
 		{"fault", false, n.injectFault},
 		{"network", false, func() error { return n.network(ctx) }},
 		{"api", false, n.serveAPI},
+		{"services", false, n.startServices},
 	}
 	for _, s := range steps {
 		if err := n.phase(s.name, s.fatal, s.f); err != nil {
@@ -180,6 +195,7 @@ func (n *Node) Boot(ctx context.Context) error {
 	n.mu.Unlock()
 	n.log.Info("ready", "version", r.Version, "slot", r.Slot, "init_to_ready", (n.readyAt - n.initAt).Round(time.Millisecond))
 	fmt.Fprintln(n.opts.Console, r.Line())
+	n.publish("boot", "ready", "ready", map[string]any{"version": r.Version, "slot": r.Slot, "init_to_ready_s": r.KernelAtReadyS - r.KernelAtInitS})
 	if len(n.bootActs) > 0 {
 		go n.runActions(ctx, n.bootActs)
 	}
@@ -488,6 +504,7 @@ func (n *Node) Status() netapi.Status {
 		CommittedSlot: string(n.entries.Committed),
 		NextSlot:      string(n.entries.Next),
 		UptimeS:       machine.Uptime().Seconds(),
+		InitRSSBytes:  machine.SelfRSS(),
 		BootID:        n.bootID,
 		BootCount:     n.bootCount,
 		Boot: netapi.BootTiming{
@@ -496,6 +513,7 @@ func (n *Node) Status() netapi.Status {
 			Phases:       append([]netapi.Phase(nil), n.phases...),
 		},
 		Slots:     append([]netapi.SlotInfo(nil), n.slots...),
+		Role:      n.cfg.Role,
 		Warnings:  append([]string(nil), n.warnings...),
 		History:   n.rec.History,
 		Rollbacks: n.rec.Rollbacks,
@@ -542,6 +560,7 @@ func (n *Node) request(a machine.Action, reason string) error {
 		n.goingDown = true
 		n.mu.Unlock()
 		n.log.Info("power request", "action", a.String(), "reason", reason)
+		n.publish("power", a.String(), reason, nil)
 		n.down <- a
 		err = nil
 	})

@@ -20,9 +20,9 @@ type ShutdownOptions struct {
 // first, so that the next boot finds them clean. It returns the errors it met; the caller
 // reboots regardless (a node that cannot unmount must still go down).
 //
-// Order matters: the endpoint stops accepting before processes are killed (a new request
-// must not start work we are about to kill), but only after the answer to the request that
-// asked for the shutdown has been written (srv.Shutdown waits for active handlers).
+// The endpoint stops accepting first (a new request must not start work we are about to
+// kill), but requests in flight finish and follow streams stay open: a client following
+// /v1/events sees every step below. The rings close last, which ends those streams cleanly.
 func (n *Node) RunShutdown(ctx context.Context, a machine.Action, o ShutdownOptions) []error {
 	if o.Grace == 0 {
 		o.Grace = 5 * time.Second
@@ -37,26 +37,29 @@ func (n *Node) RunShutdown(ctx context.Context, a machine.Action, o ShutdownOpti
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", name, err))
 			n.log.Error("shutdown step failed", "step", name, "err", err)
+			n.publish("shutdown", name, "failed", map[string]any{"error": err.Error()})
 			return
 		}
 		n.log.Info("shutdown step done", "step", name, "took", time.Since(t0).Round(time.Millisecond))
+		n.publish("shutdown", name, "done", map[string]any{"duration_s": time.Since(t0).Seconds()})
 	}
 	n.log.Info("shutdown: begin", "action", a.String())
+	n.publish("shutdown", "begin", a.String(), nil)
 
 	n.mu.Lock()
-	srv := n.srv
+	srv, wipe := n.srv, n.pendingWipe
 	n.mu.Unlock()
+	apiDone := make(chan struct{})
 	if srv != nil {
-		step("api", func() error {
-			sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-			defer cancel()
-			if err := srv.Shutdown(sctx); err != nil {
-				return srv.Close()
-			}
-			return nil
-		})
+		go func() {
+			// Closes the listener now; returns once every request in flight has ended.
+			srv.Shutdown(context.Background())
+			close(apiDone)
+		}()
+	} else {
+		close(apiDone)
 	}
-	// Services join here (issue: services the init supervises), stopped in reverse order.
+	step("services", func() error { n.stopServices(); return nil })
 	step("kill-processes", func() error {
 		if left := machine.KillAll(o.Grace, n.Reaper.ReapOnce); left > 0 {
 			n.log.Warn("processes needed SIGKILL", "count", left)
@@ -71,8 +74,30 @@ func (n *Node) RunShutdown(ctx context.Context, a machine.Action, o ShutdownOpti
 		m := mounts[i]
 		step("unmount "+m.target, func() error { return machine.Unmount(m.target, o.UnmountTimeout) })
 	}
+	if len(wipe) > 0 {
+		step("reset", func() error { return n.wipe(wipe) })
+	}
 	machine.Sync()
 	n.log.Info("shutdown: done", "action", a.String(), "errors", len(errs))
+	n.publish("shutdown", "done", a.String(), map[string]any{"errors": len(errs)})
+	// End the follow streams, then give their responses a moment to finish.
+	if n.opts.Events != nil {
+		n.opts.Events.Close()
+	}
+	if n.opts.InitLog != nil {
+		n.opts.InitLog.Close()
+	}
+	n.mu.Lock()
+	sup := n.sup
+	n.mu.Unlock()
+	if sup != nil {
+		sup.CloseLogs()
+	}
+	select {
+	case <-apiDone:
+	case <-time.After(2 * time.Second):
+		srv.Close()
+	}
 	fmt.Fprintf(n.opts.Console, "%saction=%s errors=%d\n", ShutdownDonePrefix, a, len(errs))
 	return errs
 }

@@ -98,7 +98,11 @@ func (n *Node) apply(ev upgrade.Event) ([]upgrade.Action, error) {
 	n.mu.Lock()
 	n.rec = rec
 	n.mu.Unlock()
+	if p, ok := ev.(upgrade.Progressed); ok {
+		n.publish("upgrade", rec.Current.ID, "progress", map[string]any{"written": p.Written, "total": p.Total})
+	}
 	if u := rec.Current; u != nil && (prev == nil || prev.State != u.State || prev.ID != u.ID) {
+		n.publish("upgrade", u.ID, string(u.State), map[string]any{"reason": u.Reason, "image": u.Image, "to_version": u.ToVersion})
 		n.log.Info("upgrade: state", "id", u.ID, "state", string(u.State), "reason", u.Reason)
 		// One line per state change on the console, for people and for tests that cut the
 		// power at a given state.
@@ -233,8 +237,9 @@ func (n *Node) pull(ctx context.Context, u upgrade.Upgrade) (installer.Pulled, e
 	})
 }
 
-// quiesce stops what uses STATE and EPHEMERAL and unmounts them. Services join here.
+// quiesce stops the services and whatever else uses STATE and EPHEMERAL, and unmounts them.
 func (n *Node) quiesce() error {
+	n.stopServices()
 	mounts := []string{MountEphemeral, MountState}
 	if k := machine.KillHolders(5*time.Second, n.Reaper.ReapOnce, mounts...); k > 0 {
 		n.log.Warn("upgrade: processes needed SIGKILL", "count", k)
@@ -441,6 +446,7 @@ func (n *Node) gates() []gate {
 			}
 			return nil
 		}},
+		{"services", n.servicesGate},
 		{"api", func(ctx context.Context) error {
 			var d net.Dialer
 			c, err := d.DialContext(ctx, "tcp", fmt.Sprintf("127.0.0.1:%d", n.cfg.APIPort()))

@@ -34,6 +34,8 @@ type ImageOptions struct {
 	VersionA string
 	VersionB string // empty: slot B left empty
 	FaultA   string // a test fault baked into slot A's init
+	// TestSvc packs vmtest/testsvc as /bin/testsvc into slot A, for service tests.
+	TestSvc bool
 	// Config is the node's config.json; the harness adds its signing key to the trusted keys.
 	Config config.Config
 }
@@ -103,7 +105,12 @@ func BuildImage(ctx context.Context, o ImageOptions) (*Image, error) {
 	if o.FaultA != "" {
 		dirA = filepath.Join(imgDir, "fault-"+o.FaultA)
 	}
-	img.SlotA, err = buildSlotOnce(ctx, nodeimage.SlotOptions{RepoRoot: root, Version: o.VersionA, Kernel: k, OutDir: dirA, Fault: o.FaultA})
+	var gobins map[string]string
+	if o.TestSvc {
+		dirA = filepath.Join(dirA, "testsvc")
+		gobins = map[string]string{"/bin/testsvc": "./vmtest/testsvc"}
+	}
+	img.SlotA, err = buildSlotOnce(ctx, nodeimage.SlotOptions{RepoRoot: root, Version: o.VersionA, Kernel: k, OutDir: dirA, Fault: o.FaultA, GoBinaries: gobins})
 	if err != nil {
 		return nil, err
 	}

@@ -125,7 +125,7 @@ var (
 func buildSlotOnce(ctx context.Context, o nodeimage.SlotOptions) (nodeimage.Slot, error) {
 	slotMu.Lock()
 	defer slotMu.Unlock()
-	key := o.Version + "/" + o.Fault
+	key := o.OutDir + "/" + o.Version + "/" + o.Fault
 	if s, ok := slotBuilt[key]; ok {
 		return s, nil
 	}

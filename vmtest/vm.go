@@ -286,6 +286,13 @@ func (vm *VM) client(role string) *http.Client {
 	return c
 }
 
+// StreamClient is a client for role without an overall timeout, for follow streams.
+func (vm *VM) StreamClient(role string) *http.Client {
+	c := *vm.client(role)
+	c.Timeout = 0
+	return &c
+}
+
 // URL is the endpoint URL of path through hostfwd.
 func (vm *VM) URL(path string) string {
 	return "https://127.0.0.1:" + strconv.Itoa(vm.Port) + path
