@@ -2,6 +2,9 @@ package e2e
 
 import (
 	"context"
+	"io"
+	"net/http"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -82,4 +85,54 @@ func BenchmarkSlotWrite(b *testing.B) {
 	b.ReportMetric((ours/n)/(dd/n), "write/dd-time-ratio")
 	b.ReportMetric(hash/ours, "hash-share-of-write")
 	b.ReportMetric(cycle/n, "s-request-to-done")
+}
+
+// BenchmarkStatusLatency sends GET /v1/status at a fixed rate (20/s for 15 s, one keep-alive
+// mTLS connection, through QEMU's hostfwd) to a node running two services, and reports p50
+// and p99 against GET /v1/version (a handler that does nothing) sent the same way in the
+// same run as the floor. It also reports PID 1's resident memory once idle.
+//
+//	go test -run XXX -bench StatusLatency -benchtime 1x ./e2e
+func BenchmarkStatusLatency(b *testing.B) {
+	img, err := vmtest.BuildImage(context.Background(), vmtest.ImageOptions{VersionA: "e2e-v1", TestSvc: true, Config: twoServices()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		vm := vmtest.New(b, img)
+		vm.Start()
+		vm.WaitReady(bootTimeout)
+		time.Sleep(10 * time.Second) // services up, boot work done: idle
+		rss := vm.Status().InitRSSBytes
+		c := vm.StreamClient("reader")
+		c.Transport.(*http.Transport).DisableKeepAlives = false
+		measure := func(path string) []time.Duration {
+			var lat []time.Duration
+			t := time.NewTicker(50 * time.Millisecond) // 20 requests a second
+			defer t.Stop()
+			for range 300 {
+				<-t.C
+				t0 := time.Now()
+				resp, err := c.Get(vm.URL(path))
+				if err != nil {
+					b.Fatal(err)
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				lat = append(lat, time.Since(t0))
+			}
+			slices.Sort(lat)
+			return lat
+		}
+		pct := func(l []time.Duration, p float64) float64 { return l[int(p*float64(len(l)-1))].Seconds() * 1000 }
+		floor := measure("/v1/version")
+		st := measure("/v1/status")
+		b.ReportMetric(float64(rss)/(1<<20), "init-RSS-MiB")
+		b.ReportMetric(pct(st, 0.5), "status-p50-ms")
+		b.ReportMetric(pct(st, 0.99), "status-p99-ms")
+		b.ReportMetric(pct(floor, 0.5), "version-p50-ms")
+		b.ReportMetric(pct(floor, 0.99), "version-p99-ms")
+		b.ReportMetric(pct(st, 0.5)/pct(floor, 0.5), "status/version-p50")
+		vm.PowerCut()
+	}
 }

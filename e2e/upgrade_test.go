@@ -1,12 +1,15 @@
 package e2e
 
 import (
+	"encoding/json"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
 	"keel/boot"
 	"keel/disk"
+	"keel/events"
 	"keel/netapi"
 	"keel/upgrade"
 	"keel/vmtest"
@@ -46,10 +49,31 @@ func TestUpgradeAndRollback(t *testing.T) {
 		t.Fatalf("rollback to an empty slot: %d %v %s, want 412", code, err, b)
 	}
 
+	// Follow the events through the upgrade: progress, then the shutdown, and the stream ends
+	// cleanly at the reboot.
+	sc, closeEv := stream(t, vm, "reader", "/v1/events?follow=1&tail=0")
+	defer closeEv()
 	t0 := time.Now()
 	id := vm.Upgrade(v2, true)
 	if code, b, _ := vm.Call("admin", "POST", "/v1/upgrade", netapi.UpgradeRequest{Image: v3, Preserve: true}); code != http.StatusConflict {
 		t.Errorf("second upgrade while one runs: %d %s, want 409", code, b)
+	}
+	var seen []string
+	for sc.Scan() {
+		var e events.Event
+		if json.Unmarshal(sc.Bytes(), &e) == nil {
+			seen = append(seen, e.Kind+" "+e.Source+" "+e.Message)
+		}
+	}
+	want := []string{"upgrade " + id + " pulling", "upgrade " + id + " writing", "upgrade " + id + " progress", "upgrade " + id + " rebooting", "shutdown done reboot"}
+	at := 0
+	for _, s := range seen {
+		if at < len(want) && strings.HasPrefix(s, want[at]) {
+			at++
+		}
+	}
+	if at != len(want) || sc.Err() != nil {
+		t.Errorf("events during the upgrade lack %q (stream err %v):\n%s", want[min(at, len(want)-1)], sc.Err(), strings.Join(seen, "\n"))
 	}
 	vm.Expect(`keel-upgrade id=`+id+` state=rebooting`, upgradeTimeout)
 	vm.Expect(`keel: booting slot B`, bootTimeout)

@@ -20,6 +20,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -115,6 +116,8 @@ func cmdDisk(args []string) error {
 	pkiDir := fs.String("pki", "build/pki", "development PKI (mkimage pki)")
 	size := fs.Int64("size-mib", 1024, "disk size in MiB")
 	keys := fs.String("keys", "build/keys", "signing key directory; its public key becomes the node's trusted key")
+	var add addFlag
+	fs.Var(&add, "add", "DST=SRC: also pack host binary SRC (with its libraries) at DST; repeatable")
 	args0 := fs.String("kernel-args", nodeimage.DefaultKernelArgs, "kernel command line after slot= and panic=")
 	fs.Parse(args)
 	k, err := nodeimage.FindKernel(*cache)
@@ -124,7 +127,7 @@ func cmdDisk(args []string) error {
 	ctx := context.Background()
 	imgDir := filepath.Join(filepath.Dir(*out), "images")
 	t0 := time.Now()
-	a, err := nodeimage.BuildSlot(ctx, nodeimage.SlotOptions{RepoRoot: ".", Version: *version, Kernel: k, OutDir: imgDir})
+	a, err := nodeimage.BuildSlot(ctx, nodeimage.SlotOptions{RepoRoot: ".", Version: *version, Kernel: k, OutDir: imgDir, Binaries: add.binaries()})
 	if err != nil {
 		return err
 	}
@@ -249,4 +252,33 @@ func cmdRegistry(args []string) error {
 	fs.Parse(args)
 	fmt.Printf("registry: serving an in-memory OCI registry on %s (Ctrl-C ends it)\n", *addr)
 	return http.ListenAndServe(*addr, registry.New())
+}
+
+// addFlag collects -add DST=SRC pairs.
+type addFlag map[string]string
+
+func (a *addFlag) String() string { return fmt.Sprint(map[string]string(*a)) }
+
+func (a *addFlag) Set(v string) error {
+	dst, src, ok := strings.Cut(v, "=")
+	if !ok || !strings.HasPrefix(dst, "/") || src == "" {
+		return fmt.Errorf("want DST=SRC with an absolute DST, got %q", v)
+	}
+	if *a == nil {
+		*a = addFlag{}
+	}
+	(*a)[dst] = src
+	return nil
+}
+
+// binaries is the default set plus the added ones (nil when none were added: the default).
+func (a addFlag) binaries() map[string]string {
+	if len(a) == 0 {
+		return nil
+	}
+	m := nodeimage.DefaultBinaries()
+	for k, v := range a {
+		m[k] = v
+	}
+	return m
 }
