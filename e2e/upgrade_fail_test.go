@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -160,13 +161,13 @@ func truncateBlobs(h http.Handler) http.Handler {
 			h.ServeHTTP(w, r)
 			return
 		}
-		rec := &bufWriter{header: http.Header{}, code: 200}
+		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, r)
-		body := rec.body.Bytes()
-		for k, v := range rec.header {
+		body := rec.Body.Bytes()
+		for k, v := range rec.Header() {
 			w.Header()[k] = v
 		}
-		w.WriteHeader(rec.code)
+		w.WriteHeader(rec.Code)
 		if len(body) > 64<<10 {
 			body = body[:len(body)/2]
 		}
@@ -178,35 +179,25 @@ func truncateBlobs(h http.Handler) http.Handler {
 func slowBlobs(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
-			rec := &bufWriter{header: http.Header{}, code: 200}
+			rec := httptest.NewRecorder()
 			h.ServeHTTP(rec, r)
-			if rec.body.Len() > 64<<10 {
+			if rec.Body.Len() > 64<<10 {
 				select {
 				case <-time.After(30 * time.Second):
 				case <-r.Context().Done():
 					return
 				}
 			}
-			for k, v := range rec.header {
+			for k, v := range rec.Header() {
 				w.Header()[k] = v
 			}
-			w.WriteHeader(rec.code)
-			w.Write(rec.body.Bytes())
+			w.WriteHeader(rec.Code)
+			w.Write(rec.Body.Bytes())
 			return
 		}
 		h.ServeHTTP(w, r)
 	})
 }
-
-type bufWriter struct {
-	header http.Header
-	body   bytes.Buffer
-	code   int
-}
-
-func (b *bufWriter) Header() http.Header         { return b.header }
-func (b *bufWriter) Write(p []byte) (int, error) { return b.body.Write(p) }
-func (b *bufWriter) WriteHeader(c int)           { b.code = c }
 
 // TestPowerCuts cuts the power (QMP system_reset) during the pull, during the slot write,
 // after arming and during the trial boot: the node always boots, and the record always ends

@@ -9,6 +9,7 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -155,13 +156,13 @@ func TestPullDamagedDownloads(t *testing.T) {
 						h.ServeHTTP(w, r)
 						return
 					}
-					rec := &recorder{header: http.Header{}}
+					rec := httptest.NewRecorder()
 					h.ServeHTTP(rec, r)
-					body := tc.damage(rec.body.Bytes())
-					for k, v := range rec.header {
+					body := tc.damage(rec.Body.Bytes())
+					for k, v := range rec.Header() {
 						w.Header()[k] = v
 					}
-					w.WriteHeader(rec.code)
+					w.WriteHeader(rec.Code)
 					w.Write(body) // Content-Length stays the real size: the client sees a short or wrong body
 				})
 			})
@@ -180,13 +181,3 @@ func TestPullDamagedDownloads(t *testing.T) {
 		})
 	}
 }
-
-type recorder struct {
-	header http.Header
-	body   bytes.Buffer
-	code   int
-}
-
-func (r *recorder) Header() http.Header         { return r.header }
-func (r *recorder) Write(b []byte) (int, error) { return r.body.Write(b) }
-func (r *recorder) WriteHeader(c int)           { r.code = c }

@@ -315,7 +315,7 @@ func (n *Node) readSlots() error {
 	var errs []error
 	for _, s := range []boot.Slot{boot.SlotA, boot.SlotB} {
 		info := netapi.SlotInfo{Slot: string(s)}
-		m, err := n.readManifest(s)
+		m, err := n.readSlot(s, false)
 		if errors.Is(err, errSlotEmpty) {
 			info.Error = err.Error()
 		} else if err != nil {
@@ -331,23 +331,6 @@ func (n *Node) readSlots() error {
 
 // errSlotEmpty marks a slot partition that was never written (a fresh node's BOOT-B).
 var errSlotEmpty = errors.New("empty: no filesystem")
-
-func (n *Node) readManifest(s boot.Slot) (disk.Manifest, error) {
-	dir := filepath.Join(slotMountDir, string(s))
-	dev := n.parts[s.Partition()].Dev
-	if empty, err := zeroStart(dev); err == nil && empty {
-		return disk.Manifest{}, errSlotEmpty
-	}
-	if err := (machine.Mount{Source: dev, Target: dir, FSType: "vfat", Flags: unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC}).Do(); err != nil {
-		return disk.Manifest{}, err
-	}
-	defer machine.Unmount(dir, time.Second)
-	b, err := os.ReadFile(filepath.Join(dir, disk.ManifestName))
-	if err != nil {
-		return disk.Manifest{}, err
-	}
-	return disk.ParseManifest(b)
-}
 
 // zeroStart reports whether the first sector of dev is all zeros (no boot sector).
 func zeroStart(dev string) (bool, error) {
