@@ -19,14 +19,19 @@ GO       ?= go
 E2E_PARALLEL ?= 2
 E2E_TIMEOUT  ?= 40m
 
-UNIT_PKGS = $(shell $(GO) list ./... | grep -v -e /e2e -e /vmtest)
+UNIT_PKGS = $(shell $(GO) list ./... | grep -v -e /e2e -e /vmtest -e /kube)
+INTEGRATION_PKGS = ./kube/...
 
-.PHONY: all deps pki key disk image push registry run stop test test-unit test-e2e bench fuzz vet clean
+.PHONY: all deps k8s-bins pki key disk image push registry run stop test test-unit test-integration test-e2e bench fuzz vet clean
 
 all: disk
 
 deps:
 	@CACHE=$(CACHE) scripts/deps.sh
+
+# Real kube-apiserver and etcd for the integration tests, built from the module proxy.
+k8s-bins:
+	@scripts/k8s-bins.sh
 
 pki:
 	@$(GO) run ./initramfs/mkimage pki -dir build/pki
@@ -71,7 +76,12 @@ test-e2e: deps
 	@echo "test-e2e: QEMU end-to-end tests (TCG; KVM=1 to opt in), -parallel $(E2E_PARALLEL)"
 	@KVM=$(KVM) $(GO) test -count=1 -v -parallel $(E2E_PARALLEL) -timeout $(E2E_TIMEOUT) ./e2e 2>&1 | tee build/e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|boot_test.go|vmtest' ; exit $${PIPESTATUS[0]}
 
-test: deps test-unit test-e2e
+# Against a real etcd and kube-apiserver on 127.0.0.1.
+test-integration: k8s-bins
+	@echo "test-integration: $(INTEGRATION_PKGS) against a real kube-apiserver"
+	@$(GO) test -count=1 $(INTEGRATION_PKGS)
+
+test: deps test-unit test-integration test-e2e
 
 # Boot time and slot-write throughput (see e2e/bench_test.go).
 bench: deps
