@@ -80,7 +80,8 @@ func TestUpgradeAndRollback(t *testing.T) {
 	st := vm.WaitUpgrade(id, upgradeTimeout)
 	t.Logf("upgrade A→B: request → done in %.1fs", time.Since(t0).Seconds())
 	mustState(t, st, upgrade.Done, "e2e-v2", boot.SlotB)
-	if u := st.Upgrade; u.FromVersion != "e2e-v1" || u.ToVersion != "e2e-v2" || u.Digest == "" || u.Progress.Written != u.SlotSize || u.SlotSize == 0 {
+	if u := st.Upgrade; u.FromVersion != "e2e-v1" || u.ToVersion != "e2e-v2" || u.Digest == "" || u.Progress.Written != u.SlotSize || u.SlotSize == 0 ||
+		!strings.HasPrefix(u.Kubernetes, "skipped") || u.Uncordon || !strings.HasPrefix(st.Kubernetes, "not configured") {
 		t.Errorf("record = %+v", u)
 	}
 	if st.BootCount <= before.BootCount || partition(st, disk.PartEphemeral).FSUUID != partition(before, disk.PartEphemeral).FSUUID {

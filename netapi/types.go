@@ -34,6 +34,8 @@ type Status struct {
 	Slots      []SlotInfo  `json:"slots,omitempty"`
 	Warnings   []string    `json:"warnings,omitempty"`
 	Role       string      `json:"role,omitempty"`
+	// Kubernetes says whether the upgrade's cordon and drain steps run on this node.
+	Kubernetes string `json:"kubernetes"`
 	// Services is GET /v1/services in short.
 	Services []supervisor.Status `json:"services,omitempty"`
 	// Upgrade is the upgrade in flight, or the last one; History the ones before it,

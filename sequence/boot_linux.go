@@ -495,12 +495,13 @@ func (n *Node) Status() netapi.Status {
 			InitToReadyS: (n.readyAt - n.initAt).Seconds(),
 			Phases:       append([]netapi.Phase(nil), n.phases...),
 		},
-		Slots:     append([]netapi.SlotInfo(nil), n.slots...),
-		Role:      n.cfg.Role,
-		Warnings:  append([]string(nil), n.warnings...),
-		History:   n.rec.History,
-		Rollbacks: n.rec.Rollbacks,
-		SlotsMeta: n.rec.Slots,
+		Slots:      append([]netapi.SlotInfo(nil), n.slots...),
+		Role:       n.cfg.Role,
+		Kubernetes: "not configured: the upgrade skips cordon and drain",
+		Warnings:   append([]string(nil), n.warnings...),
+		History:    n.rec.History,
+		Rollbacks:  n.rec.Rollbacks,
+		SlotsMeta:  n.rec.Slots,
 	}
 	if n.rec.Current != nil {
 		u := *n.rec.Current

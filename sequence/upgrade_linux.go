@@ -148,6 +148,14 @@ func (n *Node) perform(ctx context.Context, a upgrade.Action) upgrade.Event {
 			return fail("pull %s: %v", u.Image, err)
 		}
 		return upgrade.Pulled{Digest: p.Digest, ToVersion: p.Manifest.Version, SlotSHA256: p.Manifest.SlotSHA256, SlotSize: p.Manifest.SlotSize, Now: now()}
+	case upgrade.ActCordon:
+		// The node config has no Kubernetes section yet: the steps are skipped, and the record
+		// and status say so. (The cordon/drain client, package kube, joins here.)
+		return upgrade.Cordoned{Skipped: true, Now: now()}
+	case upgrade.ActDrain:
+		return upgrade.Completed{Now: now()}
+	case upgrade.ActUncordon:
+		return upgrade.Uncordoned{Now: now()}
 	case upgrade.ActStop:
 		if err := n.quiesce(); err != nil {
 			return fail("%v", err)

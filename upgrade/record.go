@@ -18,9 +18,11 @@ type State string
 
 // States, in the order of a successful upgrade.
 const (
-	Pulling  State = "pulling"  // download and verify the installer image; nothing changed yet
-	Stopping State = "stopping" // stop services, kill what holds STATE/EPHEMERAL, unmount
-	// Cluster steps (lease, cordon, drain, leave etcd) go between Pulling and Stopping.
+	Pulling   State = "pulling"   // download and verify the installer image; nothing changed yet
+	Cordoning State = "cordoning" // mark the Kubernetes node unschedulable (skipped without config)
+	Draining  State = "draining"  // evict its pods, honouring PodDisruptionBudgets
+	// The etcd steps (lease, leave) join here.
+	Stopping   State = "stopping"   // stop services, kill what holds STATE/EPHEMERAL, unmount
 	Writing    State = "writing"    // stream the slot onto the inactive partition, re-read, verify
 	Wiping     State = "wiping"     // preserve=false: re-create EPHEMERAL
 	Arming     State = "arming"     // set the boot-once entry (grubenv next_entry)
@@ -67,6 +69,15 @@ type Upgrade struct {
 	FinishedAt  time.Time `json:"finished_at,omitzero"`
 	// Reason says why an upgrade was aborted or rolled back.
 	Reason string `json:"reason,omitempty"`
+	// Kubernetes says what the Kubernetes steps did ("skipped: not configured", "cordoned",
+	// "already cordoned by someone else", ...).
+	Kubernetes string `json:"kubernetes,omitempty"`
+	// Uncordon is a persisted obligation: a cordon of ours may exist and must be lifted when
+	// the upgrade ends, whatever the outcome, retried until the API server answers and across
+	// reboots.
+	Uncordon bool `json:"uncordon,omitempty"`
+	// Warning records what force let pass (a drain that failed).
+	Warning string `json:"warning,omitempty"`
 }
 
 // SlotRecord is what META knows of a slot's content.
@@ -139,7 +150,7 @@ func Decode(b []byte) (Record, error) {
 
 func validState(s State) bool {
 	switch s {
-	case Pulling, Stopping, Writing, Wiping, Arming, Rebooting, Trial, Committing, Done, Aborted, RolledBack:
+	case Pulling, Cordoning, Draining, Stopping, Writing, Wiping, Arming, Rebooting, Trial, Committing, Done, Aborted, RolledBack:
 		return true
 	}
 	return false

@@ -3,6 +3,7 @@ package upgrade
 import (
 	"fmt"
 	"math/rand"
+	"strings"
 	"testing"
 	"time"
 
@@ -18,6 +19,11 @@ type world struct {
 	unhealthy   bool               // the new slot boots but fails its health gates
 	pullFails   bool
 	stopFails   bool
+	noKube      bool // the node has no Kubernetes configuration
+	foreign     bool // someone else cordoned the node before the upgrade
+	drainFails  bool
+	force       bool
+	ourCordon   bool // the API server holds a cordon of ours
 	booted      boot.Slot
 	persisted   Record
 	boots       int
@@ -73,7 +79,7 @@ func (w *world) run(t *testing.T, crashes []crash) Record {
 		w.log = append(w.log, "boot "+string(w.booted))
 		return step(Booted{Slot: w.booted, Committed: w.committed(), Now: now})
 	}
-	acts := step(Request{ID: "u1", Image: "r/i:v2", Preserve: true, FromVersion: "v1", Booted: boot.SlotA, Now: now})
+	acts := step(Request{ID: "u1", Image: "r/i:v2", Preserve: true, Force: w.force, FromVersion: "v1", Booted: boot.SlotA, Now: now})
 	for guard := 0; guard < 200; guard++ {
 		if len(acts) == 0 {
 			return w.persisted
@@ -96,6 +102,25 @@ func (w *world) run(t *testing.T, crashes []crash) Record {
 			} else {
 				ev = Pulled{Digest: "sha256:d", ToVersion: "v2", SlotSHA256: "s", SlotSize: 10, Now: now}
 			}
+		case ActCordon:
+			switch {
+			case w.noKube:
+				ev = Cordoned{Skipped: true, Now: now}
+			case w.foreign:
+				ev = Cordoned{Ours: false, Now: now}
+			default:
+				w.ourCordon = true // lands even if the power goes before the answer
+				ev = Cordoned{Ours: true, Now: now}
+			}
+		case ActDrain:
+			if w.drainFails {
+				ev = Failed{Reason: "drain blocked by PodDisruptionBudget ns/db", Now: now}
+			} else {
+				ev = Completed{Now: now}
+			}
+		case ActUncordon:
+			w.ourCordon = false
+			ev = Uncordoned{Now: now}
 		case ActStop:
 			if w.stopFails {
 				ev = Failed{Reason: "unmount /var: busy", Now: now}
@@ -178,6 +203,7 @@ func stateOf(r Record) State {
 type scenario struct {
 	name                                    string
 	broken, unhealthy, pullFails, stopFails bool
+	noKube, foreign, drainFails, force      bool
 }
 
 var scenarios = []scenario{
@@ -186,11 +212,17 @@ var scenarios = []scenario{
 	{name: "new slot unhealthy", unhealthy: true},
 	{name: "pull fails", pullFails: true},
 	{name: "unmount fails", stopFails: true},
+	{name: "no kubernetes", noKube: true},
+	{name: "cordoned by someone else", foreign: true},
+	{name: "drain blocked", drainFails: true},
+	{name: "drain blocked, forced", drainFails: true, force: true},
+	{name: "cordoned by someone else, new slot panics", foreign: true, broken: true},
 }
 
 func newWorld(s scenario) *world {
 	return &world{bootable: map[boot.Slot]bool{boot.SlotA: true}, newBroken: s.broken, unhealthy: s.unhealthy,
-		pullFails: s.pullFails, stopFails: s.stopFails, booted: boot.SlotA}
+		pullFails: s.pullFails, stopFails: s.stopFails, booted: boot.SlotA,
+		noKube: s.noKube, foreign: s.foreign, drainFails: s.drainFails, force: s.force}
 }
 
 // check asserts the invariants on a finished run.
@@ -212,12 +244,20 @@ func check(t *testing.T, s scenario, w *world, r Record, desc string) {
 	if u.State != Done && u.Reason == "" {
 		t.Fatalf("%s: %s without a reason", desc, u.State)
 	}
+	// Our cordon is always lifted, whatever the outcome; someone else's is never touched
+	// (the world's foreign cordon has no way to be lifted by us, by construction).
+	if w.ourCordon || u.Uncordon {
+		t.Fatalf("%s: node left cordoned by us (obligation %v); log %v", desc, u.Uncordon, w.log)
+	}
+	if s.foreign && u.Kubernetes != "" && !strings.Contains(u.Kubernetes, "someone else") {
+		t.Fatalf("%s: status %q does not say the node was already cordoned", desc, u.Kubernetes)
+	}
 	switch u.State {
 	case Done:
 		if w.booted != boot.SlotB || w.committed() != boot.SlotB {
 			t.Fatalf("%s: done but running %s, committed %s", desc, w.booted, w.committed())
 		}
-		if s.broken || s.unhealthy || s.pullFails || s.stopFails {
+		if s.broken || s.unhealthy || s.pullFails || s.stopFails || (s.drainFails && !s.force) {
 			t.Fatalf("%s: done although the scenario cannot succeed", desc)
 		}
 	case Aborted, RolledBack:
@@ -266,7 +306,8 @@ func TestHealthyNoCrashIsDone(t *testing.T) {
 	if r.Current.State != Done || r.Slots[boot.SlotB].Version != "v2" || !r.Slots[boot.SlotB].Verified {
 		t.Fatalf("record = %+v slots %+v", r.Current, r.Slots)
 	}
-	want := []string{"pull[pulling]", "stop[stopping]", "write-slot[writing]", "arm[arming]", "reboot[rebooting]", "boot B", "trial[trial]", "commit[committing]", "finish[done]"}
+	want := []string{"pull[pulling]", "cordon[cordoning]", "drain[draining]", "stop[stopping]", "write-slot[writing]", "arm[arming]",
+		"reboot[rebooting]", "boot B", "trial[trial]", "commit[committing]", "finish[done]", "uncordon[done]"}
 	if fmt.Sprint(w.log) != fmt.Sprint(want) {
 		t.Errorf("sequence\n got %v\nwant %v", w.log, want)
 	}

@@ -28,6 +28,17 @@ type Pulled struct {
 	Now                           time.Time
 }
 
+// Cordoned reports the cordon step: Ours when this init now owns a cordon, Skipped when the
+// node has no Kubernetes configuration.
+type Cordoned struct {
+	Ours, Skipped bool
+	Note          string // e.g. "already cordoned by someone else"
+	Now           time.Time
+}
+
+// Uncordoned reports that our cordon (if any) is lifted.
+type Uncordoned struct{ Now time.Time }
+
 // Completed reports that the current state's effect completed.
 type Completed struct{ Now time.Time }
 
@@ -60,6 +71,8 @@ type Health struct {
 func (Request) isEvent()    {}
 func (Pulled) isEvent()     {}
 func (Completed) isEvent()  {}
+func (Cordoned) isEvent()   {}
+func (Uncordoned) isEvent() {}
 func (Failed) isEvent()     {}
 func (Progressed) isEvent() {}
 func (Booted) isEvent()     {}
@@ -71,6 +84,9 @@ type Action string
 // Actions.
 const (
 	ActPull          Action = "pull"           // fetch and verify the installer image
+	ActCordon        Action = "cordon"         // cordon the Kubernetes node (skip without config)
+	ActDrain         Action = "drain"          // drain it
+	ActUncordon      Action = "uncordon"       // lift our cordon; retried until it succeeds
 	ActStop          Action = "stop"           // stop services, kill holders, unmount
 	ActWriteSlot     Action = "write-slot"     // stream, sync, re-read, verify the inactive slot
 	ActWipe          Action = "wipe-ephemeral" // mkfs EPHEMERAL
@@ -85,7 +101,7 @@ const (
 
 // effect is the action that enters a state performs.
 var effect = map[State]Action{
-	Pulling: ActPull, Stopping: ActStop, Writing: ActWriteSlot, Wiping: ActWipe, Arming: ActArm,
+	Pulling: ActPull, Cordoning: ActCordon, Draining: ActDrain, Stopping: ActStop, Writing: ActWriteSlot, Wiping: ActWipe, Arming: ActArm,
 	Rebooting: ActReboot, Trial: ActTrial, Committing: ActCommit, Done: ActFinish,
 }
 
@@ -119,6 +135,14 @@ func Step(r Record, ev Event) (Record, []Action, error) {
 
 	case Booted:
 		return stepBoot(n, e)
+
+	case Uncordoned:
+		if u == nil || !u.Uncordon {
+			return r, nil, fmt.Errorf("%w: uncordoned with no cordon pending", ErrUnexpected)
+		}
+		u.Uncordon = false
+		u.UpdatedAt = e.Now
+		return n, nil, nil
 	}
 
 	if !r.Active() {
@@ -130,7 +154,30 @@ func Step(r Record, ev Event) (Record, []Action, error) {
 			return r, nil, fmt.Errorf("%w: pulled in %s", ErrUnexpected, u.State)
 		}
 		u.Digest, u.ToVersion, u.SlotSHA256, u.SlotSize = e.Digest, e.ToVersion, e.SlotSHA256, e.SlotSize
-		return enter(n, Stopping, e.Now)
+		// From the cordon on, a cordon of ours may exist: it must be lifted however this ends.
+		u.Uncordon = true
+		return enter(n, Cordoning, e.Now)
+
+	case Cordoned:
+		if u.State != Cordoning {
+			return r, nil, fmt.Errorf("%w: cordoned in %s", ErrUnexpected, u.State)
+		}
+		switch {
+		case e.Skipped:
+			u.Uncordon = false
+			u.Kubernetes = "skipped: no Kubernetes configuration"
+			return enter(n, Stopping, e.Now) // nothing to drain either
+		case e.Ours:
+			u.Kubernetes = "cordoned"
+		default:
+			// Someone else's cordon: leave it exactly as it is, before and after.
+			u.Uncordon = false
+			u.Kubernetes = "already cordoned by someone else; left as it is"
+		}
+		if e.Note != "" {
+			u.Kubernetes += " (" + e.Note + ")"
+		}
+		return enter(n, Draining, e.Now)
 
 	case Progressed:
 		if u.State != Writing {
@@ -142,6 +189,9 @@ func Step(r Record, ev Event) (Record, []Action, error) {
 
 	case Completed:
 		switch u.State {
+		case Draining:
+			u.Kubernetes += "; drained"
+			return enter(n, Stopping, e.Now)
 		case Stopping:
 			// From here the inactive slot is being overwritten: it holds nothing bootable
 			// until verified again.
@@ -165,8 +215,14 @@ func Step(r Record, ev Event) (Record, []Action, error) {
 
 	case Failed:
 		switch u.State {
-		case Pulling:
-			// Nothing was changed: the node keeps running as it is.
+		case Pulling, Cordoning:
+			// Nothing was changed but (perhaps) the cordon: the node keeps running.
+			return finish(n, Aborted, e.Reason, e.Now)
+		case Draining:
+			if u.Force {
+				u.Warning = "forced past a failed drain: " + e.Reason
+				return enter(n, Stopping, e.Now)
+			}
 			return finish(n, Aborted, e.Reason, e.Now)
 		case Stopping, Writing, Wiping, Arming:
 			// Services are stopped and filesystems unmounted: reboot into the current slot,
@@ -197,6 +253,9 @@ func Step(r Record, ev Event) (Record, []Action, error) {
 // it to a healthy trial (panic, hang and watchdog, or power loss).
 func stepBoot(n Record, e Booted) (Record, []Action, error) {
 	if !n.Active() {
+		if n.Current != nil && n.Current.Uncordon {
+			return n, []Action{ActUncordon}, nil // a reboot interrupted the uncordon: go on
+		}
 		return n, nil, nil
 	}
 	u := n.Current
@@ -214,7 +273,7 @@ func stepBoot(n Record, e Booted) (Record, []Action, error) {
 		return n, acts, err
 	}
 	switch u.State {
-	case Pulling, Stopping, Writing, Wiping:
+	case Pulling, Cordoning, Draining, Stopping, Writing, Wiping:
 		reason := fmt.Sprintf("interrupted by a reboot while %s", u.State)
 		if u.State == Writing {
 			setSlot(&n, u.ToSlot, SlotRecord{})
@@ -272,17 +331,26 @@ func pastNoReturn(s State) bool {
 func enter(n Record, s State, now time.Time) (Record, []Action, error) {
 	n.Current.State = s
 	n.Current.UpdatedAt = now
+	acts := []Action{effect[s]}
 	if s == Done {
 		n.Current.FinishedAt = now
+		if n.Current.Uncordon {
+			acts = append(acts, ActUncordon) // uncordon once the commit is done
+		}
 	}
-	return n, []Action{effect[s]}, nil
+	return n, acts, nil
 }
 
+// finish ends the upgrade; a pending uncordon is always its first action, so a node never
+// stays cordoned because its upgrade failed.
 func finish(n Record, s State, reason string, now time.Time) (Record, []Action, error) {
 	n.Current.State = s
 	n.Current.Reason = reason
 	n.Current.UpdatedAt = now
 	n.Current.FinishedAt = now
+	if n.Current.Uncordon {
+		return n, []Action{ActUncordon}, nil
+	}
 	return n, nil, nil
 }
 
