@@ -72,7 +72,7 @@ test-unit: vet
 	@echo "test-unit: go test $(words $(UNIT_PKGS)) packages"
 	@$(GO) test -count=1 $(UNIT_PKGS)
 
-test-e2e: deps
+test-e2e: deps k8s-bins
 	@echo "test-e2e: QEMU end-to-end tests (TCG; KVM=1 to opt in), -parallel $(E2E_PARALLEL)"
 	@KVM=$(KVM) $(GO) test -count=1 -v -parallel $(E2E_PARALLEL) -timeout $(E2E_TIMEOUT) ./e2e 2>&1 | tee build/e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|boot_test.go|vmtest' ; exit $${PIPESTATUS[0]}
 

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 
 	"keel/supervisor"
 )
@@ -29,6 +30,34 @@ type Config struct {
 	Role string `json:"role,omitempty"`
 	// Services are the system services the init supervises.
 	Services []supervisor.Spec `json:"services,omitempty"`
+	// Kubernetes, when set, makes upgrades cordon and drain the node first and uncordon it
+	// after; without it those steps are skipped.
+	Kubernetes *Kubernetes `json:"kubernetes,omitempty"`
+}
+
+// Kubernetes names the node and how to reach the API server.
+type Kubernetes struct {
+	NodeName string `json:"node_name"`
+	// Kubeconfig is a file on STATE (relative to its root); default "kubeconfig".
+	Kubeconfig string `json:"kubeconfig,omitempty"`
+	// DrainTimeoutS bounds the drain (default 120); a request may set its own.
+	DrainTimeoutS int `json:"drain_timeout_s,omitempty"`
+}
+
+// KubeconfigPath is the kubeconfig's path relative to STATE.
+func (k Kubernetes) KubeconfigPath() string {
+	if k.Kubeconfig == "" {
+		return "kubeconfig"
+	}
+	return k.Kubeconfig
+}
+
+// DrainTimeout in seconds, defaulted.
+func (k Kubernetes) DrainTimeout() int {
+	if k.DrainTimeoutS <= 0 {
+		return 120
+	}
+	return k.DrainTimeoutS
 }
 
 // Upgrade is the node's upgrade policy.
@@ -106,6 +135,17 @@ func (c Config) Validate() error {
 	}
 	if _, err := supervisor.Order(append([]supervisor.Spec(nil), c.Services...)); err != nil {
 		return fmt.Errorf("%w: services: %w", ErrInvalid, err)
+	}
+	if k := c.Kubernetes; k != nil {
+		if k.NodeName == "" || len(k.NodeName) > 253 {
+			return fmt.Errorf("%w: kubernetes.node_name is required", ErrInvalid)
+		}
+		if strings.Contains(k.KubeconfigPath(), "..") || strings.HasPrefix(k.KubeconfigPath(), "/") {
+			return fmt.Errorf("%w: kubernetes.kubeconfig must be a path inside STATE", ErrInvalid)
+		}
+		if k.DrainTimeoutS < 0 || k.DrainTimeoutS > 3600 {
+			return fmt.Errorf("%w: kubernetes.drain_timeout_s must be 0-3600", ErrInvalid)
+		}
 	}
 	if len(c.Hostname) > 64 {
 		return fmt.Errorf("%w: hostname longer than 64 bytes", ErrInvalid)

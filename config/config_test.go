@@ -19,7 +19,7 @@ func TestParse(t *testing.T) {
 	if err != nil || c.APIPort() != 6443 || c.Hostname != "n1" || c.Network.IP != "dhcp" {
 		t.Errorf("full: %+v, %v", c, err)
 	}
-	for _, bad := range []string{`{"hostnam":"x"}`, `{"api":{"port":70000}}`, `{"upgrade":{"trusted_keys":["nope"]}}`, `{"upgrade":{"watchdog_s":-1}}`, `{"services":[{"name":"a","command":["/x"],"after":["b"]}]}`, `{`, `[]`} {
+	for _, bad := range []string{`{"hostnam":"x"}`, `{"api":{"port":70000}}`, `{"upgrade":{"trusted_keys":["nope"]}}`, `{"upgrade":{"watchdog_s":-1}}`, `{"services":[{"name":"a","command":["/x"],"after":["b"]}]}`, `{"kubernetes":{}}`, `{"kubernetes":{"node_name":"n","kubeconfig":"../etc/x"}}`, `{`, `[]`} {
 		if _, err := Parse([]byte(bad)); !errors.Is(err, ErrInvalid) {
 			t.Errorf("Parse(%s) = %v, want ErrInvalid", bad, err)
 		}

@@ -21,13 +21,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"k8s.io/client-go/rest"
 
 	"keel/pki"
-	"keel/vmtest"
 )
 
 // APIServer is a running kube-apiserver with its etcd.
@@ -43,7 +43,7 @@ type APIServer struct {
 
 // Bin is the path of a binary from build/bin.
 func Bin(name string) (string, error) {
-	root, err := vmtest.RepoRoot()
+	root, err := repoRoot()
 	if err != nil {
 		return "", err
 	}
@@ -231,3 +231,22 @@ func tail(b []byte, n int) []byte {
 }
 
 func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
+
+// repoRoot finds the module root above the working directory. (vmtest has the same helper;
+// importing it here would make an import cycle through sequence and kube.)
+func repoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if b, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil && strings.HasPrefix(string(b), "module keel\n") {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", fmt.Errorf("no keel go.mod above the working directory")
+		}
+		dir = parent
+	}
+}

@@ -36,6 +36,8 @@ type Status struct {
 	Role       string      `json:"role,omitempty"`
 	// Kubernetes says whether the upgrade's cordon and drain steps run on this node.
 	Kubernetes string `json:"kubernetes"`
+	// Drain is the last drain's progress (pods left, the pod that went last).
+	Drain *DrainProgress `json:"drain,omitempty"`
 	// Services is GET /v1/services in short.
 	Services []supervisor.Status `json:"services,omitempty"`
 	// Upgrade is the upgrade in flight, or the last one; History the ones before it,
@@ -51,6 +53,8 @@ type UpgradeRequest struct {
 	Image    string `json:"image"`
 	Preserve bool   `json:"preserve"`
 	Force    bool   `json:"force"`
+	// DrainTimeoutS overrides the node's drain timeout for this upgrade (0: the config's).
+	DrainTimeoutS int `json:"drain_timeout_s,omitempty"`
 }
 
 // UpgradeAccepted answers POST /v1/upgrade.
@@ -108,4 +112,11 @@ type ErrorBody struct {
 type ErrorDetail struct {
 	Code    string `json:"code"`
 	Message string `json:"message"`
+}
+
+// DrainProgress is how far a drain got.
+type DrainProgress struct {
+	UpgradeID   string `json:"upgrade_id"`
+	PodsLeft    int    `json:"pods_left"`
+	LastEvicted string `json:"last_evicted,omitempty"`
 }

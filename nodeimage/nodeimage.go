@@ -213,6 +213,9 @@ type DiskOptions struct {
 	KernelArgs string
 	PKIDir     string // CA and server certificate to install on STATE (ca.crt, server.crt, server.key)
 	Config     config.Config
+	// StateFiles are extra files for STATE (path relative to its root → content), such as a
+	// kubeconfig.
+	StateFiles map[string][]byte
 	WorkDir    string
 }
 
@@ -267,6 +270,15 @@ func BuildDisk(ctx context.Context, o DiskOptions) error {
 			return fmt.Errorf("state: %w (run `make pki`)", err)
 		}
 		if err := os.WriteFile(filepath.Join(state, "pki", f), b, 0o600); err != nil {
+			return err
+		}
+	}
+	for name, b := range o.StateFiles {
+		p := filepath.Join(state, filepath.Clean("/"+name))
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			return err
+		}
+		if err := os.WriteFile(p, b, 0o600); err != nil {
 			return err
 		}
 	}

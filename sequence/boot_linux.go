@@ -22,6 +22,7 @@ import (
 	"keel/config"
 	"keel/disk"
 	"keel/events"
+	"keel/kube"
 	"keel/logbuf"
 	"keel/machine"
 	"keel/meta"
@@ -92,8 +93,11 @@ type Node struct {
 	bootActs []upgrade.Action // what this boot means for the upgrade, run once ready
 	watchdog *machine.Watchdog
 
-	sup         *supervisor.Supervisor
-	pendingWipe []string // partitions a reset re-makes during the shutdown
+	sup           *supervisor.Supervisor
+	kube          *kube.Client
+	uncordonRetry bool
+	drainProg     *netapi.DrainProgress
+	pendingWipe   []string // partitions a reset re-makes during the shutdown
 
 	down     chan machine.Action
 	downOnce sync.Once
@@ -497,7 +501,8 @@ func (n *Node) Status() netapi.Status {
 		},
 		Slots:      append([]netapi.SlotInfo(nil), n.slots...),
 		Role:       n.cfg.Role,
-		Kubernetes: "not configured: the upgrade skips cordon and drain",
+		Kubernetes: kubeStatus(n.cfg),
+		Drain:      n.drainProg,
 		Warnings:   append([]string(nil), n.warnings...),
 		History:    n.rec.History,
 		Rollbacks:  n.rec.Rollbacks,
@@ -559,3 +564,10 @@ func (n *Node) Shutdown(reason string) error { return n.request(machine.ActionPo
 
 // PowerRequests delivers the one accepted power request.
 func (n *Node) PowerRequests() <-chan machine.Action { return n.down }
+
+func kubeStatus(c config.Config) string {
+	if c.Kubernetes == nil {
+		return "not configured: the upgrade skips cordon and drain"
+	}
+	return "node " + c.Kubernetes.NodeName
+}

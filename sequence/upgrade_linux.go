@@ -149,13 +149,11 @@ func (n *Node) perform(ctx context.Context, a upgrade.Action) upgrade.Event {
 		}
 		return upgrade.Pulled{Digest: p.Digest, ToVersion: p.Manifest.Version, SlotSHA256: p.Manifest.SlotSHA256, SlotSize: p.Manifest.SlotSize, Now: now()}
 	case upgrade.ActCordon:
-		// The node config has no Kubernetes section yet: the steps are skipped, and the record
-		// and status say so. (The cordon/drain client, package kube, joins here.)
-		return upgrade.Cordoned{Skipped: true, Now: now()}
+		return n.cordon(ctx)
 	case upgrade.ActDrain:
-		return upgrade.Completed{Now: now()}
+		return n.drain(ctx, u)
 	case upgrade.ActUncordon:
-		return upgrade.Uncordoned{Now: now()}
+		return n.uncordon(ctx)
 	case upgrade.ActStop:
 		if err := n.quiesce(); err != nil {
 			return fail("%v", err)
@@ -497,7 +495,10 @@ func (n *Node) StartUpgrade(r netapi.UpgradeRequest) (string, error) {
 	}
 	id := make([]byte, 6)
 	rand.Read(id)
-	acts, err := n.apply(upgrade.Request{ID: hex.EncodeToString(id), Image: r.Image, Preserve: r.Preserve, Force: r.Force,
+	if r.DrainTimeoutS < 0 || r.DrainTimeoutS > 3600 {
+		return "", fmt.Errorf("%w: drain_timeout_s must be 0-3600", netapi.ErrBadRequest)
+	}
+	acts, err := n.apply(upgrade.Request{ID: hex.EncodeToString(id), Image: r.Image, Preserve: r.Preserve, Force: r.Force, DrainTimeoutS: r.DrainTimeoutS,
 		FromVersion: n.opts.Version, Booted: booted, Now: now()})
 	if errors.Is(err, upgrade.ErrBusy) {
 		return "", fmt.Errorf("%w: %v", netapi.ErrConflict, err)

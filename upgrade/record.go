@@ -50,23 +50,24 @@ type Progress struct {
 
 // Upgrade is one upgrade's record.
 type Upgrade struct {
-	ID          string    `json:"id"`
-	State       State     `json:"state"`
-	Image       string    `json:"image"`
-	Digest      string    `json:"digest,omitempty"` // of the installer image's manifest
-	SlotSHA256  string    `json:"slot_sha256,omitempty"`
-	SlotSize    int64     `json:"slot_size,omitempty"`
-	Preserve    bool      `json:"preserve"`
-	Force       bool      `json:"force"`
-	FromVersion string    `json:"from_version"`
-	ToVersion   string    `json:"to_version,omitempty"`
-	FromSlot    boot.Slot `json:"from_slot"`
-	ToSlot      boot.Slot `json:"to_slot"`
-	Boots       int       `json:"boots"` // boots seen while this upgrade was in flight
-	Progress    Progress  `json:"progress"`
-	RequestedAt time.Time `json:"requested_at"`
-	UpdatedAt   time.Time `json:"updated_at"`
-	FinishedAt  time.Time `json:"finished_at,omitzero"`
+	ID            string    `json:"id"`
+	State         State     `json:"state"`
+	Image         string    `json:"image"`
+	Digest        string    `json:"digest,omitempty"` // of the installer image's manifest
+	SlotSHA256    string    `json:"slot_sha256,omitempty"`
+	SlotSize      int64     `json:"slot_size,omitempty"`
+	Preserve      bool      `json:"preserve"`
+	Force         bool      `json:"force"`
+	DrainTimeoutS int       `json:"drain_timeout_s,omitempty"`
+	FromVersion   string    `json:"from_version"`
+	ToVersion     string    `json:"to_version,omitempty"`
+	FromSlot      boot.Slot `json:"from_slot"`
+	ToSlot        boot.Slot `json:"to_slot"`
+	Boots         int       `json:"boots"` // boots seen while this upgrade was in flight
+	Progress      Progress  `json:"progress"`
+	RequestedAt   time.Time `json:"requested_at"`
+	UpdatedAt     time.Time `json:"updated_at"`
+	FinishedAt    time.Time `json:"finished_at,omitzero"`
 	// Reason says why an upgrade was aborted or rolled back.
 	Reason string `json:"reason,omitempty"`
 	// Kubernetes says what the Kubernetes steps did ("skipped: not configured", "cordoned",

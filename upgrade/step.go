@@ -13,12 +13,13 @@ type Event interface{ isEvent() }
 
 // Request asks for an upgrade (POST /v1/upgrade, already validated).
 type Request struct {
-	ID, Image   string
-	Preserve    bool
-	Force       bool
-	FromVersion string
-	Booted      boot.Slot
-	Now         time.Time
+	ID, Image     string
+	Preserve      bool
+	Force         bool
+	DrainTimeoutS int
+	FromVersion   string
+	Booted        boot.Slot
+	Now           time.Time
 }
 
 // Pulled reports a pulled and verified installer image.
@@ -127,7 +128,7 @@ func Step(r Record, ev Event) (Record, []Action, error) {
 			}
 		}
 		n.Current = &Upgrade{
-			ID: e.ID, State: Pulling, Image: e.Image, Preserve: e.Preserve, Force: e.Force,
+			ID: e.ID, State: Pulling, Image: e.Image, Preserve: e.Preserve, Force: e.Force, DrainTimeoutS: e.DrainTimeoutS,
 			FromVersion: e.FromVersion, FromSlot: e.Booted, ToSlot: e.Booted.Other(),
 			RequestedAt: e.Now, UpdatedAt: e.Now,
 		}

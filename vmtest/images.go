@@ -38,6 +38,8 @@ type ImageOptions struct {
 	TestSvc bool
 	// Config is the node's config.json; the harness adds its signing key to the trusted keys.
 	Config config.Config
+	// StateFiles go onto STATE next to config.json (e.g. a kubeconfig).
+	StateFiles map[string][]byte
 }
 
 func (o ImageOptions) key() string {
@@ -128,7 +130,7 @@ func BuildImage(ctx context.Context, o ImageOptions) (*Image, error) {
 	cfg := o.Config
 	cfg.Upgrade.TrustedKeys = append([]string{pub}, cfg.Upgrade.TrustedKeys...)
 	err = nodeimage.BuildDisk(ctx, nodeimage.DiskOptions{
-		Path: img.Disk, SlotA: img.SlotA, SlotB: img.SlotB, PKIDir: pkiDir, Config: cfg, WorkDir: dir,
+		Path: img.Disk, SlotA: img.SlotA, SlotB: img.SlotB, PKIDir: pkiDir, Config: cfg, StateFiles: o.StateFiles, WorkDir: dir,
 	})
 	if err != nil {
 		return nil, err
