@@ -190,6 +190,21 @@ func TestFatalBootPanicsAndReboots(t *testing.T) {
 	vm.Expect(`keel init starting`, bootTimeout)
 }
 
+// bootTwice boots the VM, reboots it once (Ctrl-Alt-Del) so that /var holds a boot log with
+// an earlier entry, and returns the status of the second boot.
+func bootTwice(t *testing.T, vm *vmtest.VM) netapi.Status {
+	t.Helper()
+	vm.Start()
+	vm.WaitReady(bootTimeout)
+	vm.CtrlAltDel()
+	vm.WaitReady(bootTimeout)
+	st := vm.Status()
+	if st.BootCount != 1 {
+		t.Fatalf("second boot: boot count %d, want 1", st.BootCount)
+	}
+	return st
+}
+
 func TestMain(m *testing.M) {
 	if _, err := os.Stat(vmtest.OVMFCode); err != nil {
 		println("e2e: OVMF missing: run `make deps` first")

@@ -172,14 +172,7 @@ func TestServices(t *testing.T) {
 func TestReset(t *testing.T) {
 	t.Parallel()
 	vm := vmtest.New(t, image(t, vmtest.ImageOptions{VersionA: "e2e-v1"}))
-	vm.Start()
-	vm.WaitReady(bootTimeout)
-	vm.CtrlAltDel()
-	vm.WaitReady(bootTimeout)
-	before := vm.Status()
-	if before.BootCount != 1 {
-		t.Fatalf("boot count %d", before.BootCount)
-	}
+	before := bootTwice(t, vm)
 	for body, want := range map[string]int{`{"wipe":["META"]}`: 400, `{"wipe":[]}`: 400} {
 		if code, _, _ := vm.CallRaw("admin", "POST", "/v1/reset", []byte(body)); code != want {
 			t.Errorf("reset %s: %d, want %d", body, code, want)

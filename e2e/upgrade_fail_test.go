@@ -25,15 +25,7 @@ func TestUpgradeWipe(t *testing.T) {
 	reg := vmtest.NewRegistry(t)
 	v2 := reg.PushInstaller(t, "keel:e2e-v2", vmtest.InstallerOptions{Version: "e2e-v2"})
 	vm := vmtest.New(t, image(t, vmtest.ImageOptions{VersionA: "e2e-v1"}))
-	vm.Start()
-	vm.WaitReady(bootTimeout)
-	// A second boot, so that /var holds a boot log with an earlier entry.
-	vm.CtrlAltDel()
-	vm.WaitReady(bootTimeout)
-	before := vm.Status()
-	if before.BootCount != 1 {
-		t.Fatalf("boot count before = %d", before.BootCount)
-	}
+	before := bootTwice(t, vm)
 	st := vm.WaitUpgrade(vm.Upgrade(v2, false), upgradeTimeout)
 	mustState(t, st, upgrade.Done, "e2e-v2", boot.SlotB)
 	e := partition(st, disk.PartEphemeral)
