@@ -1,0 +1,164 @@
+package etcdnode
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+)
+
+// LockPrefix is the upgrade lock's key prefix: a concurrency.Mutex whose waiters are keys
+// LockPrefix/<lease id in hex>, each bound to its node's lease; the oldest key holds the lock.
+// The holder's key carries a JSON Holder ({"node", "upgrade_id", "since", "lease"}), so
+// `etcdctl get --prefix /keel/upgrade-lock/` shows who holds it and who waits.
+const LockPrefix = "/keel/upgrade-lock"
+
+// Holder says who holds the lock.
+type Holder struct {
+	Node      string    `json:"node"`
+	UpgradeID string    `json:"upgrade_id"`
+	Since     time.Time `json:"since"`
+	Lease     int64     `json:"lease"`
+}
+
+func (h Holder) String() string {
+	if h.Node == "" {
+		return fmt.Sprintf("lease %x (acquiring)", h.Lease)
+	}
+	return fmt.Sprintf("%s since %s", h.Node, h.Since.UTC().Format(time.RFC3339))
+}
+
+// ErrLeaseExpired says the lease no longer exists: its TTL ran out (the node was away longer
+// than it, or a keep-alive stalled that long) or it was revoked.
+var ErrLeaseExpired = errors.New("etcd: upgrade lease expired")
+
+// Grant creates a lease of ttl seconds. The caller persists its id before waiting for the lock,
+// so that a node cut off while waiting or holding can find (and revoke) it after a reboot.
+func Grant(ctx context.Context, cli *clientv3.Client, ttl int) (int64, error) {
+	resp, err := cli.Grant(ctx, int64(ttl))
+	if err != nil {
+		return 0, fmt.Errorf("etcd: grant lease: %w", err)
+	}
+	return int64(resp.ID), nil
+}
+
+// Lock is the upgrade lock held (or being waited for) under one lease, kept alive by a
+// session until Release or Detach.
+type Lock struct {
+	cli   *clientv3.Client
+	sess  *concurrency.Session
+	mutex *concurrency.Mutex
+	ID    int64
+}
+
+// Acquire takes the upgrade lock under lease id, which it keeps alive from now on. A lease
+// granted before a reboot is resumed with the same id: its key is still first in line, so the
+// lock is held again at once. While another node holds the lock, waiting is called with each
+// new holder. Cancelling ctx gives up the place in line (the key is deleted, the lease kept).
+func Acquire(ctx context.Context, cli *clientv3.Client, id int64, me Holder, waiting func(Holder)) (*Lock, error) {
+	ttl, err := cli.TimeToLive(ctx, clientv3.LeaseID(id))
+	if err != nil {
+		return nil, fmt.Errorf("etcd: lease %x: %w", id, err)
+	}
+	if ttl.TTL <= 0 {
+		return nil, fmt.Errorf("%w: lease %x", ErrLeaseExpired, id)
+	}
+	sess, err := concurrency.NewSession(cli, concurrency.WithLease(clientv3.LeaseID(id)))
+	if err != nil {
+		return nil, fmt.Errorf("etcd: keep lease %x alive: %w", id, err)
+	}
+	l := &Lock{cli: cli, sess: sess, mutex: concurrency.NewMutex(sess, LockPrefix), ID: id}
+	done := make(chan error, 1)
+	go func() { done <- l.mutex.Lock(ctx) }()
+	var last Holder
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	report := func() {
+		h, ok, err := CurrentHolder(ctx, cli)
+		if err == nil && ok && h.Lease != id && h != last {
+			last = h
+			waiting(h)
+		}
+	}
+	report()
+	for {
+		select {
+		case err := <-done:
+			if err != nil {
+				sess.Orphan() // stop the keep-alive; the lease stays for the caller to revoke
+				return nil, fmt.Errorf("etcd: upgrade lock: %w", err)
+			}
+			return l, l.mark(ctx, me)
+		case <-sess.Done():
+			<-done
+			return nil, fmt.Errorf("%w while waiting for the lock: lease %x", ErrLeaseExpired, id)
+		case <-tick.C:
+			report()
+		}
+	}
+}
+
+// mark writes who holds the lock into the holder's key, keeping an earlier "since" (a lock
+// resumed after a reboot has been held since before it).
+func (l *Lock) mark(ctx context.Context, me Holder) error {
+	me.Lease = l.ID
+	if resp, err := l.cli.Get(ctx, l.mutex.Key()); err == nil && len(resp.Kvs) > 0 {
+		var prev Holder
+		if json.Unmarshal(resp.Kvs[0].Value, &prev) == nil && !prev.Since.IsZero() && prev.Node == me.Node {
+			me.Since = prev.Since
+		}
+	}
+	b, _ := json.Marshal(me)
+	// The key's create revision (its place in line) is unchanged by a put.
+	if _, err := l.cli.Put(ctx, l.mutex.Key(), string(b), clientv3.WithLease(clientv3.LeaseID(l.ID))); err != nil {
+		return fmt.Errorf("etcd: mark lock holder: %w", err)
+	}
+	return nil
+}
+
+// Lost is closed when the lease can no longer be kept alive (expired or revoked).
+func (l *Lock) Lost() <-chan struct{} { return l.sess.Done() }
+
+// Detach stops keeping the lease alive without revoking it: the node is about to reboot and
+// will resume it. If it does not come back, the lease expires after its TTL.
+func (l *Lock) Detach() { l.sess.Orphan() }
+
+// Release revokes the lease: the lock key and anything else bound to it go at once.
+func (l *Lock) Release(ctx context.Context) error {
+	l.sess.Orphan()
+	return Revoke(ctx, l.cli, l.ID)
+}
+
+// Revoke revokes a lease by id; one that is already gone counts as revoked.
+func Revoke(ctx context.Context, cli *clientv3.Client, id int64) error {
+	if _, err := cli.Revoke(ctx, clientv3.LeaseID(id)); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		return fmt.Errorf("etcd: revoke lease %x: %w", id, err)
+	}
+	return nil
+}
+
+// CurrentHolder returns who holds the upgrade lock, if anyone.
+func CurrentHolder(ctx context.Context, cli *clientv3.Client) (Holder, bool, error) {
+	resp, err := cli.Get(ctx, LockPrefix+"/", clientv3.WithFirstCreate()...)
+	if err != nil {
+		return Holder{}, false, fmt.Errorf("etcd: lock holder: %w", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return Holder{}, false, nil
+	}
+	kv := resp.Kvs[0]
+	var h Holder
+	_ = json.Unmarshal(kv.Value, &h) // empty until the holder marks it
+	h.Lease = kv.Lease
+	if h.Lease == 0 {
+		// Parse the id from the key as a fallback.
+		fmt.Sscanf(strings.TrimPrefix(string(kv.Key), LockPrefix+"/"), "%x", &h.Lease)
+	}
+	return h, true, nil
+}
