@@ -18,10 +18,15 @@ type State string
 
 // States, in the order of a successful upgrade.
 const (
-	Pulling   State = "pulling"   // download and verify the installer image; nothing changed yet
+	Pulling State = "pulling" // download and verify the installer image; nothing changed yet
+	// Control-plane nodes only: take the cluster-wide upgrade lease (waiting while another
+	// node holds it), then check that the cluster can spare this etcd member.
+	Locking   State = "locking"
+	Checking  State = "checking"
 	Cordoning State = "cordoning" // mark the Kubernetes node unschedulable (skipped without config)
 	Draining  State = "draining"  // evict its pods, honouring PodDisruptionBudgets
-	// The etcd steps (lease, leave) join here.
+	// Leaving: control-plane, preserve=false: remove this etcd member from the cluster.
+	Leaving    State = "leaving"
 	Stopping   State = "stopping"   // stop services, kill what holds STATE/EPHEMERAL, unmount
 	Writing    State = "writing"    // stream the slot onto the inactive partition, re-read, verify
 	Wiping     State = "wiping"     // preserve=false: re-create EPHEMERAL
@@ -29,7 +34,8 @@ const (
 	Rebooting  State = "rebooting"  // point of no return passed: reboot into the new slot
 	Trial      State = "trial"      // booted the new slot: watchdog armed, health gates running
 	Committing State = "committing" // make the new slot the default (grubenv saved_entry)
-	// Post-commit cluster steps (rejoin, uncordon, release the lease) go here.
+	// A control-plane node that left rejoins (learner, promoted) during the trial, before the
+	// commit; after it, the node is uncordoned and releases the upgrade lease.
 	Done       State = "done"        // terminal: running the new version
 	Aborted    State = "aborted"     // terminal: stopped before the point of no return
 	RolledBack State = "rolled-back" // terminal: the new slot failed; back on the old one
@@ -79,6 +85,22 @@ type Upgrade struct {
 	Uncordon bool `json:"uncordon,omitempty"`
 	// Warning records what force let pass (a drain that failed).
 	Warning string `json:"warning,omitempty"`
+
+	// ControlPlane: this node runs an etcd member; the lease, check and leave steps apply.
+	ControlPlane bool `json:"control_plane,omitempty"`
+	// Member is this node's etcd member name.
+	Member string `json:"member,omitempty"`
+	// Lease is a persisted obligation: the id of the etcd lease this upgrade holds (or waits
+	// with) for the upgrade lock, kept alive across the reboot and revoked when it ends.
+	Lease int64 `json:"lease,omitempty"`
+	// Lock says where the upgrade lock stands ("waiting for the upgrade lease, held by N
+	// since T", "held since T", "released at T").
+	Lock string `json:"lock,omitempty"`
+	// Etcd records the quorum check's verdict with its numbers, and the leave and rejoin.
+	Etcd string `json:"etcd,omitempty"`
+	// Rejoin is a persisted obligation: this node's member may have been removed from the
+	// cluster; verify it, and rejoin (learner, caught up, promoted) before trusting its etcd.
+	Rejoin bool `json:"rejoin,omitempty"`
 }
 
 // SlotRecord is what META knows of a slot's content.
@@ -151,7 +173,7 @@ func Decode(b []byte) (Record, error) {
 
 func validState(s State) bool {
 	switch s {
-	case Pulling, Cordoning, Draining, Stopping, Writing, Wiping, Arming, Rebooting, Trial, Committing, Done, Aborted, RolledBack:
+	case Pulling, Locking, Checking, Cordoning, Draining, Leaving, Stopping, Writing, Wiping, Arming, Rebooting, Trial, Committing, Done, Aborted, RolledBack:
 		return true
 	}
 	return false

@@ -1,6 +1,7 @@
 package upgrade
 
 import (
+	"errors"
 	"fmt"
 	"math/rand"
 	"strings"
@@ -24,6 +25,16 @@ type world struct {
 	drainFails  bool
 	force       bool
 	ourCordon   bool // the API server holds a cordon of ours
+	// Control-plane: an etcd member, the cluster-wide lease and lock.
+	cp          bool
+	wipe        bool   // preserve=false
+	lockBusy    bool   // another node holds the lock when this one asks
+	checkFails  bool   // the quorum check refuses
+	leaveFails  bool   // the member removal is applied but its answer is lost
+	leaseAlive  bool   // our lease exists in etcd
+	lockHeld    bool   // and holds the upgrade lock
+	member      string // how the cluster knows our member: voter, absent, learner
+	etcdRunning bool
 	booted      boot.Slot
 	persisted   Record
 	boots       int
@@ -75,11 +86,22 @@ func (w *world) run(t *testing.T, crashes []crash) Record {
 		return acts
 	}
 	reboot := func() []Action {
+		w.etcdRunning = false
 		w.booted = w.grub()
+		// The services phase starts etcd: a member that is a voter with its data, or (when a
+		// rejoin is pending) one that was added back as a learner with an empty data dir.
+		if u := w.persisted.Current; u != nil && u.Rejoin && w.member == "absent" {
+			w.member = "learner"
+		}
+		if w.cp && w.member == "absent" {
+			t.Fatalf("booting with our member removed and no rejoin pending; log %v", w.log)
+		}
+		w.etcdRunning = w.cp
 		w.log = append(w.log, "boot "+string(w.booted))
 		return step(Booted{Slot: w.booted, Committed: w.committed(), Now: now})
 	}
-	acts := step(Request{ID: "u1", Image: "r/i:v2", Preserve: true, Force: w.force, FromVersion: "v1", Booted: boot.SlotA, Now: now})
+	acts := step(Request{ID: "u1", Image: "r/i:v2", Preserve: !w.wipe, Force: w.force, FromVersion: "v1", Booted: boot.SlotA,
+		ControlPlane: w.cp, Member: "n1", Now: now})
 	for guard := 0; guard < 200; guard++ {
 		if len(acts) == 0 {
 			return w.persisted
@@ -121,7 +143,57 @@ func (w *world) run(t *testing.T, crashes []crash) Record {
 		case ActUncordon:
 			w.ourCordon = false
 			ev = Uncordoned{Now: now}
+		case ActLock:
+			if u.Lease == 0 {
+				w.leaseAlive = true // granted: exists even if the power goes before it is recorded
+				if crashing && mode == "during" {
+					acts = reboot()
+					continue
+				}
+				step(LeaseGranted{ID: 7, Now: now})
+			}
+			if w.lockBusy {
+				step(LockWaiting{Holder: "n2 since T", Now: now})
+			}
+			w.lockHeld = true
+			ev = Completed{Now: now}
+		case ActCheck:
+			if !w.lockHeld {
+				t.Fatalf("quorum check without the lock; log %v", w.log)
+			}
+			if w.checkFails {
+				ev = Failed{Reason: "restarting n1 leaves 1 of 3 voters healthy, quorum 2", Now: now}
+			} else {
+				ev = Checked{Reason: "ok", Now: now}
+			}
+		case ActLeave:
+			if !w.lockHeld {
+				t.Fatalf("leaving the cluster without the lock; log %v", w.log)
+			}
+			w.member = "absent"
+			if w.leaveFails {
+				ev = Failed{Reason: "etcdserver: server stopped", Now: now}
+			} else {
+				ev = Completed{Now: now}
+			}
+		case ActKeepLease:
+			if !w.leaseAlive {
+				t.Fatalf("keep-alive of a lease that does not exist; log %v", w.log)
+			}
+			continue
+		case ActRejoin:
+			if w.member != "voter" {
+				w.member = "voter"
+			}
+			ev = Rejoined{Now: now}
+		case ActRelease:
+			w.leaseAlive, w.lockHeld = false, false
+			ev = Released{Now: now}
 		case ActStop:
+			if w.cp && !w.lockHeld {
+				t.Fatalf("stopping etcd for the upgrade without the lock; log %v", w.log)
+			}
+			w.etcdRunning = false
 			if w.stopFails {
 				ev = Failed{Reason: "unmount /var: busy", Now: now}
 			} else {
@@ -139,6 +211,9 @@ func (w *world) run(t *testing.T, crashes []crash) Record {
 			w.bootable[u.ToSlot] = true
 			ev = Completed{Now: now}
 		case ActWipe, ActFinish:
+			if a == ActWipe && w.cp && w.member == "voter" {
+				t.Fatalf("wiping etcd data of a voting member; log %v", w.log)
+			}
 			ev = Completed{Now: now}
 			if a == ActFinish {
 				ev = nil
@@ -164,6 +239,14 @@ func (w *world) run(t *testing.T, crashes []crash) Record {
 			w.saved = u.ToSlot
 			ev = Completed{Now: now}
 		case ActTrial:
+			if u.Lease != 0 && !w.leaseAlive {
+				t.Fatalf("trial holding a lease that is gone; log %v", w.log)
+			}
+			if u.Rejoin && !w.unhealthy {
+				// The etcd gate promotes the rejoined learner before the commit.
+				w.member = "voter"
+				step(Rejoined{Now: now})
+			}
 			ev = Health{OK: !w.unhealthy, Reason: "gate api: refused", Now: now}
 		case ActDisarm:
 			w.next = ""
@@ -204,6 +287,8 @@ type scenario struct {
 	name                                    string
 	broken, unhealthy, pullFails, stopFails bool
 	noKube, foreign, drainFails, force      bool
+	cp, wipe, lockBusy, checkFails          bool
+	leaveFails                              bool
 }
 
 var scenarios = []scenario{
@@ -217,12 +302,22 @@ var scenarios = []scenario{
 	{name: "drain blocked", drainFails: true},
 	{name: "drain blocked, forced", drainFails: true, force: true},
 	{name: "cordoned by someone else, new slot panics", foreign: true, broken: true},
+	{name: "control plane", cp: true, lockBusy: true},
+	{name: "control plane, leave", cp: true, wipe: true},
+	{name: "control plane, leave, new slot panics", cp: true, wipe: true, broken: true},
+	{name: "control plane, leave, new slot unhealthy", cp: true, wipe: true, unhealthy: true},
+	{name: "control plane, new slot unhealthy", cp: true, unhealthy: true},
+	{name: "control plane, check refuses", cp: true, checkFails: true},
+	{name: "control plane, leave answer lost", cp: true, wipe: true, leaveFails: true},
+	{name: "control plane, leave, unmount fails", cp: true, wipe: true, stopFails: true},
 }
 
 func newWorld(s scenario) *world {
 	return &world{bootable: map[boot.Slot]bool{boot.SlotA: true}, newBroken: s.broken, unhealthy: s.unhealthy,
 		pullFails: s.pullFails, stopFails: s.stopFails, booted: boot.SlotA,
-		noKube: s.noKube, foreign: s.foreign, drainFails: s.drainFails, force: s.force}
+		noKube: s.noKube, foreign: s.foreign, drainFails: s.drainFails, force: s.force,
+		cp: s.cp, wipe: s.wipe, lockBusy: s.lockBusy, checkFails: s.checkFails, leaveFails: s.leaveFails,
+		member: "voter", etcdRunning: s.cp}
 }
 
 // check asserts the invariants on a finished run.
@@ -249,6 +344,14 @@ func check(t *testing.T, s scenario, w *world, r Record, desc string) {
 	if w.ourCordon || u.Uncordon {
 		t.Fatalf("%s: node left cordoned by us (obligation %v); log %v", desc, u.Uncordon, w.log)
 	}
+	// The lock is always released, and the member is a voter again, whatever the outcome. (A
+	// lease granted but cut off before it was recorded holds no lock and expires by its TTL.)
+	if w.lockHeld || u.Lease != 0 {
+		t.Fatalf("%s: upgrade lease still held (record %x); log %v", desc, u.Lease, w.log)
+	}
+	if s.cp && (w.member != "voter" || u.Rejoin) {
+		t.Fatalf("%s: member %s (rejoin pending %v); log %v", desc, w.member, u.Rejoin, w.log)
+	}
 	if s.foreign && u.Kubernetes != "" && !strings.Contains(u.Kubernetes, "someone else") {
 		t.Fatalf("%s: status %q does not say the node was already cordoned", desc, u.Kubernetes)
 	}
@@ -257,7 +360,7 @@ func check(t *testing.T, s scenario, w *world, r Record, desc string) {
 		if w.booted != boot.SlotB || w.committed() != boot.SlotB {
 			t.Fatalf("%s: done but running %s, committed %s", desc, w.booted, w.committed())
 		}
-		if s.broken || s.unhealthy || s.pullFails || s.stopFails || (s.drainFails && !s.force) {
+		if s.broken || s.unhealthy || s.pullFails || s.stopFails || (s.drainFails && !s.force) || s.checkFails || s.leaveFails {
 			t.Fatalf("%s: done although the scenario cannot succeed", desc)
 		}
 	case Aborted, RolledBack:
@@ -402,4 +505,33 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("decode→encode→decode disagrees")
 		}
 	})
+}
+
+// TestCancel: an upgrade waiting for the lease can be cancelled (its lease is then released);
+// one that has changed something cannot.
+func TestCancel(t *testing.T) {
+	now := time.Unix(1, 0)
+	r, _, _ := Step(Record{}, Request{ID: "a", Booted: boot.SlotA, Preserve: true, ControlPlane: true, Member: "n1", Now: now})
+	r, acts, _ := Step(r, Pulled{ToVersion: "v2", Now: now})
+	if r.Current.State != Locking || fmt.Sprint(acts) != "[lock]" {
+		t.Fatalf("after pull: %s %v", r.Current.State, acts)
+	}
+	r, _, _ = Step(r, LeaseGranted{ID: 42, Now: now})
+	r, _, _ = Step(r, LockWaiting{Holder: "n2 since T", Now: now})
+	if r.Current.Lock != "waiting for the upgrade lease, held by n2 since T" {
+		t.Errorf("lock = %q", r.Current.Lock)
+	}
+	c, acts, err := Step(r, Cancel{Reason: "by operator", Now: now})
+	if err != nil || c.Current.State != Aborted || fmt.Sprint(acts) != "[release-lease]" || c.Current.Reason != "cancelled: by operator" {
+		t.Fatalf("cancel while waiting: %+v %v %v", c.Current, acts, err)
+	}
+	r, _, _ = Step(r, Completed{Now: now})
+	r, _, _ = Step(r, Checked{Reason: "ok", Now: now})
+	r, _, _ = Step(r, Cordoned{Skipped: true, Now: now})
+	if r.Current.State != Stopping {
+		t.Fatalf("state %s", r.Current.State)
+	}
+	if _, _, err := Step(r, Cancel{Now: now}); !errors.Is(err, ErrTooLate) {
+		t.Errorf("cancel while stopping: %v, want ErrTooLate", err)
+	}
 }

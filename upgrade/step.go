@@ -19,7 +19,53 @@ type Request struct {
 	DrainTimeoutS int
 	FromVersion   string
 	Booted        boot.Slot
-	Now           time.Time
+	// ControlPlane nodes run an etcd member named Member: the lease, check and leave steps
+	// apply to them.
+	ControlPlane bool
+	Member       string
+	Now          time.Time
+}
+
+// LeaseGranted reports the etcd lease the upgrade lock will be held with; persisted before
+// waiting for the lock so that a node cut off while waiting or holding revokes it later.
+type LeaseGranted struct {
+	ID  int64
+	Now time.Time
+}
+
+// LockWaiting reports who holds the upgrade lock this upgrade waits for.
+type LockWaiting struct {
+	Holder string // "NODE since T"
+	Now    time.Time
+}
+
+// Checked reports the quorum check's verdict (passed; a refusal is Failed).
+type Checked struct {
+	Reason string
+	Now    time.Time
+}
+
+// Rejoined reports that this node's etcd member is a voter again (or never left).
+type Rejoined struct {
+	Note string
+	Now  time.Time
+}
+
+// Released reports that the upgrade lease is revoked.
+type Released struct{ Now time.Time }
+
+// LeaseLost reports that the lease expired while the upgrade held it (the node was away
+// longer than its TTL): the lock may have passed to another node.
+type LeaseLost struct {
+	Reason string
+	Now    time.Time
+}
+
+// Cancel asks to give up an upgrade that has changed nothing yet (pulling, waiting for the
+// lease, checking).
+type Cancel struct {
+	Reason string
+	Now    time.Time
 }
 
 // Pulled reports a pulled and verified installer image.
@@ -79,6 +125,14 @@ func (Progressed) isEvent() {}
 func (Booted) isEvent()     {}
 func (Health) isEvent()     {}
 
+func (LeaseGranted) isEvent() {}
+func (LockWaiting) isEvent()  {}
+func (Checked) isEvent()      {}
+func (Rejoined) isEvent()     {}
+func (Released) isEvent()     {}
+func (LeaseLost) isEvent()    {}
+func (Cancel) isEvent()       {}
+
 // Action is an effect the executor performs, in order, after persisting the record.
 type Action string
 
@@ -98,11 +152,18 @@ const (
 	ActFinish        Action = "finish"         // disarm the watchdog, post-commit steps
 	ActDisarm        Action = "disarm"         // best effort: clear next_entry
 	ActRebootCurrent Action = "reboot-current" // reboot into the committed slot
+
+	ActLock      Action = "lock"          // grant a lease, persist it, wait for the upgrade lock
+	ActCheck     Action = "check"         // the quorum check, repeated until it passes or times out
+	ActLeave     Action = "leave-cluster" // remove this etcd member
+	ActKeepLease Action = "keep-lease"    // after a reboot: keep the persisted lease alive again
+	ActRejoin    Action = "rejoin"        // make this member a voter again (learner, caught up, promoted)
+	ActRelease   Action = "release-lease" // once the member is healthy: revoke the lease
 )
 
 // effect is the action that enters a state performs.
 var effect = map[State]Action{
-	Pulling: ActPull, Cordoning: ActCordon, Draining: ActDrain, Stopping: ActStop, Writing: ActWriteSlot, Wiping: ActWipe, Arming: ActArm,
+	Pulling: ActPull, Locking: ActLock, Checking: ActCheck, Leaving: ActLeave, Cordoning: ActCordon, Draining: ActDrain, Stopping: ActStop, Writing: ActWriteSlot, Wiping: ActWipe, Arming: ActArm,
 	Rebooting: ActReboot, Trial: ActTrial, Committing: ActCommit, Done: ActFinish,
 }
 
@@ -110,6 +171,7 @@ var effect = map[State]Action{
 var (
 	ErrBusy       = errors.New("upgrade: another upgrade is in flight")
 	ErrUnexpected = errors.New("upgrade: event not expected in this state")
+	ErrTooLate    = errors.New("upgrade: too late to cancel")
 )
 
 // Step is the transition function. It never mutates r.
@@ -130,6 +192,7 @@ func Step(r Record, ev Event) (Record, []Action, error) {
 		n.Current = &Upgrade{
 			ID: e.ID, State: Pulling, Image: e.Image, Preserve: e.Preserve, Force: e.Force, DrainTimeoutS: e.DrainTimeoutS,
 			FromVersion: e.FromVersion, FromSlot: e.Booted, ToSlot: e.Booted.Other(),
+			ControlPlane: e.ControlPlane, Member: e.Member,
 			RequestedAt: e.Now, UpdatedAt: e.Now,
 		}
 		return n, []Action{ActPull}, nil
@@ -144,6 +207,34 @@ func Step(r Record, ev Event) (Record, []Action, error) {
 		u.Uncordon = false
 		u.UpdatedAt = e.Now
 		return n, nil, nil
+
+	case Rejoined:
+		if u == nil || !u.Rejoin {
+			return r, nil, fmt.Errorf("%w: rejoined with no rejoin pending", ErrUnexpected)
+		}
+		u.Rejoin = false
+		u.Etcd = appendNote(u.Etcd, e.Note)
+		u.UpdatedAt = e.Now
+		return n, nil, nil
+
+	case Released:
+		if u == nil || u.Lease == 0 {
+			return r, nil, fmt.Errorf("%w: released with no lease held", ErrUnexpected)
+		}
+		u.Lease = 0
+		u.Lock = "released at " + e.Now.Format(time.RFC3339)
+		u.UpdatedAt = e.Now
+		return n, nil, nil
+
+	case LeaseLost:
+		if u == nil || u.Lease == 0 {
+			return r, nil, fmt.Errorf("%w: lease lost with no lease held", ErrUnexpected)
+		}
+		u.Lease = 0
+		u.Lock = "lost: " + e.Reason
+		u.Warning = appendNote(u.Warning, "upgrade lease lost: "+e.Reason)
+		u.UpdatedAt = e.Now
+		return n, nil, nil
 	}
 
 	if !r.Active() {
@@ -155,8 +246,39 @@ func Step(r Record, ev Event) (Record, []Action, error) {
 			return r, nil, fmt.Errorf("%w: pulled in %s", ErrUnexpected, u.State)
 		}
 		u.Digest, u.ToVersion, u.SlotSHA256, u.SlotSize = e.Digest, e.ToVersion, e.SlotSHA256, e.SlotSize
-		// From the cordon on, a cordon of ours may exist: it must be lifted however this ends.
-		u.Uncordon = true
+		if u.ControlPlane {
+			return enter(n, Locking, e.Now)
+		}
+		return enter(n, Cordoning, e.Now)
+
+	case Cancel:
+		switch u.State {
+		case Pulling, Locking, Checking:
+			return finish(n, Aborted, "cancelled: "+e.Reason, e.Now)
+		}
+		return r, nil, fmt.Errorf("%w: the upgrade is %s (cancel works while pulling, waiting for the lease or checking)", ErrTooLate, u.State)
+
+	case LeaseGranted:
+		if u.State != Locking || u.Lease != 0 {
+			return r, nil, fmt.Errorf("%w: lease granted in %s (lease %x)", ErrUnexpected, u.State, u.Lease)
+		}
+		u.Lease = e.ID
+		u.UpdatedAt = e.Now
+		return n, nil, nil
+
+	case LockWaiting:
+		if u.State != Locking {
+			return r, nil, fmt.Errorf("%w: lock waiting in %s", ErrUnexpected, u.State)
+		}
+		u.Lock = "waiting for the upgrade lease, held by " + e.Holder
+		u.UpdatedAt = e.Now
+		return n, nil, nil
+
+	case Checked:
+		if u.State != Checking {
+			return r, nil, fmt.Errorf("%w: checked in %s", ErrUnexpected, u.State)
+		}
+		u.Etcd = e.Reason
 		return enter(n, Cordoning, e.Now)
 
 	case Cordoned:
@@ -167,7 +289,7 @@ func Step(r Record, ev Event) (Record, []Action, error) {
 		case e.Skipped:
 			u.Uncordon = false
 			u.Kubernetes = "skipped: no Kubernetes configuration"
-			return enter(n, Stopping, e.Now) // nothing to drain either
+			return afterDrain(n, e.Now) // nothing to drain either
 		case e.Ours:
 			u.Kubernetes = "cordoned"
 		default:
@@ -190,8 +312,14 @@ func Step(r Record, ev Event) (Record, []Action, error) {
 
 	case Completed:
 		switch u.State {
+		case Locking:
+			u.Lock = "held since " + e.Now.Format(time.RFC3339)
+			return enter(n, Checking, e.Now)
 		case Draining:
 			u.Kubernetes += "; drained"
+			return afterDrain(n, e.Now)
+		case Leaving:
+			u.Etcd = appendNote(u.Etcd, "left the cluster")
 			return enter(n, Stopping, e.Now)
 		case Stopping:
 			// From here the inactive slot is being overwritten: it holds nothing bootable
@@ -216,20 +344,21 @@ func Step(r Record, ev Event) (Record, []Action, error) {
 
 	case Failed:
 		switch u.State {
-		case Pulling, Cordoning:
+		case Pulling, Locking, Checking, Cordoning:
 			// Nothing was changed but (perhaps) the cordon: the node keeps running.
 			return finish(n, Aborted, e.Reason, e.Now)
 		case Draining:
 			if u.Force {
 				u.Warning = "forced past a failed drain: " + e.Reason
-				return enter(n, Stopping, e.Now)
+				return afterDrain(n, e.Now)
 			}
 			return finish(n, Aborted, e.Reason, e.Now)
-		case Stopping, Writing, Wiping, Arming:
-			// Services are stopped and filesystems unmounted: reboot into the current slot,
-			// which also brings everything back in order. Clear a half-made boot-once.
-			n, acts, err := finish(n, Aborted, e.Reason, e.Now)
-			return n, append([]Action{ActDisarm}, append(acts, ActRebootCurrent)...), err
+		case Leaving, Stopping, Writing, Wiping, Arming:
+			// Services are stopped and filesystems unmounted (or the member may be gone):
+			// reboot into the current slot, which brings everything back in order, the etcd
+			// member included. Clear a half-made boot-once.
+			n, acts, err := finishRebooting(n, Aborted, e.Reason, e.Now)
+			return n, append([]Action{ActDisarm}, acts...), err
 		case Trial:
 			return r, nil, fmt.Errorf("%w: failed in trial (use Health)", ErrUnexpected)
 		}
@@ -243,8 +372,7 @@ func Step(r Record, ev Event) (Record, []Action, error) {
 			return enter(n, Committing, e.Now)
 		}
 		// The committed slot is still the old one: a plain reboot goes back to it.
-		n, acts, err := finish(n, RolledBack, "health gate failed: "+e.Reason, e.Now)
-		return n, append(acts, ActRebootCurrent), err
+		return finishRebooting(n, RolledBack, "health gate failed: "+e.Reason, e.Now)
 	}
 	return r, nil, fmt.Errorf("%w: %T", ErrUnexpected, ev)
 }
@@ -254,8 +382,9 @@ func Step(r Record, ev Event) (Record, []Action, error) {
 // it to a healthy trial (panic, hang and watchdog, or power loss).
 func stepBoot(n Record, e Booted) (Record, []Action, error) {
 	if !n.Active() {
-		if n.Current != nil && n.Current.Uncordon {
-			return n, []Action{ActUncordon}, nil // a reboot interrupted the uncordon: go on
+		if n.Current != nil {
+			// Obligations a reboot interrupted (or deferred to this boot): go on.
+			return n, obligations(n.Current), nil
 		}
 		return n, nil, nil
 	}
@@ -267,14 +396,14 @@ func stepBoot(n Record, e Booted) (Record, []Action, error) {
 		if pastNoReturn(u.State) {
 			st = RolledBack
 		}
-		n, acts, err := finish(n, st, fmt.Sprintf("gave up after %d boots in state %s", u.Boots, u.State), e.Now)
+		reason := fmt.Sprintf("gave up after %d boots in state %s", u.Boots, u.State)
 		if e.Slot != e.Committed {
-			acts = append(acts, ActRebootCurrent)
+			return finishRebooting(n, st, reason, e.Now)
 		}
-		return n, acts, err
+		return finish(n, st, reason, e.Now)
 	}
 	switch u.State {
-	case Pulling, Cordoning, Draining, Stopping, Writing, Wiping:
+	case Pulling, Locking, Checking, Cordoning, Draining, Leaving, Stopping, Writing, Wiping:
 		reason := fmt.Sprintf("interrupted by a reboot while %s", u.State)
 		if u.State == Writing {
 			setSlot(&n, u.ToSlot, SlotRecord{})
@@ -294,15 +423,12 @@ func stepBoot(n Record, e Booted) (Record, []Action, error) {
 		return n, append([]Action{ActDisarm}, acts...), err
 	case Rebooting, Trial:
 		if e.Slot == u.ToSlot && e.Committed == u.ToSlot {
-			return enter(n, Committing, e.Now) // committed in grubenv, not yet in META
-		}
-		if e.Slot == u.ToSlot && u.State == Rebooting {
-			return enter(n, Trial, e.Now)
+			return keepLease(enter(n, Committing, e.Now)) // committed in grubenv, not yet in META
 		}
 		if e.Slot == u.ToSlot {
-			// A second boot of the new slot without a commit: someone re-armed it. Try the
-			// trial again; MaxBoots bounds it.
-			return enter(n, Trial, e.Now)
+			// The first boot of the new slot; or a second one without a commit (someone
+			// re-armed it): try the trial again, MaxBoots bounds it.
+			return keepLease(enter(n, Trial, e.Now))
 		}
 		reason := "the new slot never reported healthy"
 		if u.State == Trial {
@@ -312,9 +438,9 @@ func stepBoot(n Record, e Booted) (Record, []Action, error) {
 	case Committing:
 		if e.Slot == u.ToSlot {
 			if e.Committed == u.ToSlot {
-				return enter(n, Done, e.Now)
+				return keepLease(enter(n, Done, e.Now))
 			}
-			return enter(n, Committing, e.Now)
+			return keepLease(enter(n, Committing, e.Now))
 		}
 		return finish(n, RolledBack, "power lost while committing; the old slot is still the default", e.Now)
 	}
@@ -330,29 +456,88 @@ func pastNoReturn(s State) bool {
 }
 
 func enter(n Record, s State, now time.Time) (Record, []Action, error) {
-	n.Current.State = s
-	n.Current.UpdatedAt = now
+	u := n.Current
+	u.State = s
+	u.UpdatedAt = now
 	acts := []Action{effect[s]}
-	if s == Done {
-		n.Current.FinishedAt = now
-		if n.Current.Uncordon {
-			acts = append(acts, ActUncordon) // uncordon once the commit is done
-		}
+	switch s {
+	case Cordoning:
+		// From the cordon on, a cordon of ours may exist: it must be lifted however this ends.
+		u.Uncordon = true
+	case Leaving:
+		// From here the member may be gone: it must be verified, and rejoined if so.
+		u.Rejoin = true
+	case Done:
+		u.FinishedAt = now
+		acts = append(acts, obligations(u)...) // uncordon, then release the lease
 	}
 	return n, acts, nil
 }
 
-// finish ends the upgrade; a pending uncordon is always its first action, so a node never
-// stays cordoned because its upgrade failed.
+// afterDrain is where a drained (or never cordoned) node goes: a control-plane node asked not
+// to preserve its data leaves the etcd cluster first.
+func afterDrain(n Record, now time.Time) (Record, []Action, error) {
+	if n.Current.ControlPlane && !n.Current.Preserve {
+		return enter(n, Leaving, now)
+	}
+	return enter(n, Stopping, now)
+}
+
+// keepLease puts the lease's keep-alive before the actions of a boot that resumes an upgrade
+// holding one.
+func keepLease(n Record, acts []Action, err error) (Record, []Action, error) {
+	if n.Current.Lease != 0 {
+		acts = append([]Action{ActKeepLease}, acts...)
+	}
+	return n, acts, err
+}
+
+// obligations are what an ended upgrade still owes, in order: a member that may have left
+// rejoins, our cordon is lifted, and only then is the upgrade lease released, so the next
+// node starts once this one is whole and back in service.
+func obligations(u *Upgrade) []Action {
+	var acts []Action
+	if u.Rejoin {
+		acts = append(acts, ActRejoin)
+	}
+	if u.Uncordon {
+		acts = append(acts, ActUncordon)
+	}
+	if u.Lease != 0 {
+		acts = append(acts, ActRelease)
+	}
+	return acts
+}
+
+// finish ends the upgrade; its obligations (a pending uncordon first) are its actions, so a
+// node never stays cordoned, or holds the lease, because its upgrade failed.
 func finish(n Record, s State, reason string, now time.Time) (Record, []Action, error) {
 	n.Current.State = s
 	n.Current.Reason = reason
 	n.Current.UpdatedAt = now
 	n.Current.FinishedAt = now
+	return n, obligations(n.Current), nil
+}
+
+// finishRebooting ends the upgrade with a reboot into the committed slot. The cordon is lifted
+// before it; a rejoin and the lease release wait for the next boot, when the member is back.
+func finishRebooting(n Record, s State, reason string, now time.Time) (Record, []Action, error) {
+	n, _, err := finish(n, s, reason, now)
+	var acts []Action
 	if n.Current.Uncordon {
-		return n, []Action{ActUncordon}, nil
+		acts = append(acts, ActUncordon)
 	}
-	return n, nil, nil
+	return n, append(acts, ActRebootCurrent), err
+}
+
+func appendNote(s, note string) string {
+	switch {
+	case note == "":
+		return s
+	case s == "":
+		return note
+	}
+	return s + "; " + note
 }
 
 func setSlot(n *Record, s boot.Slot, rec SlotRecord) {
