@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/url"
 	"strings"
 
 	"keel/supervisor"
@@ -33,7 +34,62 @@ type Config struct {
 	// Kubernetes, when set, makes upgrades cordon and drain the node first and uncordon it
 	// after; without it those steps are skipped.
 	Kubernetes *Kubernetes `json:"kubernetes,omitempty"`
+	// Etcd makes the node a control-plane node: it runs an etcd member as a supervised
+	// service, and its upgrades take the cluster-wide upgrade lease and check quorum first.
+	Etcd *Etcd `json:"etcd,omitempty"`
 }
+
+// Etcd configures this node's etcd member. Peers reach it at PeerURL and clients at
+// ClientURL (advertised: behind NAT or port forwarding they differ from the listen ports).
+type Etcd struct {
+	// Name is the member name (default: the hostname). Members are named after their nodes.
+	Name      string `json:"name,omitempty"`
+	ClientURL string `json:"client_url"`
+	PeerURL   string `json:"peer_url"`
+	// InitialCluster bootstraps a new cluster ("n1=http://...:2380,n2=..."); ignored once the
+	// data dir exists, and replaced by the live member list when the node rejoins.
+	InitialCluster string `json:"initial_cluster"`
+	// Endpoints are the cluster's client URLs, this member's included: the upgrade talks to
+	// the cluster through them while its own member is down.
+	Endpoints []string `json:"endpoints"`
+	// ClientPort and PeerPort are where etcd listens (default 2379, 2380), on all addresses.
+	ClientPort int `json:"client_port,omitempty"`
+	PeerPort   int `json:"peer_port,omitempty"`
+	// LeaseTTLS is the upgrade lease's TTL (default 300): it must outlast a reboot — firmware,
+	// GRUB, kernel, init, network — or the lock passes on while this node is down. A node
+	// that dies holding it frees it after this long.
+	LeaseTTLS int `json:"lease_ttl_s,omitempty"`
+	// ProbeTimeoutS bounds each member's quorum read in the pre-upgrade check (default 5).
+	ProbeTimeoutS int `json:"probe_timeout_s,omitempty"`
+	// CheckWaitS is how long a node that got the lease waits for the cluster to become healthy
+	// enough to spare its member before it gives up (default 600).
+	CheckWaitS int `json:"check_wait_s,omitempty"`
+	// HeartbeatMS and ElectionMS are etcd's raft timings (default etcd's: 100 and 1000).
+	HeartbeatMS int `json:"heartbeat_ms,omitempty"`
+	ElectionMS  int `json:"election_ms,omitempty"`
+}
+
+// MemberName is the member's name: Name or the hostname.
+func (c Config) MemberName() string {
+	if c.Etcd != nil && c.Etcd.Name != "" {
+		return c.Etcd.Name
+	}
+	return c.HostnameOrDefault()
+}
+
+func orDefault(v, d int) int {
+	if v <= 0 {
+		return d
+	}
+	return v
+}
+
+// Defaults of the etcd section.
+func (e Etcd) ClientPortOr() int { return orDefault(e.ClientPort, 2379) }
+func (e Etcd) PeerPortOr() int   { return orDefault(e.PeerPort, 2380) }
+func (e Etcd) LeaseTTL() int     { return orDefault(e.LeaseTTLS, 300) }
+func (e Etcd) ProbeTimeout() int { return orDefault(e.ProbeTimeoutS, 5) }
+func (e Etcd) CheckWait() int    { return orDefault(e.CheckWaitS, 600) }
 
 // Kubernetes names the node and how to reach the API server.
 type Kubernetes struct {
@@ -147,8 +203,41 @@ func (c Config) Validate() error {
 			return fmt.Errorf("%w: kubernetes.drain_timeout_s must be 0-3600", ErrInvalid)
 		}
 	}
+	if e := c.Etcd; e != nil {
+		if err := e.validate(); err != nil {
+			return fmt.Errorf("%w: etcd: %w", ErrInvalid, err)
+		}
+	}
 	if len(c.Hostname) > 64 {
 		return fmt.Errorf("%w: hostname longer than 64 bytes", ErrInvalid)
+	}
+	return nil
+}
+
+func (e Etcd) validate() error {
+	for _, u := range append([]string{e.ClientURL, e.PeerURL}, e.Endpoints...) {
+		p, err := url.Parse(u)
+		if err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
+			return fmt.Errorf("%q is not an http(s) URL", u)
+		}
+	}
+	if len(e.Endpoints) == 0 {
+		return errors.New("endpoints must list the cluster's client URLs")
+	}
+	if !strings.Contains(e.InitialCluster, "=") {
+		return errors.New(`initial_cluster must be "name=peer-url,..."`)
+	}
+	if e.LeaseTTLS < 0 || (e.LeaseTTLS > 0 && e.LeaseTTLS < 10) || e.LeaseTTLS > 3600 {
+		return errors.New("lease_ttl_s must be 10-3600 (it must outlast a reboot)")
+	}
+	if e.ClientPort < 0 || e.ClientPort > 65535 || e.PeerPort < 0 || e.PeerPort > 65535 {
+		return errors.New("client_port and peer_port must be 1-65535")
+	}
+	if e.ProbeTimeoutS < 0 || e.ProbeTimeoutS > 60 || e.CheckWaitS < 0 || e.CheckWaitS > 86400 {
+		return errors.New("probe_timeout_s must be 0-60, check_wait_s 0-86400")
+	}
+	if e.HeartbeatMS < 0 || e.ElectionMS < 0 || (e.ElectionMS > 0 && e.ElectionMS < 5*max(e.HeartbeatMS, 100)) {
+		return errors.New("election_ms must be at least 5 heartbeats")
 	}
 	return nil
 }

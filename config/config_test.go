@@ -19,9 +19,20 @@ func TestParse(t *testing.T) {
 	if err != nil || c.APIPort() != 6443 || c.Hostname != "n1" || c.Network.IP != "dhcp" {
 		t.Errorf("full: %+v, %v", c, err)
 	}
-	for _, bad := range []string{`{"hostnam":"x"}`, `{"api":{"port":70000}}`, `{"upgrade":{"trusted_keys":["nope"]}}`, `{"upgrade":{"watchdog_s":-1}}`, `{"services":[{"name":"a","command":["/x"],"after":["b"]}]}`, `{"kubernetes":{}}`, `{"kubernetes":{"node_name":"n","kubeconfig":"../etc/x"}}`, `{`, `[]`} {
+	for _, bad := range []string{`{"hostnam":"x"}`, `{"api":{"port":70000}}`, `{"upgrade":{"trusted_keys":["nope"]}}`, `{"upgrade":{"watchdog_s":-1}}`, `{"services":[{"name":"a","command":["/x"],"after":["b"]}]}`, `{"kubernetes":{}}`, `{"kubernetes":{"node_name":"n","kubeconfig":"../etc/x"}}`,
+		`{"etcd":{}}`, `{"etcd":{"client_url":"x","peer_url":"http://a:1","initial_cluster":"a=http://a:1","endpoints":["http://a:2"]}}`,
+		`{"etcd":{"client_url":"http://a:2","peer_url":"http://a:1","initial_cluster":"a=http://a:1","endpoints":[]}}`,
+		`{"etcd":{"client_url":"http://a:2","peer_url":"http://a:1","initial_cluster":"a=http://a:1","endpoints":["http://a:2"],"lease_ttl_s":3}}`, `{`, `[]`} {
 		if _, err := Parse([]byte(bad)); !errors.Is(err, ErrInvalid) {
 			t.Errorf("Parse(%s) = %v, want ErrInvalid", bad, err)
 		}
+	}
+}
+
+func TestEtcd(t *testing.T) {
+	c, err := Parse([]byte(`{"hostname":"cp1","etcd":{"client_url":"http://10.0.2.2:32379","peer_url":"http://10.0.2.2:32380",
+		"initial_cluster":"cp1=http://10.0.2.2:32380","endpoints":["http://10.0.2.2:32379"]}}`))
+	if err != nil || c.MemberName() != "cp1" || c.Etcd.LeaseTTL() != 300 || c.Etcd.ClientPortOr() != 2379 || c.Etcd.PeerPortOr() != 2380 {
+		t.Fatalf("%+v %v", c.Etcd, err)
 	}
 }

@@ -57,7 +57,7 @@ type Lock struct {
 	ID    int64
 }
 
-// Acquire takes the upgrade lock under lease id, which it keeps alive from now on. A lease
+// Acquire takes the upgrade lock under lease id (me.Since is set to when it is held), which it keeps alive from now on. A lease
 // granted before a reboot is resumed with the same id: its key is still first in line, so the
 // lock is held again at once. While another node holds the lock, waiting is called with each
 // new holder. Cancelling ctx gives up the place in line (the key is deleted, the lease kept).
@@ -81,7 +81,8 @@ func Acquire(ctx context.Context, cli *clientv3.Client, id int64, me Holder, wai
 	defer tick.Stop()
 	report := func() {
 		h, ok, err := CurrentHolder(ctx, cli)
-		if err == nil && ok && h.Lease != id && h != last {
+		// A holder that has not marked its key yet is reported once it has (a second later).
+		if err == nil && ok && h.Lease != id && h.Node != "" && h != last {
 			last = h
 			waiting(h)
 		}
@@ -104,10 +105,11 @@ func Acquire(ctx context.Context, cli *clientv3.Client, id int64, me Holder, wai
 	}
 }
 
-// mark writes who holds the lock into the holder's key, keeping an earlier "since" (a lock
-// resumed after a reboot has been held since before it).
+// mark writes who holds the lock into the holder's key: since now, or since an earlier "since"
+// of the same node (a lock resumed after a reboot has been held since before it).
 func (l *Lock) mark(ctx context.Context, me Holder) error {
 	me.Lease = l.ID
+	me.Since = time.Now().UTC()
 	if resp, err := l.cli.Get(ctx, l.mutex.Key()); err == nil && len(resp.Kvs) > 0 {
 		var prev Holder
 		if json.Unmarshal(resp.Kvs[0].Value, &prev) == nil && !prev.Since.IsZero() && prev.Node == me.Node {

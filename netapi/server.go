@@ -65,7 +65,10 @@ type Node interface {
 	Reboot(reason string) error
 	Shutdown(reason string) error
 	// StartUpgrade starts an upgrade and returns its id at once.
-	StartUpgrade(UpgradeRequest) (string, error)
+	StartUpgrade(UpgradeRequest) (UpgradeAccepted, error)
+	// CancelUpgrade ends an upgrade that has changed nothing yet (pulling, waiting for the
+	// upgrade lease, checking the etcd cluster).
+	CancelUpgrade() error
 	// Rollback commits the other slot and reboots.
 	Rollback() error
 	// Services lists the supervised services.
@@ -125,6 +128,7 @@ func New(o Options) *Server {
 	s.route("POST /v1/reboot", RoleOperator, s.reboot)
 	s.route("POST /v1/shutdown", RoleAdmin, s.shutdown)
 	s.route("POST /v1/upgrade", RoleAdmin, s.upgrade)
+	s.route("POST /v1/upgrade/cancel", RoleAdmin, s.cancelUpgrade)
 	s.route("POST /v1/rollback", RoleAdmin, s.rollback)
 	s.route("POST /v1/reset", RoleAdmin, s.reset)
 	s.route("GET /v1/services", RoleReader, s.services)
@@ -208,13 +212,21 @@ func (s *Server) upgrade(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, http.StatusBadRequest, "bad_request", `"image" is required`)
 		return
 	}
-	id, err := s.node.StartUpgrade(req)
+	acc, err := s.node.StartUpgrade(req)
 	if err != nil {
 		writeNodeError(w, err)
 		return
 	}
-	s.log.Info("api: upgrade accepted", "id", id, "image", req.Image, "preserve", req.Preserve, "client", r.TLS.PeerCertificates[0].Subject.CommonName)
-	WriteJSON(w, http.StatusAccepted, UpgradeAccepted{ID: id, Status: "accepted"})
+	s.log.Info("api: upgrade accepted", "id", acc.ID, "image", req.Image, "preserve", req.Preserve, "client", r.TLS.PeerCertificates[0].Subject.CommonName)
+	WriteJSON(w, http.StatusAccepted, acc)
+}
+
+func (s *Server) cancelUpgrade(w http.ResponseWriter, r *http.Request) {
+	if err := s.node.CancelUpgrade(); err != nil {
+		writeNodeError(w, err)
+		return
+	}
+	WriteJSON(w, http.StatusOK, Accepted{Status: "cancelled"})
 }
 
 func (s *Server) rollback(w http.ResponseWriter, r *http.Request) {

@@ -65,13 +65,14 @@ func (f *fakeNode) Reboot(string) error {
 	return nil
 }
 func (f *fakeNode) Shutdown(string) error { return errors.New("already shutting down") }
-func (f *fakeNode) StartUpgrade(r UpgradeRequest) (string, error) {
+func (f *fakeNode) StartUpgrade(r UpgradeRequest) (UpgradeAccepted, error) {
 	if r.Image == "busy" {
-		return "", fmt.Errorf("%w: busy", ErrConflict)
+		return UpgradeAccepted{}, fmt.Errorf("%w: busy", ErrConflict)
 	}
-	return "id1", nil
+	return UpgradeAccepted{ID: "id1", Status: "accepted"}, nil
 }
-func (f *fakeNode) Rollback() error { return fmt.Errorf("%w: slot B is empty", ErrPrecondition) }
+func (f *fakeNode) CancelUpgrade() error { return fmt.Errorf("%w: no upgrade in flight", ErrConflict) }
+func (f *fakeNode) Rollback() error      { return fmt.Errorf("%w: slot B is empty", ErrPrecondition) }
 
 type env struct {
 	url   string
@@ -225,6 +226,14 @@ func TestUpgradeEndpoint(t *testing.T) {
 	code, eb, _ := do(t, admin, "POST", e.url+"/v1/rollback")
 	if code != http.StatusPreconditionFailed || eb.Error.Code != "precondition_failed" {
 		t.Errorf("rollback = %d %+v", code, eb)
+	}
+	code, eb, _ = do(t, admin, "POST", e.url+"/v1/upgrade/cancel")
+	if code != http.StatusConflict || eb.Error.Code == "" {
+		t.Errorf("cancel with nothing in flight = %d %+v, want 409", code, eb)
+	}
+	operator := e.client(t, e.ca, "operator")
+	if code, _, _ = do(t, operator, "POST", e.url+"/v1/upgrade/cancel"); code != http.StatusForbidden {
+		t.Errorf("cancel as operator = %d, want 403", code)
 	}
 }
 

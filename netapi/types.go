@@ -61,6 +61,10 @@ type UpgradeRequest struct {
 type UpgradeAccepted struct {
 	ID     string `json:"id"`
 	Status string `json:"status"`
+	// Etcd is the control-plane quorum check's verdict with its numbers, or why it waits.
+	Etcd string `json:"etcd,omitempty"`
+	// Outage: the cluster is unavailable while this node reboots (a single-member cluster).
+	Outage bool `json:"outage,omitempty"`
 }
 
 // BootTiming is how long this boot took, in kernel uptime seconds (CLOCK_BOOTTIME).

@@ -146,6 +146,8 @@ type SlotOptions struct {
 	// (archive path → package path, e.g. "/bin/testsvc": "./vmtest/testsvc").
 	GoBinaries map[string]string
 	Fault      string // test images only
+	// Etcd is a static etcd binary to carry as /bin/etcd (control-plane nodes run it).
+	Etcd string
 }
 
 // BuildSlot builds the init, initramfs and slot filesystem image for one version.
@@ -157,9 +159,15 @@ func BuildSlot(ctx context.Context, o SlotOptions) (Slot, error) {
 	if err := BuildInit(ctx, o.RepoRoot, o.Version, initPath, o.Fault); err != nil {
 		return Slot{}, err
 	}
-	bins := o.Binaries
-	if bins == nil {
+	bins := map[string]string{}
+	if o.Binaries == nil {
 		bins = DefaultBinaries()
+	}
+	for k, v := range o.Binaries {
+		bins[k] = v
+	}
+	if o.Etcd != "" {
+		bins["/bin/etcd"] = o.Etcd
 	}
 	if o.Fault == "bench-write" {
 		if p, err := exec.LookPath("dd"); err == nil {

@@ -22,5 +22,7 @@ build() { # name package [ldflags]
 }
 build etcd go.etcd.io/etcd/server/v3
 build etcdctl go.etcd.io/etcd/etcdctl/v3
+# `k8s-bins.sh etcd`: only etcd and etcdctl (the node image carries etcd; seconds, not minutes).
+[ "${1:-}" = etcd ] && exit 0
 build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver \
 	"-X k8s.io/component-base/version.gitVersion=v1.37.2 -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37"

@@ -16,11 +16,13 @@ import (
 	"sync"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sys/unix"
 
 	"keel/boot"
 	"keel/config"
 	"keel/disk"
+	"keel/etcdnode"
 	"keel/events"
 	"keel/kube"
 	"keel/logbuf"
@@ -98,6 +100,10 @@ type Node struct {
 	uncordonRetry bool
 	drainProg     *netapi.DrainProgress
 	pendingWipe   []string // partitions a reset re-makes during the shutdown
+
+	etcd       *clientv3.Client   // to the cluster's endpoints (control-plane nodes)
+	lockHeld   *etcdnode.Lock     // the upgrade lock, while this process keeps its lease alive
+	cancelLock context.CancelFunc // ends a wait for the upgrade lock
 
 	down     chan machine.Action
 	downOnce sync.Once

@@ -21,6 +21,14 @@ const ServiceLogDir = MountEphemeral + "/log/services"
 // starts it; each service waits for its dependencies.
 func (n *Node) startServices() error {
 	specs := supervisor.ForRole(n.cfg.Services, n.cfg.Role)
+	if n.controlPlane() {
+		spec, err := n.etcdService()
+		if err != nil {
+			n.warn("etcd: %v", err)
+		} else {
+			specs = append([]supervisor.Spec{spec}, specs...)
+		}
+	}
 	sup, err := supervisor.New(specs, supervisor.Options{
 		Log:     n.log,
 		Starter: n.Reaper,

@@ -148,6 +148,18 @@ func (n *Node) perform(ctx context.Context, a upgrade.Action) upgrade.Event {
 			return fail("pull %s: %v", u.Image, err)
 		}
 		return upgrade.Pulled{Digest: p.Digest, ToVersion: p.Manifest.Version, SlotSHA256: p.Manifest.SlotSHA256, SlotSize: p.Manifest.SlotSize, Now: now()}
+	case upgrade.ActLock:
+		return n.lock(ctx, u)
+	case upgrade.ActCheck:
+		return n.check(ctx, u)
+	case upgrade.ActLeave:
+		return n.leave(ctx, u)
+	case upgrade.ActKeepLease:
+		return n.resumeLease(ctx, u)
+	case upgrade.ActRejoin:
+		return n.rejoin(ctx)
+	case upgrade.ActRelease:
+		return n.release(ctx, u)
 	case upgrade.ActCordon:
 		return n.cordon(ctx)
 	case upgrade.ActDrain:
@@ -453,6 +465,11 @@ func (n *Node) gates() []gate {
 			return nil
 		}},
 		{"services", n.servicesGate},
+	}
+	if n.controlPlane() {
+		g = append(g, gate{"etcd", n.etcdGate})
+	}
+	g = append(g, []gate{
 		{"api", func(ctx context.Context) error {
 			var d net.Dialer
 			c, err := d.DialContext(ctx, "tcp", fmt.Sprintf("127.0.0.1:%d", n.cfg.APIPort()))
@@ -461,7 +478,7 @@ func (n *Node) gates() []gate {
 			}
 			return c.Close()
 		}},
-	}
+	}...)
 	if n.opts.Fault == FaultSlowTrial {
 		g = append(g, gate{"fault-slow", func(ctx context.Context) error {
 			select {
@@ -479,35 +496,54 @@ func (n *Node) gates() []gate {
 }
 
 // StartUpgrade implements netapi.Node.
-func (n *Node) StartUpgrade(r netapi.UpgradeRequest) (string, error) {
+func (n *Node) StartUpgrade(r netapi.UpgradeRequest) (netapi.UpgradeAccepted, error) {
+	var no netapi.UpgradeAccepted
 	if _, err := installer.ParseReference(r.Image, false); err != nil {
-		return "", fmt.Errorf("%w: %v", netapi.ErrBadRequest, err)
+		return no, fmt.Errorf("%w: %v", netapi.ErrBadRequest, err)
 	}
 	n.mu.Lock()
 	booted, committed := n.booted, n.entries.Committed
 	down := n.goingDown
 	n.mu.Unlock()
 	if down {
-		return "", fmt.Errorf("%w: the node is shutting down", netapi.ErrConflict)
+		return no, fmt.Errorf("%w: the node is shutting down", netapi.ErrConflict)
 	}
 	if booted != committed {
-		return "", fmt.Errorf("%w: booted slot %s is not the committed slot %s; reboot first", netapi.ErrConflict, booted, committed)
+		return no, fmt.Errorf("%w: booted slot %s is not the committed slot %s; reboot first", netapi.ErrConflict, booted, committed)
 	}
 	id := make([]byte, 6)
 	rand.Read(id)
 	if r.DrainTimeoutS < 0 || r.DrainTimeoutS > 3600 {
-		return "", fmt.Errorf("%w: drain_timeout_s must be 0-3600", netapi.ErrBadRequest)
+		return no, fmt.Errorf("%w: drain_timeout_s must be 0-3600", netapi.ErrBadRequest)
+	}
+	n.mu.Lock()
+	active := n.rec.Active()
+	n.mu.Unlock()
+	if active {
+		return no, fmt.Errorf("%w: %s is %s", netapi.ErrConflict, n.rec.Current.ID, n.rec.Current.State)
+	}
+	// Control-plane nodes: refuse an upgrade that would cost the etcd cluster its quorum.
+	note, outage, err := n.precheck(r.Preserve, r.Force)
+	if err != nil {
+		return no, err
 	}
 	acts, err := n.apply(upgrade.Request{ID: hex.EncodeToString(id), Image: r.Image, Preserve: r.Preserve, Force: r.Force, DrainTimeoutS: r.DrainTimeoutS,
-		FromVersion: n.opts.Version, Booted: booted, Now: now()})
+		FromVersion: n.opts.Version, Booted: booted, ControlPlane: n.controlPlane(), Member: n.memberName(), Now: now()})
 	if errors.Is(err, upgrade.ErrBusy) {
-		return "", fmt.Errorf("%w: %v", netapi.ErrConflict, err)
+		return no, fmt.Errorf("%w: %v", netapi.ErrConflict, err)
 	}
 	if err != nil {
-		return "", err
+		return no, err
 	}
 	go n.runActions(context.Background(), acts)
-	return hex.EncodeToString(id), nil
+	return netapi.UpgradeAccepted{ID: hex.EncodeToString(id), Status: "accepted", Etcd: note, Outage: outage}, nil
+}
+
+func (n *Node) memberName() string {
+	if !n.controlPlane() {
+		return ""
+	}
+	return n.cfg.MemberName()
 }
 
 // Rollback implements netapi.Node: make the other slot the committed one and reboot, once its

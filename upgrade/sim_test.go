@@ -534,4 +534,13 @@ func TestCancel(t *testing.T) {
 	if _, _, err := Step(r, Cancel{Now: now}); !errors.Is(err, ErrTooLate) {
 		t.Errorf("cancel while stopping: %v, want ErrTooLate", err)
 	}
+	// An ended upgrade that still holds its lease (or owes an uncordon, a rejoin) refuses a
+	// new request until that is done.
+	if _, _, err := Step(c, Request{ID: "b", Booted: boot.SlotA, Now: now}); !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), "release-lease") {
+		t.Errorf("request while the last upgrade still holds its lease: %v", err)
+	}
+	c, _, _ = Step(c, Released{Now: now})
+	if _, _, err := Step(c, Request{ID: "b", Booted: boot.SlotA, Now: now}); err != nil {
+		t.Errorf("request after the release: %v", err)
+	}
 }

@@ -183,6 +183,10 @@ func Step(r Record, ev Event) (Record, []Action, error) {
 		if r.Active() {
 			return r, nil, fmt.Errorf("%w: %s is %s", ErrBusy, r.Current.ID, r.Current.State)
 		}
+		if u != nil && len(obligations(u)) > 0 {
+			// Its obligations live in the current record: a new one must not bury them.
+			return r, nil, fmt.Errorf("%w: %s ended %s but still has to %v", ErrBusy, u.ID, u.State, obligations(u))
+		}
 		if u != nil {
 			n.History = append([]Upgrade{*u}, n.History...)
 			if len(n.History) > HistoryLen {

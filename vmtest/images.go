@@ -40,6 +40,8 @@ type ImageOptions struct {
 	Config config.Config
 	// StateFiles go onto STATE next to config.json (e.g. a kubeconfig).
 	StateFiles map[string][]byte
+	// Etcd packs build/bin/etcd as /bin/etcd into the slots (control-plane nodes).
+	Etcd bool
 }
 
 func (o ImageOptions) key() string {
@@ -112,12 +114,23 @@ func BuildImage(ctx context.Context, o ImageOptions) (*Image, error) {
 		dirA = filepath.Join(dirA, "testsvc")
 		gobins = map[string]string{"/bin/testsvc": "./vmtest/testsvc"}
 	}
-	img.SlotA, err = buildSlotOnce(ctx, nodeimage.SlotOptions{RepoRoot: root, Version: o.VersionA, Kernel: k, OutDir: dirA, Fault: o.FaultA, GoBinaries: gobins})
+	etcd := ""
+	if o.Etcd {
+		if etcd, err = EtcdBin(); err != nil {
+			return nil, err
+		}
+		dirA = filepath.Join(dirA, "etcd")
+	}
+	img.SlotA, err = buildSlotOnce(ctx, nodeimage.SlotOptions{RepoRoot: root, Version: o.VersionA, Kernel: k, OutDir: dirA, Fault: o.FaultA, GoBinaries: gobins, Etcd: etcd})
 	if err != nil {
 		return nil, err
 	}
 	if o.VersionB != "" {
-		b, err := buildSlotOnce(ctx, nodeimage.SlotOptions{RepoRoot: root, Version: o.VersionB, Kernel: k, OutDir: imgDir})
+		dirB := imgDir
+		if o.Etcd {
+			dirB = filepath.Join(imgDir, "etcd")
+		}
+		b, err := buildSlotOnce(ctx, nodeimage.SlotOptions{RepoRoot: root, Version: o.VersionB, Kernel: k, OutDir: dirB, Etcd: etcd})
 		if err != nil {
 			return nil, err
 		}
@@ -137,6 +150,19 @@ func BuildImage(ctx context.Context, o ImageOptions) (*Image, error) {
 	}
 	built[o.key()] = img
 	return img, nil
+}
+
+// EtcdBin is build/bin/etcd, the static etcd node images carry.
+func EtcdBin() (string, error) {
+	root, err := RepoRoot()
+	if err != nil {
+		return "", err
+	}
+	p := filepath.Join(root, "build", "bin", "etcd")
+	if _, err := os.Stat(p); err != nil {
+		return "", fmt.Errorf("%s missing: run `make etcd-bin`", p)
+	}
+	return p, nil
 }
 
 // safeName turns a test name into a file name.

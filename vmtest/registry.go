@@ -74,6 +74,8 @@ type InstallerOptions struct {
 	Key      ed25519.PrivateKey // default: the harness key every test image trusts
 	Arch     string
 	Manifest func(*installer.Manifest)
+	// Etcd packs build/bin/etcd into the slot (control-plane nodes).
+	Etcd bool
 }
 
 // PushInstaller builds an installer image and pushes it as repoTag; it returns the guest's
@@ -92,7 +94,14 @@ func (r *Registry) PushInstaller(t testing.TB, repoTag string, o InstallerOption
 	if o.Fault != "" {
 		outDir = filepath.Join(outDir, "fault-"+o.Fault)
 	}
-	slot, err := buildSlotOnce(context.Background(), nodeimage.SlotOptions{RepoRoot: root, Version: o.Version, Kernel: k, OutDir: outDir, Fault: o.Fault})
+	etcd := ""
+	if o.Etcd {
+		if etcd, err = EtcdBin(); err != nil {
+			t.Fatal(err)
+		}
+		outDir = filepath.Join(outDir, "etcd")
+	}
+	slot, err := buildSlotOnce(context.Background(), nodeimage.SlotOptions{RepoRoot: root, Version: o.Version, Kernel: k, OutDir: outDir, Fault: o.Fault, Etcd: etcd})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -36,12 +37,14 @@ const (
 // VM is one QEMU machine with its own disk and firmware variables. It survives reboots and
 // restarts; Cleanup kills it.
 type VM struct {
-	t       testing.TB
-	img     *Image
-	Dir     string
-	Disk    string
-	vars    string
-	Port    int // host port forwarded to the endpoint
+	t    testing.TB
+	img  *Image
+	Dir  string
+	Disk string
+	vars string
+	Port int // host port forwarded to the endpoint
+	// Forward maps more host ports (on 127.0.0.1) to guest ports, e.g. an etcd member's.
+	Forward map[int]int
 	logPath string
 	logFile *os.File
 
@@ -84,7 +87,8 @@ func (vm *VM) cleanup() {
 		return
 	}
 	if dir, err := BuildDir(); err == nil {
-		dst := filepath.Join(dir, "logs", safeName(vm.t.Name())+".log")
+		// Several VMs of one test: their t.TempDir()s are 001, 002, ...
+		dst := filepath.Join(dir, "logs", safeName(vm.t.Name())+"-"+filepath.Base(vm.Dir)+".log")
 		os.MkdirAll(filepath.Dir(dst), 0o755)
 		if b, err := os.ReadFile(vm.logPath); err == nil && os.WriteFile(dst, b, 0o644) == nil {
 			vm.t.Logf("serial log kept at %s", dst)
@@ -115,12 +119,25 @@ func (vm *VM) Args() []string {
 		"-drive", "if=pflash,format=raw,unit=1,file="+vm.vars,
 		"-drive", "if=none,id=d0,format=raw,file="+vm.Disk,
 		"-device", "virtio-blk-pci,drive=d0,bootindex=0",
-		"-netdev", fmt.Sprintf("user,id=n0,hostfwd=tcp:127.0.0.1:%d-:%d", vm.Port, config.DefaultAPIPort),
+		"-netdev", fmt.Sprintf("user,id=n0,hostfwd=tcp:127.0.0.1:%d-:%d", vm.Port, config.DefaultAPIPort)+vm.forwards(),
 		"-device", "virtio-net-pci,netdev=n0",
 		"-device", "i6300esb", "-action", "watchdog=reset",
 		"-chardev", "stdio,id=ser0,signal=off", "-serial", "chardev:ser0",
 		"-qmp", "unix:"+filepath.Join(vm.Dir, "qmp.sock")+",server=on,wait=off",
 	)
+}
+
+func (vm *VM) forwards() string {
+	var hosts []int
+	for h := range vm.Forward {
+		hosts = append(hosts, h)
+	}
+	sort.Ints(hosts)
+	s := ""
+	for _, h := range hosts {
+		s += fmt.Sprintf(",hostfwd=tcp:127.0.0.1:%d-:%d", h, vm.Forward[h])
+	}
+	return s
 }
 
 // Start powers the VM on. A VM that powered off can be started again on the same disk.

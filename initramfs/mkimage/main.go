@@ -99,7 +99,7 @@ func cmdSlot(args []string) error {
 	if err != nil {
 		return err
 	}
-	s, err := nodeimage.BuildSlot(context.Background(), nodeimage.SlotOptions{RepoRoot: ".", Version: *version, Kernel: k, OutDir: *out})
+	s, err := nodeimage.BuildSlot(context.Background(), nodeimage.SlotOptions{RepoRoot: ".", Version: *version, Kernel: k, OutDir: *out, Etcd: etcdBin()})
 	if err != nil {
 		return err
 	}
@@ -127,14 +127,14 @@ func cmdDisk(args []string) error {
 	ctx := context.Background()
 	imgDir := filepath.Join(filepath.Dir(*out), "images")
 	t0 := time.Now()
-	a, err := nodeimage.BuildSlot(ctx, nodeimage.SlotOptions{RepoRoot: ".", Version: *version, Kernel: k, OutDir: imgDir, Binaries: add.binaries()})
+	a, err := nodeimage.BuildSlot(ctx, nodeimage.SlotOptions{RepoRoot: ".", Version: *version, Kernel: k, OutDir: imgDir, Binaries: add.binaries(), Etcd: etcdBin()})
 	if err != nil {
 		return err
 	}
 	fmt.Printf("slot: wrote %s (version %s)\n", a.Path, a.Manifest.Version)
 	var b *nodeimage.Slot
 	if *versionB != "" {
-		s, err := nodeimage.BuildSlot(ctx, nodeimage.SlotOptions{RepoRoot: ".", Version: *versionB, Kernel: k, OutDir: imgDir})
+		s, err := nodeimage.BuildSlot(ctx, nodeimage.SlotOptions{RepoRoot: ".", Version: *versionB, Kernel: k, OutDir: imgDir, Etcd: etcdBin()})
 		if err != nil {
 			return err
 		}
@@ -183,7 +183,7 @@ func cmdImage(args []string) error {
 	if err != nil {
 		return err
 	}
-	s, err := nodeimage.BuildSlot(context.Background(), nodeimage.SlotOptions{RepoRoot: ".", Version: *version, Kernel: k, OutDir: filepath.Join("build", "images")})
+	s, err := nodeimage.BuildSlot(context.Background(), nodeimage.SlotOptions{RepoRoot: ".", Version: *version, Kernel: k, OutDir: filepath.Join("build", "images"), Etcd: etcdBin()})
 	if err != nil {
 		return err
 	}
@@ -281,4 +281,15 @@ func (a addFlag) binaries() map[string]string {
 		m[k] = v
 	}
 	return m
+}
+
+// etcdBin is the static etcd every image carries (`make etcd-bin` builds it), or "" with a
+// warning when it is missing: such an image cannot be a control-plane node.
+func etcdBin() string {
+	const p = "build/bin/etcd"
+	if _, err := os.Stat(p); err != nil {
+		fmt.Fprintf(os.Stderr, "mkimage: %s missing (make etcd-bin): this image cannot run a control-plane node\n", p)
+		return ""
+	}
+	return p
 }

@@ -1,0 +1,475 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"keel/config"
+	"keel/etcdnode"
+	"keel/etcdtest"
+	"keel/netapi"
+	"keel/supervisor"
+	"keel/upgrade"
+	"keel/vmtest"
+)
+
+// cpNode is one control-plane VM with its etcd member's host ports.
+type cpNode struct {
+	name         string
+	vm           *vmtest.VM
+	cport, pport int
+}
+
+// prober does a quorum read (linearizable Get) against the cluster every 200 ms through all
+// three members' forwarded client ports, as a client of the control plane would.
+type prober struct {
+	mu       sync.Mutex
+	reads    int
+	failures []string
+	slow     []string // reads over 1 s
+	max      time.Duration
+	lat      []time.Duration
+}
+
+func (p *prober) run(ctx context.Context, cli *clientv3.Client) {
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		t0 := time.Now()
+		_, err := cli.Get(rctx, "/e2e/probe")
+		d := time.Since(t0)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		p.mu.Lock()
+		p.reads++
+		p.lat = append(p.lat, d)
+		p.max = max(p.max, d)
+		if err != nil {
+			p.failures = append(p.failures, fmt.Sprintf("%s: %v", t0.Format("15:04:05.000"), err))
+		} else if d > time.Second {
+			p.slow = append(p.slow, fmt.Sprintf("%s: %v", t0.Format("15:04:05.000"), d.Round(time.Millisecond)))
+		}
+		p.mu.Unlock()
+	}
+}
+
+func (p *prober) summary() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	l := append([]time.Duration(nil), p.lat...)
+	sort.Slice(l, func(i, j int) bool { return l[i] < l[j] })
+	pct := func(q float64) time.Duration {
+		if len(l) == 0 {
+			return 0
+		}
+		return l[int(q*float64(len(l)-1))].Round(time.Millisecond)
+	}
+	return fmt.Sprintf("%d quorum reads, %d failed, %d over 1 s; p50 %v p99 %v max %v; failures %v; slow %v",
+		p.reads, len(p.failures), len(p.slow), pct(0.5), pct(0.99), p.max.Round(time.Millisecond), p.failures, p.slow)
+}
+
+// lockWatch records, from the host, every change of the upgrade lock's keys: a holder marking
+// its key (it holds the lock and starts) and a key deleted (its lease revoked: released).
+type lockWatch struct {
+	mu     sync.Mutex
+	events []lockEvent
+}
+
+type lockEvent struct {
+	at   time.Time
+	node string
+	kind string // "holds" or "released"
+}
+
+func (w *lockWatch) run(ctx context.Context, cli *clientv3.Client) {
+	for resp := range cli.Watch(ctx, etcdnode.LockPrefix+"/", clientv3.WithPrefix(), clientv3.WithPrevKV()) {
+		now := time.Now()
+		for _, ev := range resp.Events {
+			var h etcdnode.Holder
+			switch {
+			case ev.Type == clientv3.EventTypeDelete && ev.PrevKv != nil:
+				json.Unmarshal(ev.PrevKv.Value, &h)
+				w.add(lockEvent{now, h.Node, "released"})
+			case ev.Type == clientv3.EventTypePut && len(ev.Kv.Value) > 0 && ev.Kv.Version == 2:
+				json.Unmarshal(ev.Kv.Value, &h)
+				w.add(lockEvent{now, h.Node, "holds"})
+			}
+		}
+	}
+}
+
+func (w *lockWatch) add(e lockEvent) {
+	w.mu.Lock()
+	w.events = append(w.events, e)
+	w.mu.Unlock()
+}
+
+// TestControlPlaneRollingUpgrade: three control-plane VMs, each running an etcd member, peered
+// through the host's loopback (hostfwd + 10.0.2.2). An upgrade requested on all three at the
+// same instant runs one node at a time under the upgrade lease, all end on the new version, and
+// a host prober's quorum reads every 200 ms see the cluster available throughout. Then one node
+// upgrades with preserve=false: it leaves, rejoins as a learner, is promoted, and the member
+// list is whole again. Not parallel: three TCG guests already share the two cores.
+func TestControlPlaneRollingUpgrade(t *testing.T) {
+	reg := vmtest.NewRegistry(t)
+	v2 := reg.PushInstaller(t, "keel:cp-v2", vmtest.InstallerOptions{Version: "cp-v2", Etcd: true})
+	v3 := reg.PushInstaller(t, "keel:cp-v3", vmtest.InstallerOptions{Version: "cp-v3", Etcd: true})
+
+	nodes := make([]*cpNode, 3)
+	var initial, endpoints, hostEndpoints []string
+	for i := range nodes {
+		nodes[i] = &cpNode{name: fmt.Sprintf("cp%d", i), cport: etcdtest.FreePort(), pport: etcdtest.FreePort()}
+		initial = append(initial, fmt.Sprintf("%s=http://10.0.2.2:%d", nodes[i].name, nodes[i].pport))
+		endpoints = append(endpoints, fmt.Sprintf("http://10.0.2.2:%d", nodes[i].cport))
+		hostEndpoints = append(hostEndpoints, fmt.Sprintf("http://127.0.0.1:%d", nodes[i].cport))
+	}
+	for _, n := range nodes {
+		cfg := config.Config{Hostname: n.name, Role: "control-plane",
+			Upgrade: config.Upgrade{TrialS: 300, WatchdogS: 120},
+			Etcd: &config.Etcd{
+				ClientURL: fmt.Sprintf("http://10.0.2.2:%d", n.cport), PeerURL: fmt.Sprintf("http://10.0.2.2:%d", n.pport),
+				InitialCluster: strings.Join(initial, ","), Endpoints: endpoints,
+				// Long enough to outlast a reboot of a TCG guest sharing two cores with two others.
+				LeaseTTLS: 180,
+				// etcd's defaults (100/1000 ms) assume real CPUs; three emulated guests on two
+				// cores miss heartbeats and hold needless elections.
+				HeartbeatMS: 300, ElectionMS: 3000,
+			}}
+		n.vm = vmtest.New(t, image(t, vmtest.ImageOptions{VersionA: "cp-v1", Etcd: true, Config: cfg}))
+		n.vm.Forward = map[int]int{n.cport: 2379, n.pport: 2380}
+	}
+	for _, n := range nodes {
+		n.vm.Start()
+	}
+	for _, n := range nodes {
+		n.vm.WaitReady(bootTimeout)
+	}
+
+	cli, err := etcdnode.Connect(hostEndpoints)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	waitMembers(t, cli, 3, 2*time.Minute)
+	// The service's health check is a quorum read through the member itself.
+	for _, n := range nodes {
+		waitService(t, n.vm, "etcd", 60*time.Second)
+	}
+
+	refusedAndCancelled(t, ctx, cli, nodes, v3)
+
+	p := &prober{}
+	go p.run(ctx, cli)
+	lw := &lockWatch{}
+	wctx, wcancel := context.WithCancel(ctx)
+	defer wcancel()
+	go lw.run(wctx, cli)
+
+	if code, b, _ := nodes[0].vm.Call("admin", "POST", "/v1/upgrade/cancel", nil); code != http.StatusConflict {
+		t.Errorf("cancel with nothing in flight: %d %s, want 409", code, b)
+	}
+	t0 := time.Now()
+	ids := make([]string, 3)
+	answers := make([]netapi.UpgradeAccepted, 3)
+	var wg sync.WaitGroup
+	for i, n := range nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			code, b, err := n.vm.Call("admin", "POST", "/v1/upgrade", netapi.UpgradeRequest{Image: v2, Preserve: true})
+			if err != nil || code != http.StatusAccepted || json.Unmarshal(b, &answers[i]) != nil {
+				t.Errorf("%s: upgrade: %d %v %s", n.name, code, err, b)
+				return
+			}
+			ids[i] = answers[i].ID
+		}()
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	for i, a := range answers {
+		t.Logf("%s accepted: %s", nodes[i].name, a.Etcd)
+	}
+	waited := waitAll(t, nodes, ids, "cp-v2", 25*time.Minute)
+	total := time.Since(t0)
+	wcancel()
+	// One at a time: the host saw holds and releases alternate, each node once.
+	lw.mu.Lock()
+	evs := append([]lockEvent(nil), lw.events...)
+	lw.mu.Unlock()
+	var seq []string
+	var handovers []time.Duration
+	holders := map[string]bool{}
+	for i, e := range evs {
+		seq = append(seq, e.kind+" "+e.node)
+		if e.kind == "holds" {
+			holders[e.node] = true
+			if i > 0 && evs[i-1].kind == "released" {
+				handovers = append(handovers, e.at.Sub(evs[i-1].at))
+			}
+		}
+		if i > 0 && e.kind == evs[i-1].kind {
+			t.Errorf("lock events do not alternate: %v", seq)
+		}
+	}
+	if len(holders) != 3 || len(evs) != 6 {
+		t.Errorf("lock events %v, want each of the three nodes to hold then release it once", seq)
+	}
+	if len(waited) == 0 {
+		t.Error("no node ever said it was waiting for the upgrade lease")
+	}
+	t.Logf("waiting as reported by status: %v", waited)
+	t.Logf("lock sequence: %v", seq)
+	t.Logf("rolling upgrade of 3 nodes: %v from the requests to the last release; lease hand-overs (release → next holder starts, seen by a host watch): %v",
+		total.Round(time.Second), handovers)
+	checkMembers(t, cli, nodes, 3)
+	p1 := p.summary()
+	t.Logf("prober during the rolling upgrade: %s", p1)
+	p.mu.Lock()
+	failed := len(p.failures)
+	p.mu.Unlock()
+	if failed > 0 {
+		t.Errorf("the cluster was unavailable to quorum reads during the rolling upgrade: %s", p1)
+	}
+
+	// preserve=false on cp1: leave, wipe, rejoin as a learner, promote, commit.
+	before := memberIDs(t, cli)
+	n := nodes[1]
+	t1 := time.Now()
+	id := n.vm.Upgrade(v3, false)
+	st := n.vm.WaitUpgrade(id, 10*time.Minute)
+	if st.Upgrade.State != upgrade.Done || st.Version != "cp-v3" {
+		t.Fatalf("preserve=false upgrade: %+v", st.Upgrade)
+	}
+	u := waitReleased(t, n.vm, id, 5*time.Minute)
+	t.Logf("%s preserve=false: %v; etcd: %s", n.name, time.Since(t1).Round(time.Second), u.Etcd)
+	if !strings.Contains(u.Etcd, "left the cluster") || !strings.Contains(u.Etcd, "promoted") {
+		t.Errorf("etcd record %q, want the leave and the promotion", u.Etcd)
+	}
+	after := checkMembers(t, cli, nodes, 3)
+	if before[n.name] == after[n.name] {
+		t.Errorf("%s kept member id %x: it did not leave and rejoin", n.name, before[n.name])
+	}
+	cancel()
+	p2 := p.summary()
+	t.Logf("prober overall: %s", p2)
+	p.mu.Lock()
+	failed = len(p.failures)
+	p.mu.Unlock()
+	if failed > 0 {
+		t.Errorf("the cluster was unavailable to quorum reads: %s", p2)
+	}
+}
+
+// refusedAndCancelled: with one VM frozen (QMP stop: its member stops answering, as a hung
+// machine), an upgrade of another node is refused with the numbers and nothing changes. With
+// the upgrade lock held by someone else (the host), a request is accepted and waits, saying for
+// whom; cancelling it ends it and releases its lease.
+func refusedAndCancelled(t *testing.T, ctx context.Context, cli *clientv3.Client, nodes []*cpNode, image string) {
+	t.Helper()
+	nodes[2].vm.QMP("stop", nil)
+	code, b, _ := nodes[0].vm.Call("admin", "POST", "/v1/upgrade", netapi.UpgradeRequest{Image: image, Preserve: true})
+	nodes[2].vm.QMP("cont", nil)
+	if code != http.StatusPreconditionFailed || !strings.Contains(string(b), "restarting cp0 leaves 1 of 3 voters healthy, quorum 2; unhealthy voters: cp2") {
+		t.Errorf("upgrade with cp2 frozen: %d %s, want 412 naming cp2 and the numbers", code, b)
+	}
+	if st := nodes[0].vm.Status(); st.Upgrade != nil {
+		t.Errorf("a refused upgrade left a record: %+v", st.Upgrade)
+	}
+	t.Logf("refused with cp2 frozen: %d %s", code, b)
+	waitMembers(t, cli, 3, 2*time.Minute)
+
+	hid, err := etcdnode.Grant(ctx, cli, 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hl, err := etcdnode.Acquire(ctx, cli, hid, etcdnode.Holder{Node: "e2e-host"}, func(etcdnode.Holder) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hl.Release(context.Background())
+	vm := nodes[2].vm
+	code, b, _ = vm.Call("admin", "POST", "/v1/upgrade", netapi.UpgradeRequest{Image: image, Preserve: true})
+	var acc netapi.UpgradeAccepted
+	if code != http.StatusAccepted || json.Unmarshal(b, &acc) != nil || !strings.Contains(acc.Etcd, "held by e2e-host") {
+		t.Fatalf("upgrade while the host holds the lock: %d %s, want 202 saying it waits", code, b)
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	var u *upgrade.Upgrade
+	for time.Now().Before(deadline) {
+		if st, ok := vm.TryStatus(); ok && st.Upgrade != nil && strings.Contains(st.Upgrade.Lock, "waiting for the upgrade lease, held by e2e-host since") {
+			u = st.Upgrade
+			break
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if u == nil || u.Lease == 0 {
+		t.Fatalf("cp2 never said it waited for the host's lock: %+v", vm.Status().Upgrade)
+	}
+	if code, b, _ := vm.Call("admin", "POST", "/v1/upgrade/cancel", nil); code != http.StatusOK {
+		t.Fatalf("cancel while waiting: %d %s", code, b)
+	}
+	st := waitReleased(t, vm, acc.ID, time.Minute)
+	if st.State != upgrade.Aborted || st.Reason != "cancelled: by operator" || vm.Status().Version != "cp-v1" {
+		t.Errorf("after cancel: %+v", st)
+	}
+	resp, err := cli.Get(ctx, etcdnode.LockPrefix+"/", clientv3.WithPrefix())
+	if err != nil || len(resp.Kvs) != 1 || resp.Kvs[0].Lease != hid {
+		t.Errorf("lock keys after the cancel: %v %v, want only the host's", resp, err)
+	}
+	if code, _, _ := vm.Call("admin", "POST", "/v1/upgrade/cancel", nil); code != http.StatusConflict {
+		t.Errorf("second cancel: %d, want 409", code)
+	}
+	t.Logf("cancelled while waiting: %s; lease %x released", st.Lock, u.Lease)
+}
+
+// waitAll waits until every node's upgrade is done on version and its lease released,
+// collecting what status said while nodes waited for the lease.
+func waitAll(t *testing.T, nodes []*cpNode, ids []string, version string, timeout time.Duration) []string {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	seen := map[string]bool{}
+	var waited []string
+	last := map[string]string{}
+	for time.Now().Before(deadline) {
+		done := 0
+		for i, n := range nodes {
+			st, ok := n.vm.TryStatus()
+			if !ok || st.Upgrade == nil || st.Upgrade.ID != ids[i] {
+				continue
+			}
+			u := st.Upgrade
+			if s := string(u.State) + " " + u.Lock; s != last[n.name] {
+				t.Logf("%s: %s; lock: %s", n.name, u.State, u.Lock)
+				last[n.name] = s
+			}
+			if strings.HasPrefix(u.Lock, "waiting for the upgrade lease, held by cp") && !seen[n.name+u.Lock] {
+				seen[n.name+u.Lock] = true
+				waited = append(waited, n.name+": "+u.Lock)
+			}
+			if u.State.Terminal() && u.State != upgrade.Done {
+				t.Fatalf("%s: upgrade ended %s: %s", n.name, u.State, u.Reason)
+			}
+			if u.State == upgrade.Done && u.Lease == 0 && st.Version == version {
+				done++
+			}
+		}
+		if done == len(nodes) {
+			return waited
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	t.Fatalf("rolling upgrade not finished within %v; last %v", timeout, last)
+	return nil
+}
+
+func waitReleased(t *testing.T, vm *vmtest.VM, id string, timeout time.Duration) upgrade.Upgrade {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if st, ok := vm.TryStatus(); ok && st.Upgrade != nil && st.Upgrade.ID == id && st.Upgrade.Lease == 0 && st.Upgrade.State.Terminal() {
+			return *st.Upgrade
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	t.Fatalf("upgrade %s did not release its lease within %v", id, timeout)
+	return upgrade.Upgrade{}
+}
+
+func waitMembers(t *testing.T, cli *clientv3.Client, n int, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var last string
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		ms, err := etcdnode.Probe(ctx, cli, 3*time.Second)
+		cancel()
+		healthy := 0
+		for _, m := range ms {
+			if !m.Learner && m.ClientURLs != nil {
+				healthy++
+			}
+		}
+		last = fmt.Sprintf("%+v %v", ms, err)
+		if err == nil && healthy == n && len(ms) == n {
+			return
+		}
+		time.Sleep(time.Second)
+	}
+	t.Fatalf("etcd cluster of %d not formed within %v: %s", n, timeout, last)
+}
+
+// checkMembers asserts n voting members named after the nodes, and returns their ids.
+func checkMembers(t *testing.T, cli *clientv3.Client, nodes []*cpNode, n int) map[string]uint64 {
+	t.Helper()
+	ids := memberIDs(t, cli)
+	if len(ids) != n {
+		t.Errorf("members %v, want %d voters", ids, n)
+	}
+	for _, nd := range nodes {
+		if _, ok := ids[nd.name]; !ok {
+			t.Errorf("member %s missing: %v", nd.name, ids)
+		}
+	}
+	return ids
+}
+
+func memberIDs(t *testing.T, cli *clientv3.Client) map[string]uint64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ms, err := etcdnode.List(ctx, cli)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := map[string]uint64{}
+	for _, m := range ms {
+		if m.Learner {
+			t.Errorf("member %s is still a learner", m.Name)
+		}
+		ids[m.Name] = m.ID
+	}
+	return ids
+}
+
+func waitService(t *testing.T, vm *vmtest.VM, name string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var last string
+	for time.Now().Before(deadline) {
+		code, b, err := vm.Call("reader", "GET", "/v1/services", nil)
+		last = fmt.Sprintf("%d %v %s", code, err, b)
+		var resp struct {
+			Services []supervisor.Status `json:"services"`
+		}
+		if err == nil && code == http.StatusOK && json.Unmarshal(b, &resp) == nil {
+			for _, s := range resp.Services {
+				if s.Name == name && s.State == supervisor.Healthy {
+					return
+				}
+			}
+		}
+		time.Sleep(time.Second)
+	}
+	t.Fatalf("service %s not healthy within %v: %s", name, timeout, last)
+}

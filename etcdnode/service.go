@@ -1,0 +1,64 @@
+package etcdnode
+
+import (
+	"fmt"
+	"strconv"
+	"time"
+
+	"keel/config"
+	"keel/supervisor"
+)
+
+// Where etcd lives on a node: the binary rides in the slot's initramfs, the data on EPHEMERAL
+// (so preserve=false wipes it with the rest).
+const (
+	Binary  = "/bin/etcd"
+	DataDir = "/var/lib/etcd"
+	// ServiceName is the supervised service's name; other services may be "after" it.
+	ServiceName = "etcd"
+)
+
+// Start says how etcd starts: bootstrapping or restarting with its data ("new" with the
+// configured initial cluster), or joining an existing cluster ("existing") with the member
+// list the join returned.
+type Start struct {
+	InitialCluster string
+	State          string // "new" or "existing"
+}
+
+// ServiceSpec is the supervised etcd service. Its health check is etcd's /health, which does
+// a linearizable read (a real quorum read) unless asked for ?serializable=true.
+func ServiceSpec(e config.Etcd, name string, st Start) supervisor.Spec {
+	cport, pport := e.ClientPortOr(), e.PeerPortOr()
+	args := []string{Binary, "--name", name, "--data-dir", DataDir,
+		"--listen-client-urls", "http://0.0.0.0:" + strconv.Itoa(cport), "--advertise-client-urls", e.ClientURL,
+		"--listen-peer-urls", "http://0.0.0.0:" + strconv.Itoa(pport), "--initial-advertise-peer-urls", e.PeerURL,
+		"--initial-cluster", st.InitialCluster, "--initial-cluster-state", st.State,
+		"--initial-cluster-token", "keel", "--log-level", "warn",
+		// Refuse a member change that would leave the cluster without quorum.
+		"--strict-reconfig-check"}
+	if e.HeartbeatMS > 0 {
+		args = append(args, "--heartbeat-interval", strconv.Itoa(e.HeartbeatMS))
+	}
+	if e.ElectionMS > 0 {
+		args = append(args, "--election-timeout", strconv.Itoa(e.ElectionMS))
+	}
+	return supervisor.Spec{
+		Name:    ServiceName,
+		Command: args,
+		Restart: supervisor.RestartAlways,
+		Health: &supervisor.Check{
+			HTTP:     fmt.Sprintf("http://127.0.0.1:%d/health", cport),
+			Interval: supervisor.Duration(2 * time.Second),
+			Timeout:  supervisor.Duration(3 * time.Second),
+			Failures: 3,
+		},
+		// etcd flushes and leaves the raft group cleanly on SIGTERM.
+		Grace: supervisor.Duration(15 * time.Second),
+	}
+}
+
+// LocalEndpoint is this member's client URL as seen from the node itself.
+func LocalEndpoint(e config.Etcd) string {
+	return "http://127.0.0.1:" + strconv.Itoa(e.ClientPortOr())
+}
