@@ -473,3 +473,54 @@ func waitService(t *testing.T, vm *vmtest.VM, name string, timeout time.Duration
 	}
 	t.Fatalf("service %s not healthy within %v: %s", name, timeout, last)
 }
+
+// TestControlPlaneSingleMember: a one-member cluster may upgrade with preserve=true, and the
+// answer says the cluster is unavailable meanwhile; preserve=false is refused (the cluster would
+// end). Its lease survives its own member's restart: etcd renews leases when a leader is
+// elected, and the node resumes the keep-alive with the same id.
+func TestControlPlaneSingleMember(t *testing.T) {
+	t.Parallel()
+	reg := vmtest.NewRegistry(t)
+	v2 := reg.PushInstaller(t, "keel:cp-v2", vmtest.InstallerOptions{Version: "cp-v2", Etcd: true})
+	cport, pport := etcdtest.FreePort(), etcdtest.FreePort()
+	cfg := config.Config{Hostname: "solo", Role: "control-plane",
+		Etcd: &config.Etcd{
+			ClientURL: fmt.Sprintf("http://10.0.2.2:%d", cport), PeerURL: fmt.Sprintf("http://10.0.2.2:%d", pport),
+			InitialCluster: fmt.Sprintf("solo=http://10.0.2.2:%d", pport), Endpoints: []string{fmt.Sprintf("http://10.0.2.2:%d", cport)},
+			LeaseTTLS: 180,
+		}}
+	vm := vmtest.New(t, image(t, vmtest.ImageOptions{VersionA: "cp-v1", Etcd: true, Config: cfg}))
+	vm.Forward = map[int]int{cport: 2379, pport: 2380}
+	vm.Start()
+	vm.WaitReady(bootTimeout)
+	waitService(t, vm, "etcd", 60*time.Second)
+
+	code, b, _ := vm.Call("admin", "POST", "/v1/upgrade", netapi.UpgradeRequest{Image: v2, Preserve: false})
+	if code != http.StatusPreconditionFailed || !strings.Contains(string(b), "solo is the only voter: removing it would end the cluster") {
+		t.Fatalf("preserve=false on a single member: %d %s, want 412", code, b)
+	}
+	code, b, _ = vm.Call("admin", "POST", "/v1/upgrade", netapi.UpgradeRequest{Image: v2, Preserve: true})
+	var acc netapi.UpgradeAccepted
+	if code != http.StatusAccepted || json.Unmarshal(b, &acc) != nil || !acc.Outage || !strings.Contains(acc.Etcd, "unavailable until it is back") {
+		t.Fatalf("preserve=true on a single member: %d %s, want 202 stating the outage", code, b)
+	}
+	st := vm.WaitUpgrade(acc.ID, upgradeTimeout)
+	u := waitReleased(t, vm, acc.ID, 3*time.Minute)
+	if st.Upgrade.State != upgrade.Done || st.Version != "cp-v2" || u.Warning != "" {
+		t.Fatalf("single-member upgrade: %+v (warning %q)", st.Upgrade, u.Warning)
+	}
+	cli, err := etcdnode.Connect([]string{fmt.Sprintf("http://127.0.0.1:%d", cport)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := etcdnode.WaitHealthy(ctx, fmt.Sprintf("http://127.0.0.1:%d", cport)); err != nil {
+		t.Fatal(err)
+	}
+	if resp, err := cli.Get(ctx, etcdnode.LockPrefix+"/", clientv3.WithPrefix()); err != nil || len(resp.Kvs) != 0 {
+		t.Errorf("lock keys after the upgrade: %v %v, want none", resp, err)
+	}
+	t.Logf("single member: %s; lock %s", acc.Etcd, u.Lock)
+}

@@ -124,8 +124,10 @@ func TestQuorumChecksOnRealClusters(t *testing.T) {
 		if d.OK || !strings.Contains(d.Reason, "leaves 2 of 5 voters healthy, quorum 3") || !strings.Contains(d.Reason, "m3, m4") {
 			t.Errorf("restart with m3 frozen and m4 stopped: %+v", d)
 		}
-		if took := time.Since(t0); took > 3*probeTimeout {
-			t.Errorf("a frozen member made the check take %v (probe timeout %v)", took, probeTimeout)
+		// Not a performance assert: a check that waits on a frozen member without its timeout
+		// would hang for minutes (gRPC's own deadlines), not take a few seconds too many.
+		if took := time.Since(t0); took > 10*probeTimeout {
+			t.Errorf("a frozen member made the check take %v (probe timeout %v): it waited without a bound", took, probeTimeout)
 		}
 		c.Resume(c.Members[3])
 	})
@@ -178,7 +180,7 @@ func TestLockOneAtATime(t *testing.T) {
 					if err != nil || !ok || h.Node != name {
 						t.Errorf("%s holds the lock but CurrentHolder says %+v %v %v", name, h, ok, err)
 					}
-					time.Sleep(300 * time.Millisecond) // the "upgrade"
+					time.Sleep(800 * time.Millisecond) // the "upgrade": long enough for waiters to poll the holder
 					holding.Add(-1)
 					mu.Lock()
 					released = append(released, time.Now())

@@ -77,11 +77,11 @@ func Acquire(ctx context.Context, cli *clientv3.Client, id int64, me Holder, wai
 	done := make(chan error, 1)
 	go func() { done <- l.mutex.Lock(ctx) }()
 	var last Holder
-	tick := time.NewTicker(time.Second)
+	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
 	report := func() {
 		h, ok, err := CurrentHolder(ctx, cli)
-		// A holder that has not marked its key yet is reported once it has (a second later).
+		// A holder that has not marked its key yet is reported once it has (a tick later).
 		if err == nil && ok && h.Lease != id && h.Node != "" && h != last {
 			last = h
 			waiting(h)
