@@ -179,6 +179,7 @@ func TestControlPlaneRollingUpgrade(t *testing.T) {
 
 	p := &prober{}
 	go p.run(ctx, cli)
+	powerCutHolding(t, cli, nodes[0].vm, v2)
 	lw := &lockWatch{}
 	wctx, wcancel := context.WithCancel(ctx)
 	defer wcancel()
@@ -341,6 +342,29 @@ func refusedAndCancelled(t *testing.T, ctx context.Context, cli *clientv3.Client
 		t.Errorf("second cancel: %d, want 409", code)
 	}
 	t.Logf("cancelled while waiting: %s; lease %x released", st.Lock, u.Lease)
+}
+
+// powerCutHolding: the power goes (QMP system_reset) while a node holds the upgrade lock with
+// its member stopped. It boots its old slot, ends aborted with the reason, its member rejoins
+// the quorum with its data, and only then is the lease (persisted on META) released.
+func powerCutHolding(t *testing.T, cli *clientv3.Client, vm *vmtest.VM, image string) {
+	t.Helper()
+	id := vm.Upgrade(image, true)
+	vm.Expect(`keel-upgrade id=`+id+` state=writing`, upgradeTimeout)
+	vm.Reset()
+	st := vm.WaitUpgrade(id, upgradeTimeout)
+	u := waitReleased(t, vm, id, 3*time.Minute)
+	if st.Upgrade.State != upgrade.Aborted || !strings.Contains(u.Reason, "interrupted by a reboot") || st.Version != "cp-v1" {
+		t.Fatalf("power cut while holding the lock: %+v", u)
+	}
+	vm.Expect(`keel-lease released id=`+id, time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if resp, err := cli.Get(ctx, etcdnode.LockPrefix+"/", clientv3.WithPrefix()); err != nil || len(resp.Kvs) != 0 {
+		t.Errorf("lock keys after the cut node's release: %v %v, want none", resp, err)
+	}
+	waitMembers(t, cli, 3, time.Minute)
+	t.Logf("power cut while holding the lock: %s; %s", u.Reason, u.Lock)
 }
 
 // waitAll waits until every node's upgrade is done on version and its lease released,

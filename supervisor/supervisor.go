@@ -88,6 +88,7 @@ type service struct {
 	cmd       *exec.Cmd
 	exited    chan struct{} // closed when the current process has exited
 	up        chan struct{} // closed once the service first counts as up
+	runDone   chan struct{} // closed when the run loop has published its last state
 	upOnce    sync.Once
 	restartRq bool
 	stopping  bool
@@ -115,7 +116,7 @@ func New(specs []Spec, o Options) (*Supervisor, error) {
 	for _, sp := range ordered {
 		s.order = append(s.order, sp.Name)
 		s.svcs[sp.Name] = &service{spec: sp, sup: s, ring: logbuf.New(o.RingLines, o.RingBytes),
-			st: Status{Name: sp.Name, State: Waiting, Since: time.Now()}, up: make(chan struct{})}
+			st: Status{Name: sp.Name, State: Waiting, Since: time.Now()}, up: make(chan struct{}), runDone: make(chan struct{})}
 	}
 	return s, nil
 }
@@ -182,7 +183,7 @@ func (s *Supervisor) Restart(name string) error {
 	if !running {
 		return fmt.Errorf("%s is not running", name)
 	}
-	svc.terminate()
+	svc.terminate(false)
 	return nil
 }
 
@@ -206,7 +207,7 @@ func (s *Supervisor) Stop() {
 		svc.mu.Unlock()
 	}
 	for i := len(s.order) - 1; i >= 0; i-- {
-		s.svcs[s.order[i]].terminate()
+		s.svcs[s.order[i]].terminate(true)
 	}
 	s.stop()
 	s.wg.Wait()
@@ -237,6 +238,7 @@ func (svc *service) set(to State, detail string) {
 }
 
 func (svc *service) run(ctx context.Context) {
+	defer close(svc.runDone)
 	// Dependencies first.
 	for _, d := range svc.spec.After {
 		dep := svc.sup.svcs[d]
@@ -371,7 +373,9 @@ func (t *teeCloser) Close() error { return t.c.Close() }
 
 // terminate sends the stop signal to the process group, waits up to the grace period, then
 // SIGKILLs the group, and waits for the exit.
-func (svc *service) terminate() {
+// terminate stops the running process; final (a Stop, not a restart) also waits for the run
+// loop to end.
+func (svc *service) terminate(final bool) {
 	svc.mu.Lock()
 	cmd, exited := svc.cmd, svc.exited
 	svc.mu.Unlock()
@@ -382,12 +386,20 @@ func (svc *service) terminate() {
 	syscall.Kill(-pgid, syscall.Signal(Signals[svc.spec.StopSignal]))
 	select {
 	case <-exited:
-		return
 	case <-time.After(time.Duration(svc.spec.Grace)):
+		svc.sup.opts.Log.Warn("service did not stop in its grace period; SIGKILL", "name", svc.spec.Name, "grace", time.Duration(svc.spec.Grace))
+		syscall.Kill(-pgid, syscall.SIGKILL)
+		<-exited
 	}
-	svc.sup.opts.Log.Warn("service did not stop in its grace period; SIGKILL", "name", svc.spec.Name, "grace", time.Duration(svc.spec.Grace))
-	syscall.Kill(-pgid, syscall.SIGKILL)
-	<-exited
+	// The process is gone; let its run loop publish "stopped" before the next service (a
+	// dependency) is stopped, so that observers see the order in which it happened. Bounded:
+	// the loop only has to take a lock and return.
+	if final {
+		select {
+		case <-svc.runDone:
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 func (svc *service) checkLoop(ctx context.Context) {
