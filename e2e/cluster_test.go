@@ -148,6 +148,8 @@ func TestControlPlaneRollingUpgrade(t *testing.T) {
 				InitialCluster: strings.Join(initial, ","), Endpoints: endpoints,
 				// Long enough to outlast a reboot of a TCG guest sharing two cores with two others.
 				LeaseTTLS: 180,
+				// A node that holds the lock waits this long for the cluster to spare its member.
+				CheckWaitS: 30,
 				// etcd's defaults (100/1000 ms) assume real CPUs; three emulated guests on two
 				// cores miss heartbeats and hold needless elections.
 				HeartbeatMS: 300, ElectionMS: 3000,
@@ -245,12 +247,12 @@ func TestControlPlaneRollingUpgrade(t *testing.T) {
 		total.Round(time.Second), handovers)
 	checkMembers(t, cli, nodes, 3)
 	p1 := p.summary()
-	t.Logf("prober during the rolling upgrade: %s", p1)
+	t.Logf("prober through the power cut and the rolling upgrade: %s", p1)
 	p.mu.Lock()
 	failed := len(p.failures)
 	p.mu.Unlock()
 	if failed > 0 {
-		t.Errorf("the cluster was unavailable to quorum reads during the rolling upgrade: %s", p1)
+		t.Errorf("the cluster was unavailable to quorum reads during the power cut or the rolling upgrade: %s", p1)
 	}
 
 	// preserve=false on cp1: leave, wipe, rejoin as a learner, promote, commit.
@@ -342,6 +344,34 @@ func refusedAndCancelled(t *testing.T, ctx context.Context, cli *clientv3.Client
 		t.Errorf("second cancel: %d, want 409", code)
 	}
 	t.Logf("cancelled while waiting: %s; lease %x released", st.Lock, u.Lease)
+
+	// cp0 waits behind the host too; cp2 freezes; the host lets go. cp0 holds the lock but the
+	// cluster cannot spare its member: it re-checks until check_wait_s runs out, then aborts,
+	// naming cp2, and releases the lock. Nothing was stopped.
+	vm = nodes[0].vm
+	waitFor := vm.Upgrade(image, true)
+	deadline = time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		if st, ok := vm.TryStatus(); ok && st.Upgrade != nil && strings.Contains(st.Upgrade.Lock, "held by e2e-host") {
+			break
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	nodes[2].vm.QMP("stop", nil)
+	if err := hl.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	u2 := waitReleased(t, vm, waitFor, 3*time.Minute)
+	nodes[2].vm.QMP("cont", nil)
+	if u2.State != upgrade.Aborted || !strings.Contains(u2.Reason, "restarting cp0 leaves 1 of 3 voters healthy, quorum 2; unhealthy voters: cp2") ||
+		!strings.Contains(u2.Reason, "gave up") || vm.Status().Version != "cp-v1" {
+		t.Errorf("check with cp2 frozen after taking the lock: %+v", u2)
+	}
+	if resp, err := cli.Get(ctx, etcdnode.LockPrefix+"/", clientv3.WithPrefix()); err != nil || len(resp.Kvs) != 0 {
+		t.Errorf("lock keys after the given-up check: %v %v, want none", resp, err)
+	}
+	t.Logf("refused after taking the lock: %s (%v from request to release)", u2.Reason, u2.FinishedAt.Sub(u2.RequestedAt).Round(time.Second))
+	waitMembers(t, cli, 3, 2*time.Minute)
 }
 
 // powerCutHolding: the power goes (QMP system_reset) while a node holds the upgrade lock with

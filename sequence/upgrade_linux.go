@@ -464,12 +464,14 @@ func (n *Node) gates() []gate {
 			}
 			return nil
 		}},
-		{"services", n.servicesGate},
 	}
 	if n.controlPlane() {
+		// Before the services gate: a rejoining member is a learner until this gate promotes
+		// it, and the services gate waits for etcd's health.
 		g = append(g, gate{"etcd", n.etcdGate})
 	}
 	g = append(g, []gate{
+		{"services", n.servicesGate},
 		{"api", func(ctx context.Context) error {
 			var d net.Dialer
 			c, err := d.DialContext(ctx, "tcp", fmt.Sprintf("127.0.0.1:%d", n.cfg.APIPort()))

@@ -544,3 +544,33 @@ func TestCancel(t *testing.T) {
 		t.Errorf("request after the release: %v", err)
 	}
 }
+
+// TestLeaseLostAndRejoin: a lease that expired while the node rebooted is recorded as a
+// warning and no longer owed; a rejoin clears its obligation with a note. Neither is accepted
+// when nothing is owed.
+func TestLeaseLostAndRejoin(t *testing.T) {
+	now := time.Unix(1, 0)
+	r, _, _ := Step(Record{}, Request{ID: "a", Booted: boot.SlotA, Preserve: false, ControlPlane: true, Member: "n1", Now: now})
+	if _, _, err := Step(r, LeaseLost{Reason: "x", Now: now}); !errors.Is(err, ErrUnexpected) {
+		t.Errorf("lease lost with no lease: %v", err)
+	}
+	if _, _, err := Step(r, Rejoined{Now: now}); !errors.Is(err, ErrUnexpected) {
+		t.Errorf("rejoined with nothing pending: %v", err)
+	}
+	r, _, _ = Step(r, Pulled{ToVersion: "v2", Now: now})
+	r, _, _ = Step(r, LeaseGranted{ID: 9, Now: now})
+	r, _, _ = Step(r, Completed{Now: now})
+	r, _, _ = Step(r, Checked{Reason: "ok", Now: now})
+	r, acts, _ := Step(r, Cordoned{Skipped: true, Now: now})
+	if r.Current.State != Leaving || !r.Current.Rejoin || fmt.Sprint(acts) != "[leave-cluster]" {
+		t.Fatalf("after the cordon: %s rejoin=%v %v", r.Current.State, r.Current.Rejoin, acts)
+	}
+	r, _, _ = Step(r, LeaseLost{Reason: "expired during the reboot", Now: now})
+	if r.Current.Lease != 0 || !strings.Contains(r.Current.Warning, "expired during the reboot") {
+		t.Errorf("after lease lost: %+v", r.Current)
+	}
+	r, _, _ = Step(r, Rejoined{Note: "still a voter", Now: now})
+	if r.Current.Rejoin || !strings.Contains(r.Current.Etcd, "still a voter") {
+		t.Errorf("after rejoined: %+v", r.Current)
+	}
+}
