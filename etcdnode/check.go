@@ -41,6 +41,10 @@ func WaitCheck(ctx context.Context, cli *clientv3.Client, self string, op quorum
 		if err == nil && d.OK {
 			return d, nil
 		}
+		if err != nil && ctx.Err() != nil && last != "" {
+			// Cut short by the deadline itself: the last verdict is the news.
+			why = last
+		}
 		if why != last && report != nil {
 			report(why)
 		}

@@ -98,6 +98,13 @@ func TestQuorumChecksOnRealClusters(t *testing.T) {
 		if d := check(t, c, "m0", quorum.Leave); d.OK || !strings.Contains(d.Reason, "m2") {
 			t.Errorf("leave with m2 stopped: %+v, want refused", d)
 		}
+		// A node holding the lock re-checks until its deadline, and then says why.
+		wctx, wcancel := context.WithTimeout(context.Background(), 3*probeTimeout)
+		_, err := etcdnode.WaitCheck(wctx, c.Client(), "m0", quorum.Restart, probeTimeout, 500*time.Millisecond, nil)
+		wcancel()
+		if err == nil || !strings.Contains(err.Error(), "unhealthy voters: m2") || !strings.Contains(err.Error(), "gave up") {
+			t.Errorf("WaitCheck with m2 stopped: %v, want the last refusal and that it gave up", err)
+		}
 		// The stopped member itself costs nothing more by restarting.
 		if d := check(t, c, "m2", quorum.Restart); !d.OK {
 			t.Errorf("restart of the stopped member: %+v", d)
