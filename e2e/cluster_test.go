@@ -335,6 +335,10 @@ func refusedAndCancelled(t *testing.T, ctx context.Context, cli *clientv3.Client
 	if code, b, _ := vm.Call("admin", "POST", "/v1/upgrade/cancel", nil); code != http.StatusOK {
 		t.Fatalf("cancel while waiting: %d %s", code, b)
 	}
+	if code, b, _ := vm.Call("reader", "GET", "/v1/events?tail=200", nil); code != http.StatusOK ||
+		!strings.Contains(string(b), "waiting for the upgrade lease, held by e2e-host since") {
+		t.Errorf("events of the waiting node: %d, no \"waiting for the upgrade lease, held by e2e-host\":\n%s", code, b)
+	}
 	st := waitReleased(t, vm, acc.ID, time.Minute)
 	if st.State != upgrade.Aborted || st.Reason != "cancelled: by operator" || vm.Status().Version != "cp-v1" {
 		t.Errorf("after cancel: %+v", st)

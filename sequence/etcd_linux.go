@@ -161,6 +161,7 @@ func (n *Node) lock(ctx context.Context, u upgrade.Upgrade) upgrade.Event {
 	me := etcdnode.Holder{Node: n.cfg.MemberName(), UpgradeID: u.ID}
 	l, err := etcdnode.Acquire(lctx, cli, id, me, func(h etcdnode.Holder) {
 		n.log.Info("upgrade: waiting for the upgrade lease", "holder", h.String())
+		n.publish("upgrade", u.ID, "waiting for the upgrade lease, held by "+h.String(), map[string]any{"holder": h.Node, "since": h.Since, "lease": fmt.Sprintf("%x", h.Lease)})
 		if _, err := n.apply(upgrade.LockWaiting{Holder: h.String(), Now: now()}); err != nil {
 			n.log.Warn("upgrade: lock waiting", "err", err)
 		}
