@@ -14,6 +14,7 @@ import (
 	"keel/boot"
 	"keel/disk"
 	"keel/netapi"
+	"keel/sequence"
 	"keel/vmtest"
 )
 
@@ -211,4 +212,24 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	os.Exit(m.Run())
+}
+
+// TestRebootWatchdog: a kernel that hangs on its way down after the ordered shutdown (a test
+// fault: the init hangs where it would call reboot(2); soft lockups there were seen under TCG)
+// is reset by the reboot watchdog armed just before, and the node comes back by itself.
+func TestRebootWatchdog(t *testing.T) {
+	t.Parallel()
+	vm := vmtest.New(t, image(t, vmtest.ImageOptions{VersionA: "e2e-v1", FaultA: "hang-in-reboot"}))
+	vm.Start()
+	r1 := vm.WaitReady(bootTimeout)
+	if code, b, err := vm.Call("operator", "POST", "/v1/reboot", nil); err != nil || code != http.StatusAccepted {
+		t.Fatalf("reboot: %d %v %s", code, err, b)
+	}
+	vm.Expect(`keel: reboot watchdog armed`, downTimeout)
+	t0 := time.Now()
+	r2 := vm.WaitReady(bootTimeout + sequence.RebootWatchdog)
+	if r2.BootID == r1.BootID {
+		t.Fatalf("same boot id %s: the node did not reboot", r2.BootID)
+	}
+	t.Logf("hung on the way down; reset by the watchdog and ready again %v later (watchdog %v)", time.Since(t0).Round(time.Second), sequence.RebootWatchdog)
 }

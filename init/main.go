@@ -85,6 +85,7 @@ func main() {
 	}
 	node.RunShutdown(ctx, action, sequence.ShutdownOptions{})
 	ring.Close()
+	node.ArmRebootWatchdog(action)
 	if err := machine.Reboot(action); err != nil {
 		log.Error("reboot failed; exiting so the kernel panics and reboots", "err", err)
 		os.Exit(1)

@@ -101,3 +101,33 @@ func (n *Node) RunShutdown(ctx context.Context, a machine.Action, o ShutdownOpti
 	fmt.Fprintf(n.opts.Console, "%saction=%s errors=%d\n", ShutdownDonePrefix, a, len(errs))
 	return errs
 }
+
+// RebootWatchdog bounds a reboot: the kernel's way down (device shutdown, reboot(2)) can hang,
+// and a node nobody watches must still come back. Like systemd's RebootWatchdogSec.
+const RebootWatchdog = 30 * time.Second
+
+// ArmRebootWatchdog is called after the ordered shutdown, just before reboot(2): the hardware
+// watchdog resets the machine if the reboot has not happened within RebootWatchdog. A trial's
+// watchdog, already armed, simply stops being pinged. Only for reboots: a hung poweroff must
+// not turn into a boot.
+func (n *Node) ArmRebootWatchdog(a machine.Action) {
+	if a != machine.ActionReboot {
+		return
+	}
+	n.mu.Lock()
+	wd := n.watchdog
+	n.mu.Unlock()
+	if wd == nil {
+		var err error
+		if wd, err = machine.ArmWatchdog("/dev/watchdog", RebootWatchdog); err != nil {
+			n.log.Warn("reboot without a watchdog", "err", err)
+			return
+		}
+	}
+	wd.Hang()
+	fmt.Fprintf(n.opts.Console, "keel: reboot watchdog armed (%s)\n", RebootWatchdog)
+	if n.opts.Fault == FaultHangInReboot {
+		n.log.Warn("fault injected: hanging instead of reboot(2)")
+		select {}
+	}
+}

@@ -47,6 +47,9 @@ const (
 	// FaultBenchWrite is for the slot-write benchmark: before writing a slot, write the same
 	// bytes to the same partition with dd oflag=direct (packed in the image) and time both.
 	FaultBenchWrite Fault = "bench-write"
+	// FaultHangInReboot: after the ordered shutdown, hang instead of calling reboot(2), as a
+	// kernel that locks up on its way down (seen under TCG: soft lockups after reboot(2)).
+	FaultHangInReboot Fault = "hang-in-reboot"
 )
 
 // openMeta reads the record; a META that holds no valid copy is reset (with a warning)
