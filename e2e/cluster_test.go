@@ -16,7 +16,7 @@ import (
 
 	"keel/config"
 	"keel/etcdnode"
-	"keel/etcdtest"
+	"keel/kubetest"
 	"keel/netapi"
 	"keel/supervisor"
 	"keel/upgrade"
@@ -136,7 +136,7 @@ func TestControlPlaneRollingUpgrade(t *testing.T) {
 	nodes := make([]*cpNode, 3)
 	var initial, endpoints, hostEndpoints []string
 	for i := range nodes {
-		nodes[i] = &cpNode{name: fmt.Sprintf("cp%d", i), cport: etcdtest.FreePort(), pport: etcdtest.FreePort()}
+		nodes[i] = &cpNode{name: fmt.Sprintf("cp%d", i), cport: kubetest.FreePort(), pport: kubetest.FreePort()}
 		initial = append(initial, fmt.Sprintf("%s=http://10.0.2.2:%d", nodes[i].name, nodes[i].pport))
 		endpoints = append(endpoints, fmt.Sprintf("http://10.0.2.2:%d", nodes[i].cport))
 		hostEndpoints = append(hostEndpoints, fmt.Sprintf("http://127.0.0.1:%d", nodes[i].cport))
@@ -543,7 +543,7 @@ func TestControlPlaneSingleMember(t *testing.T) {
 	t.Parallel()
 	reg := vmtest.NewRegistry(t)
 	v2 := reg.PushInstaller(t, "keel:cp-v2", vmtest.InstallerOptions{Version: "cp-v2", Etcd: true})
-	cport, pport := etcdtest.FreePort(), etcdtest.FreePort()
+	cport, pport := kubetest.FreePort(), kubetest.FreePort()
 	cfg := config.Config{Hostname: "solo", Role: "control-plane",
 		Etcd: &config.Etcd{
 			ClientURL: fmt.Sprintf("http://10.0.2.2:%d", cport), PeerURL: fmt.Sprintf("http://10.0.2.2:%d", pport),

@@ -166,7 +166,32 @@ func retryable(err error) bool {
 	return errors.Is(err, rpctypes.ErrUnhealthy) || errors.Is(err, rpctypes.ErrStopped) ||
 		errors.Is(err, rpctypes.ErrMemberLearnerNotReady) || errors.Is(err, rpctypes.ErrTimeout) ||
 		errors.Is(err, rpctypes.ErrTimeoutDueToLeaderFail) || errors.Is(err, rpctypes.ErrNoLeader) ||
-		errors.Is(err, context.DeadlineExceeded)
+		errors.Is(err, context.DeadlineExceeded) || errors.As(err, new(transient))
+}
+
+// transient marks an error worth retrying that retryable would not recognise (a member list
+// that failed while the cluster changes).
+type transient struct{ error }
+
+func (t transient) Unwrap() error { return t.error }
+
+// retry calls try every 500 ms while it fails with an error the cluster may get over
+// (retryable). It returns nil, try's first other error, or the end of ctx with the last error.
+func retry(ctx context.Context, what string, try func() error) error {
+	for {
+		err := try()
+		if err == nil {
+			return nil
+		}
+		if !retryable(err) {
+			return fmt.Errorf("etcd: %s: %w", what, err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("etcd: %s: gave up: %w (last error: %v)", what, ctx.Err(), err)
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
 }
 
 // Remove removes the member named name. It is sent through the other members' endpoints: a
@@ -174,20 +199,12 @@ func retryable(err error) bool {
 // the removal was applied. Retried every 500 ms while the cluster reports itself unhealthy;
 // a member that is not (or no longer) there counts as removed.
 func Remove(ctx context.Context, cli *clientv3.Client, name string) error {
-	for {
-		err := removeOnce(ctx, cli, name)
-		if err == nil || errors.Is(err, rpctypes.ErrMemberNotFound) {
-			return nil
+	return retry(ctx, "remove member "+name, func() error {
+		if err := removeOnce(ctx, cli, name); err != nil && !errors.Is(err, rpctypes.ErrMemberNotFound) {
+			return err
 		}
-		if !retryable(err) {
-			return fmt.Errorf("etcd: remove member %s: %w", name, err)
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("etcd: remove member %s: gave up: %w (last error: %v)", name, ctx.Err(), err)
-		case <-time.After(500 * time.Millisecond):
-		}
-	}
+		return nil
+	})
 }
 
 func removeOnce(ctx context.Context, cli *clientv3.Client, name string) error {
@@ -232,19 +249,12 @@ func AddLearner(ctx context.Context, cli *clientv3.Client, name, peerURL string)
 	case Voter:
 		return "", fmt.Errorf("etcd: %s is still a voting member (id %x)", name, me.ID)
 	case Absent:
-		for {
-			_, err = cli.MemberAddAsLearner(ctx, []string{peerURL})
-			if err == nil || !retryable(err) {
-				break
-			}
-			select {
-			case <-ctx.Done():
-				return "", fmt.Errorf("etcd: add learner %s: %w (last error: %v)", name, ctx.Err(), err)
-			case <-time.After(500 * time.Millisecond):
-			}
-		}
+		err := retry(ctx, fmt.Sprintf("add learner %s (%s)", name, peerURL), func() error {
+			_, err := cli.MemberAddAsLearner(ctx, []string{peerURL})
+			return err
+		})
 		if err != nil {
-			return "", fmt.Errorf("etcd: add learner %s (%s): %w", name, peerURL, err)
+			return "", err
 		}
 		if ms, err = List(ctx, cli); err != nil {
 			return "", err
@@ -281,30 +291,23 @@ func InitialCluster(ms []Member, name, peerURL string) string {
 // yet) once it is in sync with the leader (etcd refuses until then: retried every 500 ms). A
 // member that is already a voter counts as promoted.
 func Promote(ctx context.Context, cli *clientv3.Client, name, peerURL string) error {
-	for {
+	return retry(ctx, "promote "+name, func() error {
 		ms, err := List(ctx, cli)
-		if err == nil {
-			me, how := Find(ms, name, peerURL)
-			switch how {
-			case Voter:
-				return nil
-			case Absent:
-				return fmt.Errorf("etcd: promote %s: not a member", name)
-			}
-			_, err = cli.MemberPromote(ctx, me.ID)
-			if err == nil || errors.Is(err, rpctypes.ErrMemberNotLearner) {
-				return nil
-			}
-			if !retryable(err) {
-				return fmt.Errorf("etcd: promote %s: %w", name, err)
-			}
+		if err != nil {
+			return transient{err}
 		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("etcd: promote %s: %w (last error: %v)", name, ctx.Err(), err)
-		case <-time.After(500 * time.Millisecond):
+		me, how := Find(ms, name, peerURL)
+		switch how {
+		case Voter:
+			return nil
+		case Absent:
+			return errors.New("not a member")
 		}
-	}
+		if _, err := cli.MemberPromote(ctx, me.ID); err != nil && !errors.Is(err, rpctypes.ErrMemberNotLearner) {
+			return err
+		}
+		return nil
+	})
 }
 
 // WaitHealthy waits until the member at endpoint is back, healthy and caught up: a

@@ -6,7 +6,6 @@ package etcdtest
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -43,16 +42,6 @@ type Member struct {
 	done      chan struct{}
 }
 
-// FreePort returns a port free on 127.0.0.1 at the time of asking.
-func FreePort() int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // Start runs an n-member cluster and waits until every member answers a linearizable read.
 // Members are named m0, m1, ...; everything stops when the test ends.
 func Start(t testing.TB, n int) *Cluster {
@@ -65,8 +54,8 @@ func Start(t testing.TB, n int) *Cluster {
 	var initial []string
 	for i := 0; i < n; i++ {
 		m := &Member{Name: fmt.Sprintf("m%d", i),
-			ClientURL: "http://127.0.0.1:" + strconv.Itoa(FreePort()),
-			PeerURL:   "http://127.0.0.1:" + strconv.Itoa(FreePort())}
+			ClientURL: "http://127.0.0.1:" + strconv.Itoa(kubetest.FreePort()),
+			PeerURL:   "http://127.0.0.1:" + strconv.Itoa(kubetest.FreePort())}
 		m.dataDir = filepath.Join(c.dir, m.Name)
 		m.logPath = filepath.Join(c.dir, m.Name+".log")
 		c.Members = append(c.Members, m)

@@ -54,7 +54,8 @@ func Bin(name string) (string, error) {
 	return p, nil
 }
 
-func freePort() int {
+// FreePort returns a port free on 127.0.0.1 at the time of asking.
+func FreePort() int {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0
@@ -92,7 +93,7 @@ func Run(dir string) (_ *APIServer, err error) {
 		}
 	}()
 
-	cport, pport := freePort(), freePort()
+	cport, pport := FreePort(), FreePort()
 	etcdURL := "http://127.0.0.1:" + strconv.Itoa(cport)
 	peerURL := "http://127.0.0.1:" + strconv.Itoa(pport)
 	if err := a.run("etcd", etcdBin, "--name", "default", "--data-dir", filepath.Join(dir, "etcd"),
@@ -124,7 +125,7 @@ func Run(dir string) (_ *APIServer, err error) {
 	saKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	kder, _ := x509.MarshalECPrivateKey(saKey)
 	pder, _ := x509.MarshalPKIXPublicKey(&saKey.PublicKey)
-	a.Port = freePort()
+	a.Port = FreePort()
 	if err := a.run("kube-apiserver", apiBin,
 		"--etcd-servers", etcdURL,
 		"--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1", "--secure-port", strconv.Itoa(a.Port),

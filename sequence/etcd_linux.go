@@ -321,13 +321,14 @@ func (n *Node) release(ctx context.Context, u upgrade.Upgrade) upgrade.Event {
 		n.warn("etcd: %v", err)
 		return nil
 	}
+	// Stop our keep-alive first (if this process holds one), then revoke by id: after a reboot
+	// there is no session, only the id on META.
 	n.mu.Lock()
-	l := n.lockHeld
-	n.lockHeld = nil
-	n.mu.Unlock()
-	if l != nil {
-		l.Detach()
+	if n.lockHeld != nil {
+		n.lockHeld.Detach()
+		n.lockHeld = nil
 	}
+	n.mu.Unlock()
 	for {
 		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		err = etcdnode.Revoke(rctx, cli, u.Lease)
