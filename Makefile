@@ -19,8 +19,8 @@ GO       ?= go
 E2E_PARALLEL ?= 2
 E2E_TIMEOUT  ?= 40m
 
-UNIT_PKGS = $(shell $(GO) list ./... | grep -v -e /e2e -e /vmtest -e /kube -e /etcdnode)
-INTEGRATION_PKGS = ./kube/... ./etcdnode/...
+UNIT_PKGS = $(shell $(GO) list ./... | grep -v -e /e2e -e /internal/testenv -e 'keel/cluster/kube$$' -e 'keel/cluster/etcd$$')
+INTEGRATION_PKGS = ./cluster/kube ./cluster/etcd
 
 .PHONY: all deps k8s-bins etcd-bin pki key disk image push registry run stop test test-unit test-integration test-e2e bench fuzz vet clean
 
@@ -38,28 +38,28 @@ etcd-bin:
 	@scripts/k8s-bins.sh etcd
 
 pki:
-	@$(GO) run ./initramfs/mkimage pki -dir build/pki
+	@$(GO) run ./cmd/mkimage pki -dir build/pki
 
 # The ed25519 key that signs installer images; nodes built here trust its public half.
 key:
-	@$(GO) run ./initramfs/mkimage key -dir build/keys
+	@$(GO) run ./cmd/mkimage key -dir build/keys
 
 # The node's disk image: slot A holds VERSION; VERSION_B, if set, fills slot B.
 disk: deps etcd-bin pki key
 	@echo "disk: building version $(VERSION)$(if $(VERSION_B), and $(VERSION_B) in slot B)"
-	@$(GO) run ./initramfs/mkimage disk -version $(VERSION) $(if $(VERSION_B),-version-b $(VERSION_B)) -out build/disk.img -cache $(CACHE) -pki build/pki
+	@$(GO) run ./cmd/mkimage disk -version $(VERSION) $(if $(VERSION_B),-version-b $(VERSION_B)) -out build/disk.img -cache $(CACHE) -pki build/pki
 
 # A signed installer image for VERSION, as an OCI image layout: build/installer-VERSION/.
 image: deps etcd-bin key
-	@$(GO) run ./initramfs/mkimage image -version $(VERSION) -cache $(CACHE) -keys build/keys
+	@$(GO) run ./cmd/mkimage image -version $(VERSION) -cache $(CACHE) -keys build/keys
 
 # Push that image to REGISTRY as keel:VERSION (start one with `make registry`).
 push: image
-	@$(GO) run ./initramfs/mkimage push -image build/installer-$(VERSION) -ref $(REGISTRY)/keel:$(VERSION)
+	@$(GO) run ./cmd/mkimage push -image build/installer-$(VERSION) -ref $(REGISTRY)/keel:$(VERSION)
 
 # A local OCI registry (in memory) for trying upgrades; a VM reaches it as 10.0.2.2.
 registry:
-	@$(GO) run ./initramfs/mkimage registry -addr $(REGISTRY)
+	@$(GO) run ./cmd/mkimage registry -addr $(REGISTRY)
 
 run: disk
 	@KVM=$(KVM) scripts/qemu-run.sh build/disk.img $(PORT)
@@ -94,7 +94,7 @@ bench: deps
 # Short fuzzing of the decoders (the seeds always run as part of test-unit).
 fuzz:
 	@$(GO) test -run XXX -fuzz FuzzParseEnv -fuzztime 20s ./boot
-	@$(GO) test -run XXX -fuzz FuzzDecodeCopy -fuzztime 20s ./meta
+	@$(GO) test -run XXX -fuzz FuzzDecodeCopy -fuzztime 20s ./disk/meta
 	@$(GO) test -run XXX -fuzz FuzzDecode -fuzztime 20s ./upgrade
 
 clean:

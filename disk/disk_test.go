@@ -1,16 +1,11 @@
 package disk
 
 import (
-	"bytes"
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-
-	diskfs "github.com/diskfs/go-diskfs"
-	"github.com/diskfs/go-diskfs/partition/gpt"
 )
 
 func TestPlan(t *testing.T) {
@@ -75,90 +70,6 @@ func TestManifest(t *testing.T) {
 	}
 	if _, err := ParseManifest([]byte("{")); !errors.Is(err, ErrManifest) {
 		t.Errorf("bad json: %v", err)
-	}
-}
-
-// TestBuildImage builds a real image and reads it back with go-diskfs and e2fsck.
-func TestBuildImage(t *testing.T) {
-	if _, err := exec.LookPath("mke2fs"); err != nil {
-		t.Skip("mke2fs not installed")
-	}
-	dir := t.TempDir()
-	kernel := bytes.Repeat([]byte("K"), 3*MiB+17)
-	slot := filepath.Join(dir, "slot.img")
-	m, err := BuildSlot(slot, SlotSize(int64(len(kernel))), Manifest{Version: "v1", Arch: "amd64"},
-		[]Content{{Path: "/vmlinuz", Data: kernel}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(m.Files) != 1 || m.Files[0].Size != int64(len(kernel)) {
-		t.Fatalf("manifest files = %+v", m.Files)
-	}
-	got, err := ReadFATFile(slot, 0, "/vmlinuz")
-	if err != nil || !bytes.Equal(got, kernel) {
-		t.Fatalf("read back vmlinuz: %d bytes, %v", len(got), err)
-	}
-
-	stateDir := filepath.Join(dir, "state")
-	os.MkdirAll(filepath.Join(stateDir, "pki"), 0o755)
-	os.WriteFile(filepath.Join(stateDir, "pki", "ca.crt"), []byte("cert"), 0o644)
-
-	l, err := Plan(700*MiB, DefaultSpecs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	img := filepath.Join(dir, "disk.img")
-	err = BuildImage(img, ImageSpec{
-		Layout: l,
-		ESP:    []Content{{Path: "/grub/grubenv", Data: bytes.Repeat([]byte("#"), 1024)}},
-		Slots:  map[string]string{PartBootA: slot},
-		Ext4:   map[string]Ext4{PartState: {Label: PartState, From: stateDir}, PartEphemeral: {Label: PartEphemeral}},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := diskfs.Open(img, diskfs.WithOpenMode(diskfs.ReadOnly))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pt, err := d.GetPartitionTable()
-	d.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	parts := pt.(*gpt.Table).Partitions
-	for i, p := range l.Parts {
-		if parts[i].Name != p.Name || int64(parts[i].Start)*512 != p.Start {
-			t.Errorf("GPT entry %d = %s at %d, want %s at %d", i, parts[i].Name, parts[i].Start*512, p.Name, p.Start)
-		}
-	}
-	if got, err := ReadFATFile(img, 2, "/manifest.json"); err != nil || !bytes.Contains(got, []byte(`"version": "v1"`)) {
-		t.Errorf("BOOT-A manifest: %q, %v", got, err)
-	}
-	// Overwrite in place and read back.
-	env := bytes.Repeat([]byte("x"), 1024)
-	if err := OverwriteFATFile(img, 1, "/grub/grubenv", env); err != nil {
-		t.Fatal(err)
-	}
-	if got, _ := ReadFATFile(img, 1, "/grub/grubenv"); !bytes.Equal(got, env) {
-		t.Error("grubenv not rewritten")
-	}
-	if err := OverwriteFATFile(img, 1, "/grub/grubenv", env[:10]); err == nil {
-		t.Error("size-changing overwrite accepted")
-	}
-	// The ext4 partitions must be fsck-clean and STATE must hold what we put there.
-	st, _ := l.Find(PartState)
-	part := filepath.Join(dir, "state.ext4")
-	f, _ := os.Open(img)
-	buf := make([]byte, st.Size)
-	f.ReadAt(buf, st.Start)
-	f.Close()
-	os.WriteFile(part, buf, 0o644)
-	if out, err := exec.Command("e2fsck", "-fn", part).CombinedOutput(); err != nil {
-		t.Errorf("e2fsck STATE: %v\n%s", err, out)
-	}
-	if out, err := exec.Command("debugfs", "-R", "cat /pki/ca.crt", part).Output(); err != nil || string(out) != "cert" {
-		t.Errorf("STATE /pki/ca.crt = %q, %v", out, err)
 	}
 }
 

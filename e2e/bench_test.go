@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"keel/config"
-	"keel/vmtest"
+	"keel/internal/testenv/vmtest"
 )
 
 // BenchmarkColdBoot measures QEMU start → ready line, and reports alongside it the floor in

@@ -13,9 +13,9 @@ import (
 
 	"keel/boot"
 	"keel/disk"
+	"keel/internal/testenv/vmtest"
 	"keel/netapi"
 	"keel/sequence"
-	"keel/vmtest"
 )
 
 // Timeouts sized for TCG on a busy 2-core machine; a boot takes 7-10 s there.

@@ -14,13 +14,13 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	etcdnode "keel/cluster/etcd"
 	"keel/config"
-	"keel/etcdnode"
-	"keel/kubetest"
+	"keel/internal/testenv"
+	"keel/internal/testenv/vmtest"
 	"keel/netapi"
 	"keel/supervisor"
 	"keel/upgrade"
-	"keel/vmtest"
 )
 
 // cpNode is one control-plane VM with its etcd member's host ports.
@@ -136,7 +136,7 @@ func TestControlPlaneRollingUpgrade(t *testing.T) {
 	nodes := make([]*cpNode, 3)
 	var initial, endpoints, hostEndpoints []string
 	for i := range nodes {
-		nodes[i] = &cpNode{name: fmt.Sprintf("cp%d", i), cport: kubetest.FreePort(), pport: kubetest.FreePort()}
+		nodes[i] = &cpNode{name: fmt.Sprintf("cp%d", i), cport: testenv.FreePort(), pport: testenv.FreePort()}
 		initial = append(initial, fmt.Sprintf("%s=http://10.0.2.2:%d", nodes[i].name, nodes[i].pport))
 		endpoints = append(endpoints, fmt.Sprintf("http://10.0.2.2:%d", nodes[i].cport))
 		hostEndpoints = append(hostEndpoints, fmt.Sprintf("http://127.0.0.1:%d", nodes[i].cport))
@@ -543,7 +543,7 @@ func TestControlPlaneSingleMember(t *testing.T) {
 	t.Parallel()
 	reg := vmtest.NewRegistry(t)
 	v2 := reg.PushInstaller(t, "keel:cp-v2", vmtest.InstallerOptions{Version: "cp-v2", Etcd: true})
-	cport, pport := kubetest.FreePort(), kubetest.FreePort()
+	cport, pport := testenv.FreePort(), testenv.FreePort()
 	cfg := config.Config{Hostname: "solo", Role: "control-plane",
 		Etcd: &config.Etcd{
 			ClientURL: fmt.Sprintf("http://10.0.2.2:%d", cport), PeerURL: fmt.Sprintf("http://10.0.2.2:%d", pport),

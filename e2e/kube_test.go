@@ -9,11 +9,11 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"keel/boot"
+	"keel/cluster/kube"
 	"keel/config"
-	"keel/kube"
-	"keel/kubetest"
+	"keel/internal/testenv/kubetest"
+	"keel/internal/testenv/vmtest"
 	"keel/upgrade"
-	"keel/vmtest"
 )
 
 // TestKubernetesUpgrade: the node in QEMU talks to a real kube-apiserver on the host

@@ -12,9 +12,9 @@ import (
 
 	"keel/config"
 	"keel/events"
+	"keel/internal/testenv/vmtest"
 	"keel/netapi"
 	"keel/supervisor"
-	"keel/vmtest"
 )
 
 // twoServices: db serves /healthz; app waits for db (After) and is checked over TCP.

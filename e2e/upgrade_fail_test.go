@@ -12,10 +12,11 @@ import (
 	"keel/boot"
 	"keel/config"
 	"keel/disk"
+	"keel/initramfs/release"
 	"keel/installer"
+	"keel/internal/testenv/vmtest"
 	"keel/netapi"
 	"keel/upgrade"
-	"keel/vmtest"
 )
 
 // TestUpgradeWipe: preserve=false re-creates EPHEMERAL: a new filesystem, none of the old
@@ -74,7 +75,7 @@ func TestBrokenNewSlot(t *testing.T) {
 func TestBadImages(t *testing.T) {
 	t.Parallel()
 	reg := vmtest.NewRegistry(t)
-	_, otherKey, _ := installer.GenerateKey()
+	_, otherKey, _ := release.GenerateKey()
 	refs := map[string]string{
 		"unsigned":  reg.PushInstaller(t, "keel:unsigned", vmtest.InstallerOptions{Version: "e2e-v2", Unsigned: true}),
 		"wrong key": reg.PushInstaller(t, "keel:wrongkey", vmtest.InstallerOptions{Version: "e2e-v2", Key: otherKey}),

@@ -10,9 +10,9 @@ import (
 	"keel/boot"
 	"keel/disk"
 	"keel/events"
+	"keel/internal/testenv/vmtest"
 	"keel/netapi"
 	"keel/upgrade"
-	"keel/vmtest"
 )
 
 // upgradeTimeout covers pull, write, reboot, trial and commit under TCG.

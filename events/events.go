@@ -7,8 +7,6 @@ import (
 	"encoding/json"
 	"sync"
 	"time"
-
-	"keel/logbuf"
 )
 
 // Event is one state change. Data holds kind-specific fields.
@@ -25,7 +23,7 @@ type Event struct {
 type Bus struct {
 	mu   sync.Mutex
 	seq  uint64
-	ring *logbuf.Ring
+	ring *Ring
 	now  func() time.Time
 }
 
@@ -34,7 +32,7 @@ func New(n int, now func() time.Time) *Bus {
 	if now == nil {
 		now = time.Now
 	}
-	return &Bus{ring: logbuf.New(n, 0), now: now}
+	return &Bus{ring: NewRing(n, 0), now: now}
 }
 
 // Publish appends an event; it never blocks on a slow follower.
@@ -50,7 +48,7 @@ func (b *Bus) Publish(kind, source, msg string, data map[string]any) {
 }
 
 // Ring is the NDJSON lines, for Tail and Follow.
-func (b *Bus) Ring() *logbuf.Ring { return b.ring }
+func (b *Bus) Ring() *Ring { return b.ring }
 
 // Close ends every follower (at shutdown).
 func (b *Bus) Close() { b.ring.Close() }

@@ -18,8 +18,6 @@ import (
 	"time"
 
 	"keel/events"
-	"keel/initramfs"
-	"keel/logbuf"
 	"keel/machine"
 	"keel/sequence"
 )
@@ -33,7 +31,7 @@ var fault = ""
 
 func main() {
 	initAt := machine.Uptime()
-	ring := logbuf.New(20000, 4<<20)
+	ring := events.NewRing(20000, 4<<20)
 	log := slog.New(slog.NewTextHandler(io.MultiWriter(os.Stdout, ring), &slog.HandlerOptions{Level: slog.LevelInfo}))
 	// Libraries that use the log package (u-root's DHCP client) land in the same log, at
 	// debug level: they print whole DHCP packets, and their failures come back as errors.
@@ -58,7 +56,7 @@ func main() {
 		Version: version,
 		Log:     log,
 		Console: os.Stdout,
-		Modules: initramfs.DefaultModules,
+		Modules: machine.DefaultModules,
 		Fault:   sequence.Fault(fault),
 		InitLog: ring,
 		Events:  events.New(5000, nil),

@@ -12,6 +12,8 @@ import (
 	"testing"
 
 	"github.com/u-root/u-root/pkg/cpio"
+
+	"keel/machine"
 )
 
 func readArchive(t *testing.T, b []byte) []cpio.Record {
@@ -118,7 +120,7 @@ func kernelTree(t *testing.T) (root, kver string) {
 func TestAddModulesRealKernel(t *testing.T) {
 	root, kver := kernelTree(t)
 	a := New()
-	paths, err := a.AddModules(root, kver, DefaultModules)
+	paths, err := a.AddModules(root, kver, machine.DefaultModules)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package installer
+package installer_test
 
 import (
 	"bytes"
@@ -19,6 +19,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"keel/disk"
+	"keel/initramfs/release"
+	"keel/installer"
 )
 
 // serve runs go-containerregistry's registry (a real OCI distribution implementation) on
@@ -53,18 +55,18 @@ func newFixture(t *testing.T) fixture {
 	content := bytes.Repeat([]byte("slot-bytes-"), 100000) // ~1 MB
 	p := filepath.Join(dir, "slot.img")
 	os.WriteFile(p, content, 0o644)
-	pub, key, _ := GenerateKey()
+	pub, key, _ := release.GenerateKey()
 	return fixture{slot: p, content: content, pub: pub, key: key,
 		manifest: disk.Manifest{Version: "v2", Arch: "amd64", Files: []disk.File{disk.NewFile("vmlinuz", []byte("k"))}}}
 }
 
-func push(t *testing.T, addr, repoTag string, o BuildOptions) string {
+func push(t *testing.T, addr, repoTag string, o release.BuildOptions) string {
 	t.Helper()
-	img, err := Build(o)
+	img, err := release.Build(o)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ref, err := ParseReference(addr+"/"+repoTag, false)
+	ref, err := installer.ParseReference(addr+"/"+repoTag, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,17 +79,17 @@ func push(t *testing.T, addr, repoTag string, o BuildOptions) string {
 func TestPull(t *testing.T) {
 	f := newFixture(t)
 	addr := serve(t, nil)
-	policy := Policy{Arch: "amd64", TrustedKeys: []ed25519.PublicKey{f.pub}, MaxSlotSize: 2 << 20}
-	_, otherKey, _ := GenerateKey()
+	policy := installer.Policy{Arch: "amd64", TrustedKeys: []ed25519.PublicKey{f.pub}, MaxSlotSize: 2 << 20}
+	_, otherKey, _ := release.GenerateKey()
 
-	good := push(t, addr, "keel:v2", BuildOptions{SlotPath: f.slot, Slot: f.manifest, Key: f.key})
-	unsigned := push(t, addr, "keel:unsigned", BuildOptions{SlotPath: f.slot, Slot: f.manifest})
-	wrongKey := push(t, addr, "keel:wrongkey", BuildOptions{SlotPath: f.slot, Slot: f.manifest, Key: otherKey})
-	arm := push(t, addr, "keel:arm", BuildOptions{SlotPath: f.slot, Slot: f.manifest, Key: f.key, Arch: "arm64"})
-	lying := push(t, addr, "keel:lying", BuildOptions{SlotPath: f.slot, Slot: f.manifest, Key: f.key,
-		Manifest: func(m *Manifest) { m.SlotSHA256 = strings.Repeat("0", 64) }})
-	short := push(t, addr, "keel:short", BuildOptions{SlotPath: f.slot, Slot: f.manifest, Key: f.key,
-		Manifest: func(m *Manifest) { m.SlotSize -= 10 }})
+	good := push(t, addr, "keel:v2", release.BuildOptions{SlotPath: f.slot, Slot: f.manifest, Key: f.key})
+	unsigned := push(t, addr, "keel:unsigned", release.BuildOptions{SlotPath: f.slot, Slot: f.manifest})
+	wrongKey := push(t, addr, "keel:wrongkey", release.BuildOptions{SlotPath: f.slot, Slot: f.manifest, Key: otherKey})
+	arm := push(t, addr, "keel:arm", release.BuildOptions{SlotPath: f.slot, Slot: f.manifest, Key: f.key, Arch: "arm64"})
+	lying := push(t, addr, "keel:lying", release.BuildOptions{SlotPath: f.slot, Slot: f.manifest, Key: f.key,
+		Manifest: func(m *installer.Manifest) { m.SlotSHA256 = strings.Repeat("0", 64) }})
+	short := push(t, addr, "keel:short", release.BuildOptions{SlotPath: f.slot, Slot: f.manifest, Key: f.key,
+		Manifest: func(m *installer.Manifest) { m.SlotSize -= 10 }})
 
 	// A port nothing listens on.
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
@@ -97,25 +99,25 @@ func TestPull(t *testing.T) {
 	tests := []struct {
 		name   string
 		ref    string
-		policy Policy
+		policy installer.Policy
 		want   error
 	}{
 		{"good", good, policy, nil},
-		{"invalid reference", "127.0.0.1:1/UPPER CASE:x", policy, ErrReference},
-		{"not found", addr + "/keel:nope", policy, ErrNotFound},
-		{"refused", closed + "/keel:v2", policy, ErrUnreachable},
-		{"unsigned", unsigned, policy, ErrUnsigned},
-		{"unsigned allowed", unsigned, Policy{Arch: "amd64", AllowUnsigned: true, MaxSlotSize: 2 << 20}, nil},
-		{"untrusted key", wrongKey, policy, ErrSignature},
-		{"other architecture", arm, policy, ErrArch},
-		{"too large", good, Policy{Arch: "amd64", TrustedKeys: policy.TrustedKeys, MaxSlotSize: 1000}, ErrTooLarge},
-		{"manifest digest lies", lying, policy, ErrDigest},
-		{"more bytes than declared", short, policy, ErrDigest},
+		{"invalid reference", "127.0.0.1:1/UPPER CASE:x", policy, installer.ErrReference},
+		{"not found", addr + "/keel:nope", policy, installer.ErrNotFound},
+		{"refused", closed + "/keel:v2", policy, installer.ErrUnreachable},
+		{"unsigned", unsigned, policy, installer.ErrUnsigned},
+		{"unsigned allowed", unsigned, installer.Policy{Arch: "amd64", AllowUnsigned: true, MaxSlotSize: 2 << 20}, nil},
+		{"untrusted key", wrongKey, policy, installer.ErrSignature},
+		{"other architecture", arm, policy, installer.ErrArch},
+		{"too large", good, installer.Policy{Arch: "amd64", TrustedKeys: policy.TrustedKeys, MaxSlotSize: 1000}, installer.ErrTooLarge},
+		{"manifest digest lies", lying, policy, installer.ErrDigest},
+		{"more bytes than declared", short, policy, installer.ErrDigest},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			dest := filepath.Join(t.TempDir(), "slot")
-			p, err := Pull(context.Background(), tc.ref, tc.policy, PullOptions{Dest: dest})
+			p, err := installer.Pull(context.Background(), tc.ref, tc.policy, installer.PullOptions{Dest: dest})
 			if tc.want == nil {
 				if err != nil {
 					t.Fatal(err)
@@ -145,8 +147,8 @@ func TestPullDamagedDownloads(t *testing.T) {
 		damage func([]byte) []byte
 		want   error
 	}{
-		{"truncated", func(b []byte) []byte { return b[:len(b)/2] }, ErrTruncated},
-		{"corrupted", func(b []byte) []byte { b = bytes.Clone(b); b[len(b)/2] ^= 0xff; return b }, ErrDigest},
+		{"truncated", func(b []byte) []byte { return b[:len(b)/2] }, installer.ErrTruncated},
+		{"corrupted", func(b []byte) []byte { b = bytes.Clone(b); b[len(b)/2] ^= 0xff; return b }, installer.ErrDigest},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var slotDigest string
@@ -166,15 +168,15 @@ func TestPullDamagedDownloads(t *testing.T) {
 					w.Write(body) // Content-Length stays the real size: the client sees a short or wrong body
 				})
 			})
-			img, _ := Build(BuildOptions{SlotPath: f.slot, Slot: f.manifest, Key: f.key})
+			img, _ := release.Build(release.BuildOptions{SlotPath: f.slot, Slot: f.manifest, Key: f.key})
 			layers, _ := img.Layers()
 			d, _ := layers[len(layers)-1].Digest()
-			ref, _ := ParseReference(addr+"/keel:v2", false)
+			ref, _ := installer.ParseReference(addr+"/keel:v2", false)
 			if err := remote.Write(ref, img); err != nil {
 				t.Fatal(err)
 			}
 			slotDigest = d.String()
-			_, err := Pull(context.Background(), ref.String(), Policy{Arch: "amd64", TrustedKeys: []ed25519.PublicKey{f.pub}}, PullOptions{Dest: filepath.Join(t.TempDir(), "s")})
+			_, err := installer.Pull(context.Background(), ref.String(), installer.Policy{Arch: "amd64", TrustedKeys: []ed25519.PublicKey{f.pub}}, installer.PullOptions{Dest: filepath.Join(t.TempDir(), "s")})
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("err = %v, want %v", err, tc.want)
 			}

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"keel/logbuf"
+	"keel/events"
 	"keel/pki"
 )
 
@@ -26,7 +26,7 @@ func FuzzHandlers(f *testing.F) {
 	p, _ := ca.Issue(pki.Request{CommonName: "a", Orgs: []string{"admin"}, Client: true, Now: time.Now(), Validity: time.Hour})
 	blk, _ := pem.Decode(p.CertPEM)
 	cert, _ := x509.ParseCertificate(blk.Bytes)
-	closed := func() *logbuf.Ring { r := logbuf.New(10, 0); r.Append(`{"x":1}`); r.Close(); return r }
+	closed := func() *events.Ring { r := events.NewRing(10, 0); r.Append(`{"x":1}`); r.Close(); return r }
 	node := &fakeNode{events: closed(), initLog: closed()}
 	h := New(Options{Node: node})
 

@@ -16,7 +16,7 @@ import (
 	"strings"
 	"time"
 
-	"keel/logbuf"
+	"keel/events"
 	"keel/supervisor"
 )
 
@@ -76,9 +76,9 @@ type Node interface {
 	// RestartService restarts one service.
 	RestartService(name string) error
 	// LogRing is a service's output, or the init's own log under the name "init".
-	LogRing(name string) (*logbuf.Ring, error)
+	LogRing(name string) (*events.Ring, error)
 	// Events is the event stream's ring of NDJSON lines.
-	Events() *logbuf.Ring
+	Events() *events.Ring
 	// Dmesg calls emit for each kernel log record; with follow, until ctx ends.
 	Dmesg(ctx context.Context, follow bool, emit func(any) error) error
 	// Reset wipes the named partitions and reboots.
@@ -278,7 +278,7 @@ func (s *Server) restartService(w http.ResponseWriter, r *http.Request) {
 // follow serves a ring: the last tail lines, then (with follow=1) every new one until the
 // client leaves or the ring is closed at shutdown. wrap turns a stored line into a JSON
 // value; nil means the lines are JSON already.
-func (s *Server) follow(w http.ResponseWriter, r *http.Request, ring *logbuf.Ring, defTail int, wrap func(string) any) {
+func (s *Server) follow(w http.ResponseWriter, r *http.Request, ring *events.Ring, defTail int, wrap func(string) any) {
 	tail, ok := queryTail(r, defTail)
 	follow, ok2 := queryFollow(r)
 	if !ok || !ok2 {

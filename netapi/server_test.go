@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"keel/logbuf"
+	"keel/events"
 	"keel/pki"
 	"keel/supervisor"
 )
@@ -25,8 +25,8 @@ import (
 type fakeNode struct {
 	mu      sync.Mutex
 	reboots int
-	events  *logbuf.Ring
-	initLog *logbuf.Ring
+	events  *events.Ring
+	initLog *events.Ring
 	resets  [][]string
 }
 
@@ -39,13 +39,13 @@ func (f *fakeNode) RestartService(name string) error {
 	}
 	return nil
 }
-func (f *fakeNode) LogRing(name string) (*logbuf.Ring, error) {
+func (f *fakeNode) LogRing(name string) (*events.Ring, error) {
 	if name != "init" {
 		return nil, fmt.Errorf("%w: %q", ErrNotFound, name)
 	}
 	return f.initLog, nil
 }
-func (f *fakeNode) Events() *logbuf.Ring { return f.events }
+func (f *fakeNode) Events() *events.Ring { return f.events }
 func (f *fakeNode) Dmesg(ctx context.Context, follow bool, emit func(any) error) error {
 	return emit(map[string]any{"message": "kernel says hi"})
 }
@@ -101,7 +101,7 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	node := &fakeNode{events: logbuf.New(100, 0), initLog: logbuf.New(100, 0)}
+	node := &fakeNode{events: events.NewRing(100, 0), initLog: events.NewRing(100, 0)}
 	srv, _ := Serve(ln, New(Options{Node: node, Log: slog.Default()}), cfg, slog.Default())
 	t.Cleanup(func() { srv.Close() })
 	roots := x509.NewCertPool()

@@ -20,14 +20,13 @@ import (
 	"golang.org/x/sys/unix"
 
 	"keel/boot"
+	etcdnode "keel/cluster/etcd"
+	"keel/cluster/kube"
 	"keel/config"
 	"keel/disk"
-	"keel/etcdnode"
+	"keel/disk/meta"
 	"keel/events"
-	"keel/kube"
-	"keel/logbuf"
 	"keel/machine"
-	"keel/meta"
 	"keel/netapi"
 	"keel/network"
 	"keel/supervisor"
@@ -58,7 +57,7 @@ type Options struct {
 	// Fault is a test image's injected failure (empty in production).
 	Fault Fault
 	// InitLog is the init's own log ring (served as the "init" log); Events the event bus.
-	InitLog *logbuf.Ring
+	InitLog *events.Ring
 	Events  *events.Bus
 }
 

@@ -9,9 +9,9 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"keel/etcdnode"
+	etcdnode "keel/cluster/etcd"
+	"keel/cluster/etcd/quorum"
 	"keel/netapi"
-	"keel/quorum"
 	"keel/supervisor"
 	"keel/upgrade"
 )

@@ -7,7 +7,7 @@ import (
 	"path/filepath"
 	"time"
 
-	"keel/kube"
+	"keel/cluster/kube"
 	"keel/netapi"
 	"keel/upgrade"
 )

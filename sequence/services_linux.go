@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"keel/disk"
-	"keel/logbuf"
+	"keel/events"
 	"keel/machine"
 	"keel/netapi"
 	"keel/supervisor"
@@ -110,7 +110,7 @@ func (n *Node) RestartService(name string) error {
 }
 
 // LogRing implements netapi.Node: the init's own log is "init".
-func (n *Node) LogRing(name string) (*logbuf.Ring, error) {
+func (n *Node) LogRing(name string) (*events.Ring, error) {
 	if name == "init" && n.opts.InitLog != nil {
 		return n.opts.InitLog, nil
 	}
@@ -126,9 +126,9 @@ func (n *Node) LogRing(name string) (*logbuf.Ring, error) {
 }
 
 // Events implements netapi.Node.
-func (n *Node) Events() *logbuf.Ring {
+func (n *Node) Events() *events.Ring {
 	if n.opts.Events == nil {
-		r := logbuf.New(1, 0)
+		r := events.NewRing(1, 0)
 		r.Close()
 		return r
 	}

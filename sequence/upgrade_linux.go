@@ -22,9 +22,9 @@ import (
 
 	"keel/boot"
 	"keel/disk"
+	"keel/disk/meta"
 	"keel/installer"
 	"keel/machine"
-	"keel/meta"
 	"keel/netapi"
 	"keel/upgrade"
 )

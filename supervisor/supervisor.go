@@ -15,7 +15,7 @@ import (
 	"syscall"
 	"time"
 
-	"keel/logbuf"
+	"keel/events"
 )
 
 // State is where a service is.
@@ -80,7 +80,7 @@ type Supervisor struct {
 
 type service struct {
 	spec Spec
-	ring *logbuf.Ring
+	ring *events.Ring
 	sup  *Supervisor
 
 	mu        sync.Mutex
@@ -115,7 +115,7 @@ func New(specs []Spec, o Options) (*Supervisor, error) {
 	s := &Supervisor{opts: o, svcs: map[string]*service{}}
 	for _, sp := range ordered {
 		s.order = append(s.order, sp.Name)
-		s.svcs[sp.Name] = &service{spec: sp, sup: s, ring: logbuf.New(o.RingLines, o.RingBytes),
+		s.svcs[sp.Name] = &service{spec: sp, sup: s, ring: events.NewRing(o.RingLines, o.RingBytes),
 			st: Status{Name: sp.Name, State: Waiting, Since: time.Now()}, up: make(chan struct{}), runDone: make(chan struct{})}
 	}
 	return s, nil
@@ -150,7 +150,7 @@ func (s *Supervisor) Status() []Status {
 }
 
 // Logs is a service's output ring.
-func (s *Supervisor) Logs(name string) (*logbuf.Ring, error) {
+func (s *Supervisor) Logs(name string) (*events.Ring, error) {
 	svc, ok := s.svcs[name]
 	if !ok {
 		return nil, fmt.Errorf("%w: %q", ErrUnknown, name)

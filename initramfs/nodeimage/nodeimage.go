@@ -20,6 +20,8 @@ import (
 	"keel/config"
 	"keel/disk"
 	"keel/initramfs"
+	"keel/initramfs/diskimage"
+	"keel/machine"
 )
 
 // DefaultKernelArgs go on every slot's kernel command line (after slot= and panic=).
@@ -83,7 +85,7 @@ func BuildStatic(ctx context.Context, repoRoot, pkg, out string) error {
 type InitramfsOptions struct {
 	Init    string // path of the built init
 	Kernel  Kernel
-	Modules []string          // default: initramfs.DefaultModules
+	Modules []string          // default: machine.DefaultModules
 	Files   map[string]string // archive path → host file
 	// Binaries are host executables to include with their shared-library closure
 	// (archive path → host path).
@@ -98,7 +100,7 @@ func BuildInitramfs(o InitramfsOptions) ([]byte, error) {
 	}
 	mods := o.Modules
 	if mods == nil {
-		mods = initramfs.DefaultModules
+		mods = machine.DefaultModules
 	}
 	if _, err := a.AddModules(o.Kernel.Root, o.Kernel.Release, mods); err != nil {
 		return nil, err
@@ -194,9 +196,9 @@ func BuildSlot(ctx context.Context, o SlotOptions) (Slot, error) {
 		return Slot{}, err
 	}
 	path := filepath.Join(o.OutDir, "slot-"+o.Version+".img")
-	m, err := disk.BuildSlot(path, disk.SlotSize(int64(len(kernel)+len(rd))),
+	m, err := diskimage.BuildSlot(path, diskimage.SlotSize(int64(len(kernel)+len(rd))),
 		disk.Manifest{Version: o.Version, Arch: "amd64", KernelRelease: o.Kernel.Release},
-		[]disk.Content{{Path: "/vmlinuz", Data: kernel}, {Path: "/initramfs", Data: rd}})
+		[]diskimage.Content{{Path: "/vmlinuz", Data: kernel}, {Path: "/initramfs", Data: rd}})
 	if err != nil {
 		return Slot{}, err
 	}
@@ -302,15 +304,15 @@ func BuildDisk(ctx context.Context, o DiskOptions) error {
 	if o.SlotB != nil {
 		slots[disk.PartBootB] = o.SlotB.Path
 	}
-	return disk.BuildImage(o.Path, disk.ImageSpec{
+	return diskimage.BuildImage(o.Path, diskimage.ImageSpec{
 		Layout: layout,
-		ESP: []disk.Content{
+		ESP: []diskimage.Content{
 			{Path: "/EFI/BOOT/BOOTX64.EFI", Data: efiBytes},
 			{Path: "/grub/grub.cfg", Data: []byte(cfg)},
 			{Path: "/grub/grubenv", Data: env},
 		},
 		Slots: slots,
-		Ext4: map[string]disk.Ext4{
+		Ext4: map[string]diskimage.Ext4{
 			disk.PartState:     {Label: disk.PartState, From: state},
 			disk.PartEphemeral: {Label: disk.PartEphemeral},
 		},

@@ -1,4 +1,4 @@
-package logbuf
+package events
 
 import (
 	"fmt"
@@ -22,7 +22,7 @@ func TestRingBounds(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			r := New(tc.maxLines, tc.maxByte)
+			r := NewRing(tc.maxLines, tc.maxByte)
 			for _, w := range tc.write {
 				r.Append(w)
 			}
@@ -38,7 +38,7 @@ func TestRingBounds(t *testing.T) {
 }
 
 func TestWriteSplitsLines(t *testing.T) {
-	r := New(10, 0)
+	r := NewRing(10, 0)
 	fmt.Fprint(r, "one\ntwo\nthree")
 	if got := r.Tail(2); !reflect.DeepEqual(got, []string{"two", "three"}) {
 		t.Errorf("Tail(2) = %q", got)
@@ -46,7 +46,7 @@ func TestWriteSplitsLines(t *testing.T) {
 }
 
 func TestFollowLosesNothingAtTheSeam(t *testing.T) {
-	r := New(100, 0)
+	r := NewRing(100, 0)
 	r.Append("old")
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -70,7 +70,7 @@ func TestFollowLosesNothingAtTheSeam(t *testing.T) {
 }
 
 func TestCloseEndsFollowers(t *testing.T) {
-	r := New(10, 0)
+	r := NewRing(10, 0)
 	_, c, cancel := r.Follow(0, 1)
 	r.Close()
 	if _, ok := <-c; ok {

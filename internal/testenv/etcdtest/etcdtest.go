@@ -19,7 +19,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
-	"keel/kubetest"
+	"keel/internal/testenv"
 )
 
 // Cluster is a running cluster.
@@ -46,7 +46,7 @@ type Member struct {
 // Members are named m0, m1, ...; everything stops when the test ends.
 func Start(t testing.TB, n int) *Cluster {
 	t.Helper()
-	bin, err := kubetest.Bin("etcd")
+	bin, err := testenv.Bin("etcd")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,8 +54,8 @@ func Start(t testing.TB, n int) *Cluster {
 	var initial []string
 	for i := 0; i < n; i++ {
 		m := &Member{Name: fmt.Sprintf("m%d", i),
-			ClientURL: "http://127.0.0.1:" + strconv.Itoa(kubetest.FreePort()),
-			PeerURL:   "http://127.0.0.1:" + strconv.Itoa(kubetest.FreePort())}
+			ClientURL: "http://127.0.0.1:" + strconv.Itoa(testenv.FreePort()),
+			PeerURL:   "http://127.0.0.1:" + strconv.Itoa(testenv.FreePort())}
 		m.dataDir = filepath.Join(c.dir, m.Name)
 		m.logPath = filepath.Join(c.dir, m.Name+".log")
 		c.Members = append(c.Members, m)

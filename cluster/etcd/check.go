@@ -1,4 +1,4 @@
-package etcdnode
+package etcd
 
 import (
 	"context"
@@ -7,7 +7,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"keel/quorum"
+	"keel/cluster/etcd/quorum"
 )
 
 // Check measures the members and decides whether self may undergo op. An error means the

@@ -1,4 +1,4 @@
-package etcdnode_test
+package etcd_test
 
 // Integration tests against real etcd clusters: separate processes of build/bin/etcd (the
 // binary the node image carries) on 127.0.0.1, stopped, killed and paused for real.
@@ -17,9 +17,9 @@ import (
 	"testing"
 	"time"
 
-	"keel/etcdnode"
-	"keel/etcdtest"
-	"keel/quorum"
+	etcdnode "keel/cluster/etcd"
+	"keel/cluster/etcd/quorum"
+	"keel/internal/testenv/etcdtest"
 )
 
 const probeTimeout = 2 * time.Second

@@ -16,7 +16,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
-	"keel/kubetest"
+	"keel/internal/testenv/kubetest"
 )
 
 // One API server for the package's tests (started in TestMain); each test uses its own node

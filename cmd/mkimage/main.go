@@ -30,7 +30,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"keel/config"
-	"keel/nodeimage"
+	"keel/initramfs/nodeimage"
+	"keel/initramfs/release"
 	"keel/pki"
 )
 
@@ -141,7 +142,7 @@ func cmdDisk(args []string) error {
 		b = &s
 		fmt.Printf("slot: wrote %s (version %s)\n", s.Path, s.Manifest.Version)
 	}
-	_, pub, err := nodeimage.EnsureSigningKey(*keys)
+	_, pub, err := release.EnsureSigningKey(*keys)
 	if err != nil {
 		return err
 	}
@@ -160,11 +161,11 @@ func cmdKey(args []string) error {
 	fs := flag.NewFlagSet("key", flag.ExitOnError)
 	dir := fs.String("dir", "build/keys", "key directory")
 	fs.Parse(args)
-	_, pub, err := nodeimage.EnsureSigningKey(*dir)
+	_, pub, err := release.EnsureSigningKey(*dir)
 	if err != nil {
 		return err
 	}
-	fmt.Printf("key: %s/%s (public key %s)\n", *dir, nodeimage.SigningKeyFile, pub)
+	fmt.Printf("key: %s/%s (public key %s)\n", *dir, release.SigningKeyFile, pub)
 	return nil
 }
 
@@ -189,11 +190,11 @@ func cmdImage(args []string) error {
 	}
 	var key ed25519.PrivateKey
 	if !*unsigned {
-		if key, _, err = nodeimage.EnsureSigningKey(*keys); err != nil {
+		if key, _, err = release.EnsureSigningKey(*keys); err != nil {
 			return err
 		}
 	}
-	img, err := nodeimage.Installer(s, key)
+	img, err := release.Build(release.BuildOptions{SlotPath: s.Path, Slot: s.Manifest, Key: key})
 	if err != nil {
 		return err
 	}

@@ -1,4 +1,4 @@
-package disk
+package diskimage
 
 import (
 	"errors"
@@ -11,9 +11,11 @@ import (
 	"strconv"
 
 	diskfs "github.com/diskfs/go-diskfs"
-	"github.com/diskfs/go-diskfs/disk"
+	dfsdisk "github.com/diskfs/go-diskfs/disk"
 	"github.com/diskfs/go-diskfs/filesystem"
 	"github.com/diskfs/go-diskfs/partition/gpt"
+
+	"keel/disk"
 )
 
 // Content is a file to place in a FAT filesystem, at an absolute slash path.
@@ -31,7 +33,7 @@ type Ext4 struct {
 
 // ImageSpec is everything a disk image holds.
 type ImageSpec struct {
-	Layout Layout
+	Layout disk.Layout
 	ESP    []Content         // files of the EFI partition (FAT32)
 	Slots  map[string]string // partition name → slot filesystem image file, copied raw
 	Ext4   map[string]Ext4   // partition name → filesystem to make
@@ -55,7 +57,7 @@ func BuildImage(imagePath string, spec ImageSpec) (err error) {
 	table := &gpt.Table{ProtectiveMBR: true, LogicalSectorSize: 512, PhysicalSectorSize: 512}
 	for _, p := range spec.Layout.Parts {
 		typ := gpt.LinuxFilesystem
-		if p.Kind == KindESP {
+		if p.Kind == disk.KindESP {
 			typ = gpt.EFISystemPartition
 		}
 		table.Partitions = append(table.Partitions, &gpt.Partition{
@@ -66,11 +68,11 @@ func BuildImage(imagePath string, spec ImageSpec) (err error) {
 	if err := d.Partition(table); err != nil {
 		return fmt.Errorf("build image %s: partition: %w", imagePath, err)
 	}
-	esp, ok := spec.Layout.Find(PartEFI)
+	esp, ok := spec.Layout.Find(disk.PartEFI)
 	if !ok {
-		return fmt.Errorf("build image %s: layout has no %s partition", imagePath, PartEFI)
+		return fmt.Errorf("build image %s: layout has no %s partition", imagePath, disk.PartEFI)
 	}
-	fs, err := d.CreateFilesystem(disk.FilesystemSpec{Partition: esp.Number, FSType: filesystem.TypeFat32, VolumeLabel: "EFI", Reproducible: true})
+	fs, err := d.CreateFilesystem(dfsdisk.FilesystemSpec{Partition: esp.Number, FSType: filesystem.TypeFat32, VolumeLabel: "EFI", Reproducible: true})
 	if err != nil {
 		return fmt.Errorf("build image %s: ESP filesystem: %w", imagePath, err)
 	}
@@ -125,7 +127,7 @@ func Mke2fs(target string, off, size int64, e Ext4) error {
 	return nil
 }
 
-func copyInto(dst *os.File, p Part, src string) error {
+func copyInto(dst *os.File, p disk.Part, src string) error {
 	s, err := os.Open(src)
 	if err != nil {
 		return err
@@ -181,41 +183,41 @@ func writeFiles(fs filesystem.FileSystem, files []Content) error {
 // BuildSlot writes a slot filesystem image (FAT32, no partition table) of size bytes at
 // imagePath holding files plus the manifest, which it completes with each file's size and
 // SHA-256. The image is what gets streamed onto a BOOT-A/BOOT-B partition.
-func BuildSlot(imagePath string, size int64, m Manifest, files []Content) (Manifest, error) {
+func BuildSlot(imagePath string, size int64, m disk.Manifest, files []Content) (disk.Manifest, error) {
 	m.Files = nil
 	for _, c := range files {
-		m.Files = append(m.Files, NewFile(path.Base(c.Path), c.Data))
+		m.Files = append(m.Files, disk.NewFile(path.Base(c.Path), c.Data))
 	}
 	mb, err := m.Encode()
 	if err != nil {
-		return Manifest{}, fmt.Errorf("build slot %s: %w", imagePath, err)
+		return disk.Manifest{}, fmt.Errorf("build slot %s: %w", imagePath, err)
 	}
 	if err := os.Remove(imagePath); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return Manifest{}, fmt.Errorf("build slot %s: %w", imagePath, err)
+		return disk.Manifest{}, fmt.Errorf("build slot %s: %w", imagePath, err)
 	}
 	d, err := diskfs.Create(imagePath, size, diskfs.SectorSizeDefault)
 	if err != nil {
-		return Manifest{}, fmt.Errorf("build slot %s: %w", imagePath, err)
+		return disk.Manifest{}, fmt.Errorf("build slot %s: %w", imagePath, err)
 	}
 	defer d.Close()
-	fs, err := d.CreateFilesystem(disk.FilesystemSpec{Partition: 0, FSType: filesystem.TypeFat32, VolumeLabel: "KEELSLOT", Reproducible: true})
+	fs, err := d.CreateFilesystem(dfsdisk.FilesystemSpec{Partition: 0, FSType: filesystem.TypeFat32, VolumeLabel: "KEELSLOT", Reproducible: true})
 	if err != nil {
-		return Manifest{}, fmt.Errorf("build slot %s: filesystem: %w", imagePath, err)
+		return disk.Manifest{}, fmt.Errorf("build slot %s: filesystem: %w", imagePath, err)
 	}
-	all := append(append([]Content(nil), files...), Content{Path: "/" + ManifestName, Data: mb})
+	all := append(append([]Content(nil), files...), Content{Path: "/" + disk.ManifestName, Data: mb})
 	if err := writeFiles(fs, all); err != nil {
-		return Manifest{}, fmt.Errorf("build slot %s: %w", imagePath, err)
+		return disk.Manifest{}, fmt.Errorf("build slot %s: %w", imagePath, err)
 	}
 	return m, nil
 }
 
-// SlotSize is the filesystem size for content bytes of files: a quarter spare plus 8 MiB for
-// FAT metadata, at least 48 MiB (FAT32 with go-diskfs's 512-byte clusters needs more than
-// 65525 clusters), rounded up to 1 MiB.
+// SlotSize is the filesystem size for content bytes of files: a quarter spare plus 8 disk.MiB for
+// FAT metadata, at least 48 disk.MiB (FAT32 with go-diskfs's 512-byte clusters needs more than
+// 65525 clusters), rounded up to 1 disk.MiB.
 func SlotSize(content int64) int64 {
-	s := content + content/4 + 8*MiB
-	s = max(s, 48*MiB)
-	return (s + MiB - 1) / MiB * MiB
+	s := content + content/4 + 8*disk.MiB
+	s = max(s, 48*disk.MiB)
+	return (s + disk.MiB - 1) / disk.MiB * disk.MiB
 }
 
 // ReadFATFile reads a file from the FAT filesystem of partition number part of a disk image

@@ -15,8 +15,10 @@ import (
 	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"keel/initramfs/nodeimage"
+	"keel/initramfs/release"
 	"keel/installer"
-	"keel/nodeimage"
+	"keel/internal/testenv"
 )
 
 // Registry is a real OCI registry (go-containerregistry's) on 127.0.0.1 for the test's
@@ -82,7 +84,7 @@ type InstallerOptions struct {
 // reference.
 func (r *Registry) PushInstaller(t testing.TB, repoTag string, o InstallerOptions) string {
 	t.Helper()
-	root, err := RepoRoot()
+	root, err := testenv.RepoRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,7 +113,7 @@ func (r *Registry) PushInstaller(t testing.TB, repoTag string, o InstallerOption
 			t.Fatal(err)
 		}
 	}
-	img, err := installer.Build(installer.BuildOptions{SlotPath: slot.Path, Slot: slot.Manifest, Key: key, Arch: o.Arch, Manifest: o.Manifest})
+	img, err := release.Build(release.BuildOptions{SlotPath: slot.Path, Slot: slot.Manifest, Key: key, Arch: o.Arch, Manifest: o.Manifest})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,6 +154,6 @@ func harnessKey() (ed25519.PrivateKey, error) {
 	if err != nil {
 		return nil, err
 	}
-	k, _, err := nodeimage.EnsureSigningKey(filepath.Join(dir, "keys"))
+	k, _, err := release.EnsureSigningKey(filepath.Join(dir, "keys"))
 	return k, err
 }

@@ -1,4 +1,4 @@
-package etcdnode
+package etcd
 
 import (
 	"fmt"

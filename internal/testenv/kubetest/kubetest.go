@@ -21,12 +21,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
 	"k8s.io/client-go/rest"
 
+	"keel/internal/testenv"
 	"keel/pki"
 )
 
@@ -39,29 +39,6 @@ type APIServer struct {
 	dir    string
 	procs  []*exec.Cmd
 	done   []chan struct{}
-}
-
-// Bin is the path of a binary from build/bin.
-func Bin(name string) (string, error) {
-	root, err := repoRoot()
-	if err != nil {
-		return "", err
-	}
-	p := filepath.Join(root, "build", "bin", name)
-	if _, err := os.Stat(p); err != nil {
-		return "", fmt.Errorf("%s not built: run `make k8s-bins`", p)
-	}
-	return p, nil
-}
-
-// FreePort returns a port free on 127.0.0.1 at the time of asking.
-func FreePort() int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // Start runs etcd and kube-apiserver until the test ends.
@@ -78,11 +55,11 @@ func Start(t testing.TB) *APIServer {
 // Run starts etcd and kube-apiserver with their files in dir and waits until the API server
 // is ready; Stop ends both. For a TestMain shared by a package's tests.
 func Run(dir string) (_ *APIServer, err error) {
-	etcdBin, err := Bin("etcd")
+	etcdBin, err := testenv.Bin("etcd")
 	if err != nil {
 		return nil, err
 	}
-	apiBin, err := Bin("kube-apiserver")
+	apiBin, err := testenv.Bin("kube-apiserver")
 	if err != nil {
 		return nil, err
 	}
@@ -93,7 +70,7 @@ func Run(dir string) (_ *APIServer, err error) {
 		}
 	}()
 
-	cport, pport := FreePort(), FreePort()
+	cport, pport := testenv.FreePort(), testenv.FreePort()
 	etcdURL := "http://127.0.0.1:" + strconv.Itoa(cport)
 	peerURL := "http://127.0.0.1:" + strconv.Itoa(pport)
 	if err := a.run("etcd", etcdBin, "--name", "default", "--data-dir", filepath.Join(dir, "etcd"),
@@ -125,7 +102,7 @@ func Run(dir string) (_ *APIServer, err error) {
 	saKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	kder, _ := x509.MarshalECPrivateKey(saKey)
 	pder, _ := x509.MarshalPKIXPublicKey(&saKey.PublicKey)
-	a.Port = FreePort()
+	a.Port = testenv.FreePort()
 	if err := a.run("kube-apiserver", apiBin,
 		"--etcd-servers", etcdURL,
 		"--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1", "--secure-port", strconv.Itoa(a.Port),
@@ -232,22 +209,3 @@ func tail(b []byte, n int) []byte {
 }
 
 func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
-
-// repoRoot finds the module root above the working directory. (vmtest has the same helper;
-// importing it here would make an import cycle through sequence and kube.)
-func repoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if b, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil && strings.HasPrefix(string(b), "module keel\n") {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", fmt.Errorf("no keel go.mod above the working directory")
-		}
-		dir = parent
-	}
-}

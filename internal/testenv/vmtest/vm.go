@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -24,6 +23,8 @@ import (
 	"keel/boot"
 	"keel/config"
 	"keel/disk"
+	"keel/initramfs/diskimage"
+	"keel/internal/testenv"
 	"keel/netapi"
 	"keel/sequence"
 )
@@ -96,15 +97,6 @@ func (vm *VM) cleanup() {
 	}
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
 // Args is the QEMU command line for this VM. KVM=1 in the environment opts into KVM; the
 // default is TCG (KVM hangs on the project's machines).
 func (vm *VM) Args() []string {
@@ -148,11 +140,7 @@ func (vm *VM) Start() {
 	if vm.cmd != nil {
 		vm.t.Fatal("vmtest: Start while QEMU is running")
 	}
-	port, err := freePort()
-	if err != nil {
-		vm.t.Fatal(err)
-	}
-	vm.Port = port
+	vm.Port = testenv.FreePort()
 	vm.starts++
 	fmt.Fprintf(vm.logFile, "==== vmtest: start %d ====\n", vm.starts)
 	args := vm.Args()
@@ -365,7 +353,7 @@ func (vm *VM) Status() netapi.Status {
 func (vm *VM) Grubenv() boot.Env {
 	vm.t.Helper()
 	vm.mustBeOff("read grubenv")
-	b, err := disk.ReadFATFile(vm.Disk, 1, "/grub/grubenv")
+	b, err := diskimage.ReadFATFile(vm.Disk, 1, "/grub/grubenv")
 	if err != nil {
 		vm.t.Fatal(err)
 	}
@@ -387,7 +375,7 @@ func (vm *VM) SetGrubenv(key, value string) {
 	if err != nil {
 		vm.t.Fatal(err)
 	}
-	if err := disk.OverwriteFATFile(vm.Disk, 1, "/grub/grubenv", b); err != nil {
+	if err := diskimage.OverwriteFATFile(vm.Disk, 1, "/grub/grubenv", b); err != nil {
 		vm.t.Fatal(err)
 	}
 }

@@ -10,14 +10,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"time"
 
 	"keel/config"
-	"keel/nodeimage"
+	"keel/initramfs/nodeimage"
+	"keel/initramfs/release"
+	"keel/internal/testenv"
 	"keel/pki"
 )
 
@@ -34,7 +35,7 @@ type ImageOptions struct {
 	VersionA string
 	VersionB string // empty: slot B left empty
 	FaultA   string // a test fault baked into slot A's init
-	// TestSvc packs vmtest/testsvc as /bin/testsvc into slot A, for service tests.
+	// TestSvc packs internal/testenv/vmtest/testsvc as /bin/testsvc into slot A, for service tests.
 	TestSvc bool
 	// Config is the node's config.json; the harness adds its signing key to the trusted keys.
 	Config config.Config
@@ -55,31 +56,13 @@ var (
 	built   = map[string]*Image{}
 )
 
-// RepoRoot finds the module root from a test's working directory.
-func RepoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", fmt.Errorf("no go.mod above the working directory")
-		}
-		dir = parent
-	}
-}
-
 // BuildDir is where the harness keeps images, logs and the test PKI: build/vmtest.
 func BuildDir() (string, error) {
-	root, err := RepoRoot()
+	dir, err := testenv.BuildDir()
 	if err != nil {
 		return "", err
 	}
-	return filepath.Join(root, "build", "vmtest"), nil
+	return filepath.Join(dir, "vmtest"), nil
 }
 
 // BuildImage builds the image for o once per test binary (later calls reuse it). The Go build
@@ -90,7 +73,7 @@ func BuildImage(ctx context.Context, o ImageOptions) (*Image, error) {
 	if img, ok := built[o.key()]; ok {
 		return img, nil
 	}
-	root, err := RepoRoot()
+	root, err := testenv.RepoRoot()
 	if err != nil {
 		return nil, err
 	}
@@ -112,7 +95,7 @@ func BuildImage(ctx context.Context, o ImageOptions) (*Image, error) {
 	var gobins map[string]string
 	if o.TestSvc {
 		dirA = filepath.Join(dirA, "testsvc")
-		gobins = map[string]string{"/bin/testsvc": "./vmtest/testsvc"}
+		gobins = map[string]string{"/bin/testsvc": "./internal/testenv/vmtest/testsvc"}
 	}
 	etcd := ""
 	if o.Etcd {
@@ -136,7 +119,7 @@ func BuildImage(ctx context.Context, o ImageOptions) (*Image, error) {
 		}
 		img.SlotB = &b
 	}
-	_, pub, err := nodeimage.EnsureSigningKey(filepath.Join(dir, "keys"))
+	_, pub, err := release.EnsureSigningKey(filepath.Join(dir, "keys"))
 	if err != nil {
 		return nil, err
 	}
@@ -152,18 +135,8 @@ func BuildImage(ctx context.Context, o ImageOptions) (*Image, error) {
 	return img, nil
 }
 
-// EtcdBin is build/bin/etcd, the static etcd node images carry.
-func EtcdBin() (string, error) {
-	root, err := RepoRoot()
-	if err != nil {
-		return "", err
-	}
-	p := filepath.Join(root, "build", "bin", "etcd")
-	if _, err := os.Stat(p); err != nil {
-		return "", fmt.Errorf("%s missing: run `make etcd-bin`", p)
-	}
-	return p, nil
-}
+// EtcdBin is build/bin/etcd, the static etcd node images carry (`make etcd-bin`).
+func EtcdBin() (string, error) { return testenv.Bin("etcd") }
 
 // safeName turns a test name into a file name.
 func safeName(s string) string {

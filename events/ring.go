@@ -1,12 +1,14 @@
-// Package logbuf keeps the last lines of a log in memory, bounded in lines and bytes, and lets
-// readers follow it. The init's own log and (later) each service's output go through one.
-package logbuf
+// Package events is the node's streams: Ring keeps the last lines of a log in memory, bounded
+// in lines and bytes, and lets readers follow it (the init's own log, each service's output);
+// Bus publishes state changes as NDJSON lines in a Ring (boot phases, services, upgrades,
+// shutdown steps), which the endpoint serves and follows.
+package events
 
 import (
 	"sync"
 )
 
-// Ring is a bounded, concurrency-safe line buffer. The zero value is not usable; call New.
+// Ring is a bounded, concurrency-safe line buffer. The zero value is not usable; call NewRing.
 type Ring struct {
 	mu       sync.Mutex
 	lines    []string // circular
@@ -19,7 +21,7 @@ type Ring struct {
 }
 
 // New returns a ring keeping at most maxLines lines and about maxBytes bytes.
-func New(maxLines, maxBytes int) *Ring {
+func NewRing(maxLines, maxBytes int) *Ring {
 	return &Ring{lines: make([]string, max(maxLines, 1)), maxBytes: maxBytes, subs: map[chan string]struct{}{}}
 }
 

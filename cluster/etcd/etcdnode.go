@@ -2,7 +2,7 @@
 // pre-upgrade quorum check, the cluster-wide upgrade lease, leaving the cluster and rejoining
 // it as a learner. Every function talks to a real cluster through go.etcd.io/etcd/client/v3;
 // the arithmetic lives in package quorum, the order of things in package upgrade.
-package etcdnode
+package etcd
 
 import (
 	"context"
@@ -16,7 +16,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
-	"keel/quorum"
+	"keel/cluster/etcd/quorum"
 )
 
 // Connect returns a client for the given client URLs. It does not dial: the first call does,
