@@ -11,8 +11,6 @@ import (
 	"strconv"
 
 	diskfs "github.com/diskfs/go-diskfs"
-	dfsdisk "github.com/diskfs/go-diskfs/disk"
-	"github.com/diskfs/go-diskfs/filesystem"
 	"github.com/diskfs/go-diskfs/partition/gpt"
 
 	"keel/disk"
@@ -41,7 +39,7 @@ type ImageSpec struct {
 
 // BuildImage writes a whole disk image at path (replacing it): GPT, ESP, slots, ext4
 // filesystems. Partitions not named in spec are left zeroed (META starts empty).
-func BuildImage(imagePath string, spec ImageSpec) (err error) {
+func BuildImage(imagePath string, spec ImageSpec) error {
 	if err := os.Remove(imagePath); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("build image %s: %w", imagePath, err)
 	}
@@ -49,11 +47,6 @@ func BuildImage(imagePath string, spec ImageSpec) (err error) {
 	if err != nil {
 		return fmt.Errorf("build image %s: create: %w", imagePath, err)
 	}
-	defer func() {
-		if cerr := d.Close(); err == nil && cerr != nil {
-			err = fmt.Errorf("build image %s: close: %w", imagePath, cerr)
-		}
-	}()
 	table := &gpt.Table{ProtectiveMBR: true, LogicalSectorSize: 512, PhysicalSectorSize: 512}
 	for _, p := range spec.Layout.Parts {
 		typ := gpt.LinuxFilesystem
@@ -68,18 +61,9 @@ func BuildImage(imagePath string, spec ImageSpec) (err error) {
 	if err := d.Partition(table); err != nil {
 		return fmt.Errorf("build image %s: partition: %w", imagePath, err)
 	}
-	esp, ok := spec.Layout.Find(disk.PartEFI)
-	if !ok {
-		return fmt.Errorf("build image %s: layout has no %s partition", imagePath, disk.PartEFI)
+	if err := d.Close(); err != nil {
+		return fmt.Errorf("build image %s: close: %w", imagePath, err)
 	}
-	fs, err := d.CreateFilesystem(dfsdisk.FilesystemSpec{Partition: esp.Number, FSType: filesystem.TypeFat32, VolumeLabel: "EFI", Reproducible: true})
-	if err != nil {
-		return fmt.Errorf("build image %s: ESP filesystem: %w", imagePath, err)
-	}
-	if err := writeFiles(fs, spec.ESP); err != nil {
-		return fmt.Errorf("build image %s: ESP: %w", imagePath, err)
-	}
-
 	f, err := os.OpenFile(imagePath, os.O_RDWR, 0)
 	if err != nil {
 		return fmt.Errorf("build image %s: %w", imagePath, err)
@@ -96,6 +80,13 @@ func BuildImage(imagePath string, spec ImageSpec) (err error) {
 	}
 	if err := f.Sync(); err != nil {
 		return fmt.Errorf("build image %s: sync: %w", imagePath, err)
+	}
+	esp, ok := spec.Layout.Find(disk.PartEFI)
+	if !ok {
+		return fmt.Errorf("build image %s: layout has no %s partition", imagePath, disk.PartEFI)
+	}
+	if err := MakeFAT(imagePath, esp.Start, esp.Size, "EFI", spec.ESP); err != nil {
+		return fmt.Errorf("build image %s: ESP: %w", imagePath, err)
 	}
 	for _, name := range sortedKeys(spec.Ext4) {
 		p, ok := spec.Layout.Find(name)
@@ -159,27 +150,6 @@ func sortedKeys[V any](m map[string]V) []string {
 	return keys
 }
 
-func writeFiles(fs filesystem.FileSystem, files []Content) error {
-	for _, c := range files {
-		if dir := path.Dir(c.Path); dir != "/" {
-			if err := fs.Mkdir(dir); err != nil {
-				return fmt.Errorf("mkdir %s: %w", dir, err)
-			}
-		}
-		f, err := fs.OpenFile(c.Path, os.O_CREATE|os.O_RDWR)
-		if err != nil {
-			return fmt.Errorf("create %s: %w", c.Path, err)
-		}
-		if _, err := f.Write(c.Data); err != nil {
-			return fmt.Errorf("write %s: %w", c.Path, err)
-		}
-		if err := f.Close(); err != nil {
-			return fmt.Errorf("close %s: %w", c.Path, err)
-		}
-	}
-	return nil
-}
-
 // BuildSlot writes a slot filesystem image (FAT32, no partition table) of size bytes at
 // imagePath holding files plus the manifest, which it completes with each file's size and
 // SHA-256. The image is what gets streamed onto a BOOT-A/BOOT-B partition.
@@ -195,76 +165,29 @@ func BuildSlot(imagePath string, size int64, m disk.Manifest, files []Content) (
 	if err := os.Remove(imagePath); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return disk.Manifest{}, fmt.Errorf("build slot %s: %w", imagePath, err)
 	}
-	d, err := diskfs.Create(imagePath, size, diskfs.SectorSizeDefault)
+	f, err := os.Create(imagePath)
 	if err != nil {
 		return disk.Manifest{}, fmt.Errorf("build slot %s: %w", imagePath, err)
 	}
-	defer d.Close()
-	fs, err := d.CreateFilesystem(dfsdisk.FilesystemSpec{Partition: 0, FSType: filesystem.TypeFat32, VolumeLabel: "KEELSLOT", Reproducible: true})
+	err = f.Truncate(size)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
 	if err != nil {
-		return disk.Manifest{}, fmt.Errorf("build slot %s: filesystem: %w", imagePath, err)
+		return disk.Manifest{}, fmt.Errorf("build slot %s: %w", imagePath, err)
 	}
 	all := append(append([]Content(nil), files...), Content{Path: "/" + disk.ManifestName, Data: mb})
-	if err := writeFiles(fs, all); err != nil {
+	if err := MakeFAT(imagePath, 0, size, "KEELSLOT", all); err != nil {
 		return disk.Manifest{}, fmt.Errorf("build slot %s: %w", imagePath, err)
 	}
 	return m, nil
 }
 
-// SlotSize is the filesystem size for content bytes of files: a quarter spare plus 8 disk.MiB for
-// FAT metadata, at least 48 disk.MiB (FAT32 with go-diskfs's 512-byte clusters needs more than
-// 65525 clusters), rounded up to 1 disk.MiB.
+// SlotSize is the filesystem size for content bytes of files: a quarter spare plus 8 MiB for
+// FAT metadata, at least 48 MiB (FAT32 with 512-byte clusters needs more than 65525
+// clusters), rounded up to 1 MiB.
 func SlotSize(content int64) int64 {
 	s := content + content/4 + 8*disk.MiB
 	s = max(s, 48*disk.MiB)
 	return (s + disk.MiB - 1) / disk.MiB * disk.MiB
-}
-
-// ReadFATFile reads a file from the FAT filesystem of partition number part of a disk image
-// (part 0: the image is a bare filesystem).
-func ReadFATFile(imagePath string, part int, p string) ([]byte, error) {
-	d, err := diskfs.Open(imagePath, diskfs.WithOpenMode(diskfs.ReadOnly))
-	if err != nil {
-		return nil, fmt.Errorf("read %s:%d%s: %w", imagePath, part, p, err)
-	}
-	defer d.Close()
-	fs, err := d.GetFilesystem(part)
-	if err != nil {
-		return nil, fmt.Errorf("read %s:%d%s: %w", imagePath, part, p, err)
-	}
-	f, err := fs.OpenFile(p, os.O_RDONLY)
-	if err != nil {
-		return nil, fmt.Errorf("read %s:%d%s: %w", imagePath, part, p, err)
-	}
-	defer f.Close()
-	return io.ReadAll(f)
-}
-
-// OverwriteFATFile rewrites an existing file of the same size in place (the grubenv case:
-// GRUB expects the file's blocks not to move).
-func OverwriteFATFile(imagePath string, part int, p string, data []byte) error {
-	d, err := diskfs.Open(imagePath, diskfs.WithOpenMode(diskfs.ReadWrite))
-	if err != nil {
-		return fmt.Errorf("write %s:%d%s: %w", imagePath, part, p, err)
-	}
-	defer d.Close()
-	fs, err := d.GetFilesystem(part)
-	if err != nil {
-		return fmt.Errorf("write %s:%d%s: %w", imagePath, part, p, err)
-	}
-	f, err := fs.OpenFile(p, os.O_RDWR)
-	if err != nil {
-		return fmt.Errorf("write %s:%d%s: %w", imagePath, part, p, err)
-	}
-	if fi, ok := f.(interface{ Stat() (os.FileInfo, error) }); ok {
-		if st, err := fi.Stat(); err == nil && st.Size() != int64(len(data)) {
-			f.Close()
-			return fmt.Errorf("write %s:%d%s: size %d, would change to %d", imagePath, part, p, st.Size(), len(data))
-		}
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s:%d%s: %w", imagePath, part, p, err)
-	}
-	return f.Close()
 }
