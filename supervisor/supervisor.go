@@ -4,13 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"sync"
 	"syscall"
 	"time"
@@ -63,6 +60,10 @@ type Options struct {
 	// OnChange is called on every state change (from a supervisor goroutine).
 	OnChange             func(name string, from, to State, detail string)
 	RingLines, RingBytes int // per-service output ring; default 2000 lines, 256 KiB
+	// LogMaxBytes rotates a service's log file when it would grow past it (default 10 MiB);
+	// LogKeep older files are kept as NAME.log.1 ... (default 2).
+	LogMaxBytes int64
+	LogKeep     int
 }
 
 // ErrUnknown means no service has that name.
@@ -111,6 +112,12 @@ func New(specs []Spec, o Options) (*Supervisor, error) {
 	}
 	if o.RingBytes == 0 {
 		o.RingBytes = 256 << 10
+	}
+	if o.LogMaxBytes <= 0 {
+		o.LogMaxBytes = DefaultLogMaxBytes
+	}
+	if o.LogKeep <= 0 {
+		o.LogKeep = DefaultLogKeep
 	}
 	s := &Supervisor{opts: o, svcs: map[string]*service{}}
 	for _, sp := range ordered {
@@ -311,9 +318,7 @@ func (svc *service) runOnce(ctx context.Context) (int, error) {
 	svc.mu.Unlock()
 	defer close(exited)
 	if err := svc.sup.opts.Starter.Start(cmd); err != nil {
-		if c, ok := out.(io.Closer); ok {
-			c.Close()
-		}
+		out.Close()
 		svc.set(Failing, "start: "+err.Error())
 		return 127, err
 	}
@@ -328,9 +333,7 @@ func (svc *service) runOnce(ctx context.Context) (int, error) {
 	}
 	err := svc.sup.opts.Starter.Wait(cmd)
 	cancel()
-	if c, ok := out.(io.Closer); ok {
-		c.Close()
-	}
+	out.Close()
 	svc.mu.Lock()
 	svc.cmd = nil
 	svc.mu.Unlock()
@@ -346,30 +349,15 @@ func (svc *service) runOnce(ctx context.Context) (int, error) {
 }
 
 // output is where the process writes: the ring, and a log file when a log directory exists.
-func (svc *service) output() io.Writer {
-	dir := ""
+func (svc *service) output() *output {
+	o := &output{ring: svc.ring}
 	if svc.sup.opts.LogDir != nil {
-		dir = svc.sup.opts.LogDir()
+		if dir := svc.sup.opts.LogDir(); dir != "" {
+			o.file = newLogFile(dir, svc.spec.Name, svc.sup.opts.LogMaxBytes, svc.sup.opts.LogKeep, svc.sup.opts.Log)
+		}
 	}
-	if dir == "" {
-		return svc.ring
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return svc.ring
-	}
-	f, err := os.OpenFile(filepath.Join(dir, svc.spec.Name+".log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
-	if err != nil {
-		return svc.ring
-	}
-	return &teeCloser{Writer: io.MultiWriter(svc.ring, f), c: f}
+	return o
 }
-
-type teeCloser struct {
-	io.Writer
-	c io.Closer
-}
-
-func (t *teeCloser) Close() error { return t.c.Close() }
 
 // terminate sends the stop signal to the process group, waits up to the grace period, then
 // SIGKILLs the group, and waits for the exit.

@@ -309,3 +309,58 @@ func countZombies() int {
 	}
 	return n
 }
+
+// TestUnwritableLogFileDoesNotKillTheService: a log file that cannot be written (a full /var:
+// here the file is /dev/full, every write fails with ENOSPC) loses the file copy of the output,
+// not the service: it keeps running, unrestarted, and its output still reaches the ring.
+func TestUnwritableLogFileDoesNotKillTheService(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.Symlink("/dev/full", filepath.Join(dir, "w.log")); err != nil {
+		t.Fatal(err)
+	}
+	s, _ := newSup(t, []Spec{{Name: "w", Command: []string{"/bin/sh", "-c", `i=0; while true; do echo line $i; i=$((i+1)); sleep 0.01; done`}}},
+		Options{LogDir: func() string { return dir }})
+	s.Start(t.Context())
+	r, _ := s.Logs("w")
+	waitFor(t, "200 lines in the ring", func() bool { n, _ := r.Len(); return n >= 200 })
+	if st := state(s, "w"); st.State != Running || st.Restarts != 0 || st.ExitCode != nil {
+		t.Fatalf("service with an unwritable log file: %+v", st)
+	}
+}
+
+// TestLogFileRotation: a service's log file is rotated at LogMaxBytes, keeping LogKeep older
+// files; the newest lines are in NAME.log and none is lost across a rotation.
+func TestLogFileRotation(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := newSup(t, []Spec{{Name: "w", Command: []string{"/bin/sh", "-c", `i=0; while [ $i -lt 3000 ]; do echo "line $i"; i=$((i+1)); done; exec sleep 60`}}},
+		Options{LogDir: func() string { return dir }, LogMaxBytes: 8 << 10, LogKeep: 2})
+	s.Start(t.Context())
+	r, _ := s.Logs("w")
+	waitFor(t, "all lines", func() bool { l := r.Tail(1); return len(l) == 1 && l[0] == "line 2999" })
+	waitFor(t, "the last line in the file", func() bool {
+		b, _ := os.ReadFile(filepath.Join(dir, "w.log"))
+		return strings.HasSuffix(string(b), "line 2999\n")
+	})
+	var all string
+	for _, name := range []string{"w.log.2", "w.log.1", "w.log"} {
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if len(b) > 8<<10 {
+			t.Errorf("%s holds %d bytes, more than LogMaxBytes", name, len(b))
+		}
+		all += string(b)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "w.log.3")); err == nil {
+		t.Error("w.log.3 exists: more than LogKeep old files")
+	}
+	// The kept files hold the newest lines, contiguous up to the last.
+	lines := strings.Split(strings.TrimSuffix(all, "\n"), "\n")
+	first := 3000 - len(lines)
+	for i, l := range lines {
+		if l != fmt.Sprintf("line %d", first+i) {
+			t.Fatalf("line %d of the kept files is %q, want %q", i, l, fmt.Sprintf("line %d", first+i))
+		}
+	}
+}

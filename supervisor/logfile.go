@@ -1,0 +1,163 @@
+package supervisor
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"keel/events"
+)
+
+// A service's output goes to its ring and, while a log directory exists, to NAME.log there.
+// The file is best effort: a write that fails (a full /var, a read-only or vanished
+// filesystem) drops that output from the file only. The service must never notice: if the
+// writer behind its stdout pipe returned an error, os/exec would stop reading the pipe and
+// the service's next write would kill it with SIGPIPE.
+
+// Defaults of the log file limits.
+const (
+	DefaultLogMaxBytes = 10 << 20
+	DefaultLogKeep     = 2
+	// logRetry is how long a log file that failed is left alone before it is tried again.
+	logRetry = 10 * time.Second
+)
+
+// output tees a service's output into its ring and its log file. Write never fails.
+type output struct {
+	ring *events.Ring
+	file *logFile
+}
+
+func (o *output) Write(p []byte) (int, error) {
+	o.ring.Write(p)
+	if o.file != nil {
+		o.file.write(p)
+	}
+	return len(p), nil
+}
+
+func (o *output) Close() error {
+	if o.file != nil {
+		o.file.close()
+	}
+	return nil
+}
+
+// logFile is dir/NAME.log, rotated when a write would take it past max bytes: NAME.log
+// becomes NAME.log.1, NAME.log.1 becomes .2, ..., keeping keep old files.
+type logFile struct {
+	dir, name string
+	max       int64
+	keep      int
+	log       *slog.Logger
+
+	mu       sync.Mutex
+	f        *os.File
+	size     int64
+	failedAt time.Time // last failure; nothing is tried for logRetry after it
+	dropped  int64     // bytes that did not reach the file since the last failure was logged
+}
+
+func newLogFile(dir, name string, max int64, keep int, log *slog.Logger) *logFile {
+	return &logFile{dir: dir, name: name, max: max, keep: keep, log: log}
+}
+
+func (l *logFile) path(i int) string {
+	p := filepath.Join(l.dir, l.name+".log")
+	if i > 0 {
+		p += "." + strconv.Itoa(i)
+	}
+	return p
+}
+
+func (l *logFile) write(p []byte) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.failedAt.IsZero() && time.Since(l.failedAt) < logRetry {
+		l.dropped += int64(len(p))
+		return
+	}
+	if err := l.writeLocked(p); err != nil {
+		l.fail(err, len(p))
+		return
+	}
+	if !l.failedAt.IsZero() {
+		l.log.Info("service log file writable again", "name", l.name, "bytes_lost", l.dropped)
+		l.failedAt, l.dropped = time.Time{}, 0
+	}
+}
+
+func (l *logFile) writeLocked(p []byte) error {
+	if l.f != nil && l.size > 0 && l.size+int64(len(p)) > l.max {
+		if err := l.rotate(); err != nil {
+			return err
+		}
+	}
+	if l.f == nil {
+		if err := os.MkdirAll(l.dir, 0o755); err != nil {
+			return err
+		}
+		f, err := os.OpenFile(l.path(0), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+		if err != nil {
+			return err
+		}
+		st, err := f.Stat()
+		if err != nil {
+			f.Close()
+			return err
+		}
+		l.f, l.size = f, st.Size()
+		if l.size > 0 && l.size+int64(len(p)) > l.max {
+			if err := l.rotate(); err != nil {
+				return err
+			}
+			return l.writeLocked(p)
+		}
+	}
+	n, err := l.f.Write(p)
+	l.size += int64(n)
+	return err
+}
+
+// rotate closes the file and shifts the old ones; the next write opens a new NAME.log.
+func (l *logFile) rotate() error {
+	if l.f != nil {
+		l.f.Close()
+		l.f = nil
+	}
+	os.Remove(l.path(l.keep))
+	for i := l.keep - 1; i >= 0; i-- {
+		if err := os.Rename(l.path(i), l.path(i+1)); err != nil && !os.IsNotExist(err) {
+			return fmt.Errorf("rotate %s: %w", l.path(i), err)
+		}
+	}
+	l.size = 0
+	return nil
+}
+
+// fail closes the file (it is reopened on the next try) and says so once per failure spell.
+func (l *logFile) fail(err error, n int) {
+	if l.f != nil {
+		l.f.Close()
+		l.f = nil
+	}
+	if l.failedAt.IsZero() {
+		l.log.Warn("service log file not writable; output kept in memory only, retried every "+logRetry.String(),
+			"name", l.name, "file", l.path(0), "err", err)
+	}
+	l.failedAt = time.Now()
+	l.dropped += int64(n)
+}
+
+func (l *logFile) close() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.f != nil {
+		l.f.Close()
+		l.f = nil
+	}
+}
