@@ -1,6 +1,7 @@
 package supervisor
 
 import (
+	"bytes"
 	"fmt"
 	"log/slog"
 	"os"
@@ -91,36 +92,74 @@ func (l *logFile) write(p []byte) {
 	}
 }
 
+// writeLocked appends p, rotating first whenever the file would pass max; p is split after a
+// newline where it can be, so that lines stay whole within a file (a pipe read may carry many).
 func (l *logFile) writeLocked(p []byte) error {
-	if l.f != nil && l.size > 0 && l.size+int64(len(p)) > l.max {
-		if err := l.rotate(); err != nil {
-			return err
+	for len(p) > 0 {
+		if l.f == nil {
+			if err := l.open(); err != nil {
+				return err
+			}
 		}
-	}
-	if l.f == nil {
-		if err := os.MkdirAll(l.dir, 0o755); err != nil {
-			return err
+		room := l.max - l.size
+		chunk := p
+		if int64(len(p)) > room {
+			cut := bytes.LastIndexByte(p[:max(room, 0)], '\n')
+			switch {
+			case cut >= 0:
+				chunk = p[:cut+1]
+			case l.size > 0:
+				// Nothing whole fits: start a new file and try again there.
+				if err := l.rotate(); err != nil {
+					return err
+				}
+				continue
+			default:
+				chunk = p[:room] // one line longer than a whole file: split it
+			}
 		}
-		f, err := os.OpenFile(l.path(0), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+		n, err := l.f.Write(chunk)
+		l.size += int64(n)
 		if err != nil {
 			return err
 		}
-		st, err := f.Stat()
-		if err != nil {
-			f.Close()
-			return err
-		}
-		l.f, l.size = f, st.Size()
-		if l.size > 0 && l.size+int64(len(p)) > l.max {
+		p = p[len(chunk):]
+		if len(p) > 0 {
 			if err := l.rotate(); err != nil {
 				return err
 			}
-			return l.writeLocked(p)
 		}
 	}
-	n, err := l.f.Write(p)
-	l.size += int64(n)
-	return err
+	return nil
+}
+
+func (l *logFile) open() error {
+	if err := os.MkdirAll(l.dir, 0o755); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(l.path(0), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return err
+	}
+	l.f, l.size = f, st.Size()
+	if l.size < l.max {
+		return nil
+	}
+	// Full from an earlier boot or process: rotate, and start a new file.
+	if err := l.rotate(); err != nil {
+		return err
+	}
+	f, err = os.OpenFile(l.path(0), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	l.f, l.size = f, 0
+	return nil
 }
 
 // rotate closes the file and shifts the old ones; the next write opens a new NAME.log.

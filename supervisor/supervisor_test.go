@@ -364,3 +364,18 @@ func TestLogFileRotation(t *testing.T) {
 		}
 	}
 }
+
+// TestLogFileFullAtStart: a log file already past LogMaxBytes (from an earlier boot) is rotated
+// before the first write, not appended to.
+func TestLogFileFullAtStart(t *testing.T) {
+	dir := t.TempDir()
+	old := strings.Repeat("old line\n", 2000)
+	os.WriteFile(filepath.Join(dir, "w.log"), []byte(old), 0o644)
+	s, _ := newSup(t, []Spec{{Name: "w", Command: []string{"/bin/sh", "-c", "echo new; exec sleep 60"}}},
+		Options{LogDir: func() string { return dir }, LogMaxBytes: 4 << 10})
+	s.Start(t.Context())
+	waitFor(t, "new file", func() bool { b, _ := os.ReadFile(filepath.Join(dir, "w.log")); return string(b) == "new\n" })
+	if b, _ := os.ReadFile(filepath.Join(dir, "w.log.1")); string(b) != old {
+		t.Errorf("w.log.1 has %d bytes, want the old file's %d", len(b), len(old))
+	}
+}
