@@ -37,7 +37,7 @@ func TestUpgradeWipe(t *testing.T) {
 
 // TestBrokenNewSlot: a new slot that cannot come up healthy sends the node back to the old
 // one by itself, and the record says why. The three failures are baked into test images
-// (sequence.Fault): a real kernel will not panic, hang or fail a gate on demand.
+// (keel/internal/fault): a real kernel will not panic, hang or fail a gate on demand.
 func TestBrokenNewSlot(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
@@ -253,7 +253,7 @@ func TestPowerCuts(t *testing.T) {
 
 // TestUnmountBusy: a loop device on a file in /var keeps it busy whatever is killed; the
 // upgrade aborts and the node reboots into its current slot. The loop device is set up by
-// a test fault in slot A's init (sequence.FaultBusyVar).
+// a test fault in slot A's init (fault.BusyVar).
 func TestUnmountBusy(t *testing.T) {
 	t.Parallel()
 	reg := vmtest.NewRegistry(t)

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"keel/events"
+	"keel/internal/fault"
 	"keel/machine"
 	"keel/sequence"
 )
@@ -25,9 +26,9 @@ import (
 // version is set at build time: -ldflags "-X main.version=...".
 var version = "dev"
 
-// fault is empty in production; test images set it (-X main.fault=...) to reach failures a
-// real part cannot produce on demand (see sequence.Fault).
-var fault = ""
+// faultName is empty in production; test images set it (-X main.faultName=...) to reach failures a
+// real part cannot produce on demand (see package keel/internal/fault).
+var faultName = ""
 
 func main() {
 	initAt := machine.Uptime()
@@ -48,7 +49,7 @@ func main() {
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGUSR2, syscall.SIGPWR)
 
 	log.Info("keel init starting", "version", version, "kernel_uptime", initAt.Round(time.Millisecond))
-	if sequence.Fault(fault) == sequence.FaultExitAtStart {
+	if fault.Fault(faultName) == fault.ExitAtStart {
 		log.Error("fault injected: exiting at start")
 		os.Exit(3)
 	}
@@ -57,7 +58,7 @@ func main() {
 		Log:     log,
 		Console: os.Stdout,
 		Modules: machine.DefaultModules,
-		Fault:   sequence.Fault(fault),
+		Fault:   fault.Fault(faultName),
 		InitLog: ring,
 		Events:  events.New(5000, nil),
 	}, initAt)

@@ -116,23 +116,30 @@ func TestPull(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			dest := filepath.Join(t.TempDir(), "slot")
-			p, err := installer.Pull(context.Background(), tc.ref, tc.policy, installer.PullOptions{Dest: dest})
+			p, err := installer.Pull(context.Background(), tc.ref, tc.policy, installer.PullOptions{})
 			if tc.want == nil {
 				if err != nil {
 					t.Fatal(err)
 				}
-				got, _ := os.ReadFile(dest)
-				if !bytes.Equal(got, f.content) || p.Manifest.Version != "v2" || !strings.HasPrefix(p.Digest, "sha256:") {
-					t.Errorf("pulled %d bytes, manifest %+v, digest %s", len(got), p.Manifest, p.Digest)
+				if p.Manifest.Version != "v2" || !strings.HasPrefix(p.Digest, "sha256:") {
+					t.Errorf("manifest %+v, digest %s", p.Manifest, p.Digest)
+				}
+				// The write pass streams the same bytes again, by digest.
+				repo, _, _ := strings.Cut(tc.ref, ":v2")
+				repo, _, _ = strings.Cut(repo, ":unsigned")
+				s, err := installer.Open(context.Background(), repo+"@"+p.Digest, tc.policy, installer.PullOptions{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				got, err := io.ReadAll(s)
+				s.Close()
+				if err != nil || !bytes.Equal(got, f.content) || s.Digest != p.Digest {
+					t.Errorf("opened %d bytes (%v), digest %s", len(got), err, s.Digest)
 				}
 				return
 			}
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("err = %v, want %v", err, tc.want)
-			}
-			if _, serr := os.Stat(dest); serr == nil {
-				t.Error("destination left behind after a failed pull")
 			}
 		})
 	}
@@ -176,9 +183,24 @@ func TestPullDamagedDownloads(t *testing.T) {
 				t.Fatal(err)
 			}
 			slotDigest = d.String()
-			_, err := installer.Pull(context.Background(), ref.String(), installer.Policy{Arch: "amd64", TrustedKeys: []ed25519.PublicKey{f.pub}}, installer.PullOptions{Dest: filepath.Join(t.TempDir(), "s")})
+			policy := installer.Policy{Arch: "amd64", TrustedKeys: []ed25519.PublicKey{f.pub}}
+			_, err := installer.Pull(context.Background(), ref.String(), policy, installer.PullOptions{})
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("err = %v, want %v", err, tc.want)
+			}
+			// The write pass's stream fails the same way (or, where gzip cannot tell, yields
+			// bytes whose SHA-256 the writer refuses).
+			s, err := installer.Open(context.Background(), ref.String(), policy, installer.PullOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := io.ReadAll(s)
+			s.Close()
+			if err == nil && bytes.Equal(got, f.content) {
+				t.Errorf("damaged download streamed the whole slot without an error")
+			}
+			if err != nil && !errors.Is(err, tc.want) {
+				t.Errorf("stream error %v, want %v", err, tc.want)
 			}
 		})
 	}

@@ -14,7 +14,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"strings"
 	"time"
 
@@ -47,12 +46,11 @@ type Policy struct {
 	MaxSlotSize   int64 // the inactive partition's size
 }
 
-// Pulled is a verified installer image, its slot image written to a local file.
+// Pulled is a verified installer image.
 type Pulled struct {
 	Ref      string
-	Digest   string // of the OCI manifest
+	Digest   string // of the OCI manifest: Ref@Digest names exactly these bytes
 	Manifest Manifest
-	SlotPath string
 }
 
 // ParseReference parses an image reference; plain HTTP is allowed for registries named by
@@ -72,17 +70,105 @@ func ParseReference(ref string, insecure bool) (name.Reference, error) {
 // PullOptions tune a pull.
 type PullOptions struct {
 	Insecure bool
-	Dest     string // file to write the slot image to
-	// Progress is called as the slot downloads (bytes so far, total).
+	// Progress is called as the slot streams (bytes so far, total).
 	Progress func(done, total int64)
 }
 
-// Pull fetches ref, checks it against the policy before downloading the slot, then downloads
-// the slot into o.Dest while checking its size and SHA-256. On any error o.Dest is removed.
-func Pull(ctx context.Context, ref string, p Policy, o PullOptions) (_ Pulled, err error) {
-	r, err := ParseReference(ref, o.Insecure)
+// Pull fetches ref and checks it against the policy before it reads the slot, then reads the
+// whole slot, checking its size and SHA-256, and keeps none of it: a bad image is found out
+// before anything on the node changes, and memory holds buffers, not the slot. Open streams
+// the same bytes again (by digest) when they are written.
+func Pull(ctx context.Context, ref string, p Policy, o PullOptions) (Pulled, error) {
+	im, err := resolve(ctx, ref, p, o)
 	if err != nil {
 		return Pulled{}, err
+	}
+	rc, err := im.slot()
+	if err != nil {
+		return Pulled{}, classify(ref, err)
+	}
+	defer rc.Close()
+	h := sha256.New()
+	pw := &progressWriter{total: im.m.SlotSize, fn: o.Progress}
+	n, err := io.Copy(io.MultiWriter(h, pw), rc)
+	if err != nil {
+		return Pulled{}, classify(ref, fmt.Errorf("slot layer after %d bytes: %w", n, err))
+	}
+	if err := checkSlot(n, hex.EncodeToString(h.Sum(nil)), im.m); err != nil {
+		return Pulled{}, err
+	}
+	if err := rc.drain(); err != nil {
+		return Pulled{}, classify(ref, err)
+	}
+	return Pulled{Ref: ref, Digest: im.digest, Manifest: im.m}, nil
+}
+
+// Slot is an installer image's slot, streaming: at most the manifest's size and one byte more
+// (so that a longer slot shows), decompressed. The reader checks neither size nor digest at
+// its end: the caller hashes what it reads (it writes it, and verifies the written copy).
+type Slot struct {
+	io.Reader
+	Manifest Manifest
+	Digest   string
+	close    func() error
+}
+
+// Close ends the download.
+func (s *Slot) Close() error { return s.close() }
+
+// Open fetches ref (give it by digest: REPO@sha256:...), checks it against the policy exactly
+// as Pull does, and returns its slot as a stream.
+func Open(ctx context.Context, ref string, p Policy, o PullOptions) (*Slot, error) {
+	im, err := resolve(ctx, ref, p, o)
+	if err != nil {
+		return nil, err
+	}
+	rc, err := im.slot()
+	if err != nil {
+		return nil, classify(ref, err)
+	}
+	return &Slot{Reader: &classifying{r: rc, ref: ref}, Manifest: im.m, Digest: im.digest, close: rc.Close}, nil
+}
+
+// classifying maps a stream's errors onto the error classes.
+type classifying struct {
+	r   io.Reader
+	ref string
+}
+
+func (c *classifying) Read(b []byte) (int, error) {
+	n, err := c.r.Read(b)
+	if err != nil && err != io.EOF {
+		err = classify(c.ref, err)
+	}
+	return n, err
+}
+
+func checkSlot(n int64, sum string, m Manifest) error {
+	if n != m.SlotSize {
+		if n < m.SlotSize {
+			return fmt.Errorf("%w: slot has %d of %d bytes", ErrTruncated, n, m.SlotSize)
+		}
+		return fmt.Errorf("%w: slot is larger than the %d bytes the manifest declares", ErrDigest, m.SlotSize)
+	}
+	if sum != m.SlotSHA256 {
+		return fmt.Errorf("%w: slot sha256 %s, manifest says %s", ErrDigest, sum, m.SlotSHA256)
+	}
+	return nil
+}
+
+// image is an installer image whose manifest, signature and sizes were checked.
+type image struct {
+	m      Manifest
+	digest string
+	layer  v1.Layer // the slot's
+}
+
+// resolve fetches ref's manifest and small layers and checks everything but the slot's bytes.
+func resolve(ctx context.Context, ref string, p Policy, o PullOptions) (*image, error) {
+	r, err := ParseReference(ref, o.Insecure)
+	if err != nil {
+		return nil, err
 	}
 	tr := &http.Transport{
 		DialContext:           (&net.Dialer{Timeout: 10 * time.Second}).DialContext,
@@ -92,18 +178,18 @@ func Pull(ctx context.Context, ref string, p Policy, o PullOptions) (_ Pulled, e
 	ropts := []remote.Option{remote.WithContext(ctx), remote.WithTransport(tr), remote.WithPlatform(v1.Platform{OS: "linux", Architecture: p.Arch})}
 	desc, err := remote.Get(r, ropts...)
 	if err != nil {
-		return Pulled{}, classify(ref, err)
+		return nil, classify(ref, err)
 	}
 	if desc.MediaType.IsIndex() {
 		// remote.Get resolved nothing for our platform only if Image() below fails; check
 		// the index explicitly for a clear error.
 		idx, err := desc.ImageIndex()
 		if err != nil {
-			return Pulled{}, classify(ref, err)
+			return nil, classify(ref, err)
 		}
 		im, err := idx.IndexManifest()
 		if err != nil {
-			return Pulled{}, classify(ref, err)
+			return nil, classify(ref, err)
 		}
 		found := false
 		for _, m := range im.Manifests {
@@ -112,70 +198,95 @@ func Pull(ctx context.Context, ref string, p Policy, o PullOptions) (_ Pulled, e
 			}
 		}
 		if !found {
-			return Pulled{}, fmt.Errorf("%w: %s has no linux/%s manifest", ErrArch, ref, p.Arch)
+			return nil, fmt.Errorf("%w: %s has no linux/%s manifest", ErrArch, ref, p.Arch)
 		}
 	}
 	img, err := desc.Image()
 	if err != nil {
-		return Pulled{}, classify(ref, err)
+		return nil, classify(ref, err)
 	}
 	cfg, err := img.ConfigFile()
 	if err != nil {
-		return Pulled{}, classify(ref, err)
+		return nil, classify(ref, err)
 	}
 	if cfg.Architecture != p.Arch || cfg.OS != "linux" {
-		return Pulled{}, fmt.Errorf("%w: %s is %s/%s, this node is linux/%s", ErrArch, ref, cfg.OS, cfg.Architecture, p.Arch)
+		return nil, fmt.Errorf("%w: %s is %s/%s, this node is linux/%s", ErrArch, ref, cfg.OS, cfg.Architecture, p.Arch)
 	}
 	layers, err := img.Layers()
 	if err != nil {
-		return Pulled{}, classify(ref, err)
+		return nil, classify(ref, err)
 	}
 	byType := map[string]v1.Layer{}
 	for _, l := range layers {
 		mt, err := l.MediaType()
 		if err != nil {
-			return Pulled{}, classify(ref, err)
+			return nil, classify(ref, err)
 		}
 		byType[string(mt)] = l
 	}
 	ml, sl := byType[string(MediaManifest)], byType[string(MediaSlot)]
 	if ml == nil || sl == nil {
-		return Pulled{}, fmt.Errorf("%w: %s lacks the manifest or slot layer", ErrNotInstaller, ref)
+		return nil, fmt.Errorf("%w: %s lacks the manifest or slot layer", ErrNotInstaller, ref)
 	}
 	mb, err := readLayer(ml, 64<<10)
 	if err != nil {
-		return Pulled{}, classify(ref, fmt.Errorf("manifest layer: %w", err))
+		return nil, classify(ref, fmt.Errorf("manifest layer: %w", err))
 	}
 	if err := verifySignature(mb, byType[string(MediaSignature)], p); err != nil {
-		return Pulled{}, err
+		return nil, err
 	}
 	var m Manifest
 	if err := json.Unmarshal(mb, &m); err != nil {
-		return Pulled{}, fmt.Errorf("%w: manifest: %v", ErrNotInstaller, err)
+		return nil, fmt.Errorf("%w: manifest: %v", ErrNotInstaller, err)
 	}
 	if err := m.Slot.Validate(); err != nil || m.Slot.Version != m.Version {
-		return Pulled{}, fmt.Errorf("%w: slot manifest: %v (version %q)", ErrNotInstaller, err, m.Slot.Version)
+		return nil, fmt.Errorf("%w: slot manifest: %v (version %q)", ErrNotInstaller, err, m.Slot.Version)
 	}
 	if m.Arch != p.Arch {
-		return Pulled{}, fmt.Errorf("%w: manifest says %s, this node is %s", ErrArch, m.Arch, p.Arch)
+		return nil, fmt.Errorf("%w: manifest says %s, this node is %s", ErrArch, m.Arch, p.Arch)
 	}
 	if m.SlotSize <= 0 || (p.MaxSlotSize > 0 && m.SlotSize > p.MaxSlotSize) {
-		return Pulled{}, fmt.Errorf("%w: %d bytes, the partition holds %d", ErrTooLarge, m.SlotSize, p.MaxSlotSize)
+		return nil, fmt.Errorf("%w: %d bytes, the partition holds %d", ErrTooLarge, m.SlotSize, p.MaxSlotSize)
+	}
+	if len(m.SlotSHA256) != 64 {
+		return nil, fmt.Errorf("%w: slot sha256 %q", ErrNotInstaller, m.SlotSHA256)
 	}
 	digest, err := img.Digest()
 	if err != nil {
-		return Pulled{}, classify(ref, err)
+		return nil, classify(ref, err)
 	}
-	defer func() {
-		if err != nil {
-			os.Remove(o.Dest)
-		}
-	}()
-	if err := fetchSlot(sl, m, o); err != nil {
-		return Pulled{}, classify(ref, err)
-	}
-	return Pulled{Ref: ref, Digest: digest.String(), Manifest: m, SlotPath: o.Dest}, nil
+	return &image{m: m, digest: digest.String(), layer: sl}, nil
 }
+
+// slotReader is the slot layer decompressed, limited to the manifest's size and one byte.
+type slotReader struct {
+	io.Reader
+	raw io.ReadCloser // the compressed blob (its digest is checked as it is read to its end)
+	zr  *gzip.Reader
+}
+
+func (im *image) slot() (*slotReader, error) {
+	rc, err := im.layer.Compressed() // verifies the layer digest as it reads
+	if err != nil {
+		return nil, err
+	}
+	zr, err := gzip.NewReader(rc)
+	if err != nil {
+		rc.Close()
+		return nil, fmt.Errorf("%w: slot layer: %v", ErrTruncated, err)
+	}
+	return &slotReader{Reader: io.LimitReader(zr, im.m.SlotSize+1), raw: rc, zr: zr}, nil
+}
+
+// drain reads the blob to its end, so that its digest is verified too.
+func (s *slotReader) drain() error {
+	if _, err := io.Copy(io.Discard, s.raw); err != nil {
+		return fmt.Errorf("slot layer: %w", err)
+	}
+	return nil
+}
+
+func (s *slotReader) Close() error { return s.raw.Close() }
 
 func readLayer(l v1.Layer, limit int64) ([]byte, error) {
 	rc, err := l.Compressed() // verifies the layer digest as it reads
@@ -214,45 +325,6 @@ func verifySignature(mb []byte, sigLayer v1.Layer, p Policy) error {
 		return nil // a signature we cannot check is no worse than none
 	}
 	return fmt.Errorf("%w: key %s is not trusted by this node, or the manifest was altered", ErrSignature, s.KeyID)
-}
-
-// fetchSlot downloads and decompresses the slot into o.Dest, never writing more than the
-// manifest's size, and checks the size and SHA-256.
-func fetchSlot(l v1.Layer, m Manifest, o PullOptions) error {
-	rc, err := l.Compressed()
-	if err != nil {
-		return err
-	}
-	defer rc.Close()
-	zr, err := gzip.NewReader(rc)
-	if err != nil {
-		return fmt.Errorf("%w: slot layer: %v", ErrTruncated, err)
-	}
-	f, err := os.Create(o.Dest)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	h := sha256.New()
-	pw := &progressWriter{total: m.SlotSize, fn: o.Progress}
-	n, err := io.Copy(io.MultiWriter(f, h, pw), io.LimitReader(zr, m.SlotSize+1))
-	if err != nil {
-		return fmt.Errorf("slot layer after %d bytes: %w", n, err)
-	}
-	if n != m.SlotSize {
-		if n < m.SlotSize {
-			return fmt.Errorf("%w: slot has %d of %d bytes", ErrTruncated, n, m.SlotSize)
-		}
-		return fmt.Errorf("%w: slot is larger than the %d bytes the manifest declares", ErrDigest, m.SlotSize)
-	}
-	// Drain to the end so the layer digest is verified too.
-	if _, err := io.Copy(io.Discard, rc); err != nil {
-		return fmt.Errorf("slot layer: %w", err)
-	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != m.SlotSHA256 {
-		return fmt.Errorf("%w: slot sha256 %s, manifest says %s", ErrDigest, got, m.SlotSHA256)
-	}
-	return f.Sync()
 }
 
 type progressWriter struct {

@@ -1,5 +1,6 @@
-// Package sequence runs the node's boot and shutdown as ordered, timed phases, and keeps what
-// they found for the status endpoint. Upgrade and rollback sequences join it later.
+// Package sequence is the node: its boot as timed phases (data), the rooms those phases set up
+// (bootloader, upgrade executor, services, cluster sides), the endpoint's adapter, power, and
+// the ordered shutdown. It decides nothing about upgrades: package upgrade does.
 package sequence
 
 import (

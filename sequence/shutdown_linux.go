@@ -2,9 +2,12 @@ package sequence
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
+	"keel/disk"
+	"keel/internal/fault"
 	"keel/machine"
 )
 
@@ -22,7 +25,9 @@ type ShutdownOptions struct {
 //
 // The endpoint stops accepting first (a new request must not start work we are about to
 // kill), but requests in flight finish and follow streams stay open: a client following
-// /v1/events sees every step below. The rings close last, which ends those streams cleanly.
+// /v1/events sees every step below. The upgrade executor stops next: its running action is
+// cancelled and nothing more is persisted or performed (META already says where it was; the
+// next boot decides from it). The rings close last, which ends the streams cleanly.
 func (n *Node) RunShutdown(ctx context.Context, a machine.Action, o ShutdownOptions) []error {
 	if o.Grace == 0 {
 		o.Grace = 5 * time.Second
@@ -47,7 +52,7 @@ func (n *Node) RunShutdown(ctx context.Context, a machine.Action, o ShutdownOpti
 	n.publish("shutdown", "begin", a.String(), nil)
 
 	n.mu.Lock()
-	srv, wipe := n.srv, n.pendingWipe
+	srv := n.srv
 	n.mu.Unlock()
 	apiDone := make(chan struct{})
 	if srv != nil {
@@ -59,6 +64,9 @@ func (n *Node) RunShutdown(ctx context.Context, a machine.Action, o ShutdownOpti
 	} else {
 		close(apiDone)
 	}
+	if n.exec != nil {
+		step("upgrade", func() error { n.exec.Stop(10 * time.Second); return nil })
+	}
 	step("services", func() error { n.stopServices(); return nil })
 	step("kill-processes", func() error {
 		if left := machine.KillAll(o.Grace, n.Reaper.ReapOnce); left > 0 {
@@ -67,14 +75,12 @@ func (n *Node) RunShutdown(ctx context.Context, a machine.Action, o ShutdownOpti
 		return nil
 	})
 	machine.Sync()
-	n.mu.Lock()
-	mounts := append([]mounted(nil), n.mounts...)
-	n.mu.Unlock()
+	mounts := n.mounts.list()
 	for i := len(mounts) - 1; i >= 0; i-- {
 		m := mounts[i]
 		step("unmount "+m.target, func() error { return machine.Unmount(m.target, o.UnmountTimeout) })
 	}
-	if len(wipe) > 0 {
+	if wipe := n.power.wipe(); len(wipe) > 0 {
 		step("reset", func() error { return n.wipe(wipe) })
 	}
 	machine.Sync()
@@ -87,10 +93,7 @@ func (n *Node) RunShutdown(ctx context.Context, a machine.Action, o ShutdownOpti
 	if n.opts.InitLog != nil {
 		n.opts.InitLog.Close()
 	}
-	n.mu.Lock()
-	sup := n.sup
-	n.mu.Unlock()
-	if sup != nil {
+	if sup := n.supervisor(); sup != nil {
 		sup.CloseLogs()
 	}
 	select {
@@ -100,6 +103,25 @@ func (n *Node) RunShutdown(ctx context.Context, a machine.Action, o ShutdownOpti
 	}
 	fmt.Fprintf(n.opts.Console, "%saction=%s errors=%d\n", ShutdownDonePrefix, a, len(errs))
 	return errs
+}
+
+// wipe re-makes the named partitions (a reset's; unmounted by then).
+func (n *Node) wipe(names []string) error {
+	var errs []error
+	for _, name := range names {
+		if name != disk.PartEphemeral && name != disk.PartState {
+			errs = append(errs, fmt.Errorf("wipe %s: not a wipeable partition", name))
+			continue
+		}
+		d := n.partition(name)
+		if err := disk.Mkfs(n.Reaper.Run, d.Dev, name); err != nil {
+			errs = append(errs, fmt.Errorf("wipe %s: %w", name, err))
+			continue
+		}
+		n.log.Info("reset: partition wiped", "partition", name, "device", d.Dev)
+		n.publish("shutdown", "reset", "wiped "+name, nil)
+	}
+	return errors.Join(errs...)
 }
 
 // RebootWatchdog bounds a reboot: the kernel's way down (device shutdown, reboot(2)) can hang,
@@ -114,9 +136,7 @@ func (n *Node) ArmRebootWatchdog(a machine.Action) {
 	if a != machine.ActionReboot {
 		return
 	}
-	n.mu.Lock()
-	wd := n.watchdog
-	n.mu.Unlock()
+	wd := n.trial.take()
 	if wd == nil {
 		var err error
 		if wd, err = machine.ArmWatchdog("/dev/watchdog", RebootWatchdog); err != nil {
@@ -126,7 +146,7 @@ func (n *Node) ArmRebootWatchdog(a machine.Action) {
 	}
 	wd.Hang()
 	fmt.Fprintf(n.opts.Console, "keel: reboot watchdog armed (%s)\n", RebootWatchdog)
-	if n.opts.Fault == FaultHangInReboot {
+	if n.opts.Fault == fault.HangInReboot {
 		n.log.Warn("fault injected: hanging instead of reboot(2)")
 		select {}
 	}

@@ -1,7 +1,11 @@
-// Package upgrade is the upgrade state machine: the record persisted on META and a pure,
-// deterministic transition function Step(record, event) → (record, actions). It performs no
-// I/O and reads no clock; the executor in package sequence persists every new record to META
-// (synced) before it performs the record's actions, and feeds their outcome back as events.
+// Package upgrade is the upgrade state machine and the one executor that runs it.
+//
+// The record (record.go) is persisted on META. Step (step.go) is a pure, deterministic
+// transition function Step(record, event) → (record, actions): no I/O, no clock. The Executor
+// (executor.go) is the only owner of the record: every input (API requests, cancel,
+// rollback, the boot, effect outcomes, retry timers, the lease watch) is an event on its one
+// queue; it steps, persists (synced), then performs the actions through small effect
+// interfaces (effects.go), whose outcomes come back as events.
 package upgrade
 
 import (
@@ -124,6 +128,9 @@ type Record struct {
 	Slots map[boot.Slot]SlotRecord `json:"slots,omitempty"`
 	// Rollbacks records operator rollbacks (not upgrades), newest first.
 	Rollbacks []Rollback `json:"rollbacks,omitempty"`
+	// RollingBack is a rollback in flight: its slot is being verified or committed. No
+	// upgrade starts while it is set; the next boot settles one a reboot interrupted.
+	RollingBack *Rollback `json:"rolling_back,omitempty"`
 }
 
 // Rollback is one POST /v1/rollback.
@@ -131,10 +138,35 @@ type Rollback struct {
 	From boot.Slot `json:"from"`
 	To   boot.Slot `json:"to"`
 	At   time.Time `json:"at"`
+	// Version is what the slot rolled back to holds, once verified.
+	Version string `json:"version,omitempty"`
+	// Phase is where a rollback in flight is: verifying, committing.
+	Phase string `json:"phase,omitempty"`
 }
+
+// Rollback phases.
+const (
+	RollbackVerifying  = "verifying"
+	RollbackCommitting = "committing"
+)
 
 // Active reports whether an upgrade is in flight.
 func (r Record) Active() bool { return r.Current != nil && !r.Current.State.Terminal() }
+
+// Busy says why no upgrade or rollback may start now ("" when one may): an upgrade in
+// flight, a rollback in flight, or an ended upgrade that still owes an obligation (which a
+// new record would bury in the history).
+func (r Record) Busy() string {
+	switch u := r.Current; {
+	case r.Active():
+		return fmt.Sprintf("upgrade %s is %s", u.ID, u.State)
+	case r.RollingBack != nil:
+		return fmt.Sprintf("a rollback to slot %s is %s", r.RollingBack.To, r.RollingBack.Phase)
+	case u != nil && len(obligations(u)) > 0:
+		return fmt.Sprintf("upgrade %s ended %s but still has to %v", u.ID, u.State, obligations(u))
+	}
+	return ""
+}
 
 // Clone returns a deep copy, so Step never mutates its input.
 func (r Record) Clone() Record {
@@ -142,6 +174,10 @@ func (r Record) Clone() Record {
 	if r.Current != nil {
 		c := *r.Current
 		out.Current = &c
+	}
+	if r.RollingBack != nil {
+		rb := *r.RollingBack
+		out.RollingBack = &rb
 	}
 	if r.Slots != nil {
 		out.Slots = map[boot.Slot]SlotRecord{}

@@ -1,6 +1,7 @@
 package upgrade
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math/rand"
@@ -11,284 +12,16 @@ import (
 	"keel/boot"
 )
 
-// world models what the state machine drives: grubenv, the slots' contents, and a GRUB that
-// boots next_entry once (clearing it first) or else saved_entry (A when unset).
-type world struct {
-	saved, next boot.Slot
-	bootable    map[boot.Slot]bool // holds a complete, good image
-	newBroken   bool               // the new slot's kernel/init dies before reaching the trial
-	unhealthy   bool               // the new slot boots but fails its health gates
-	pullFails   bool
-	stopFails   bool
-	noKube      bool // the node has no Kubernetes configuration
-	foreign     bool // someone else cordoned the node before the upgrade
-	drainFails  bool
-	force       bool
-	ourCordon   bool // the API server holds a cordon of ours
-	// Control-plane: an etcd member, the cluster-wide lease and lock.
-	cp          bool
-	wipe        bool   // preserve=false
-	lockBusy    bool   // another node holds the lock when this one asks
-	checkFails  bool   // the quorum check refuses
-	leaveFails  bool   // the member removal is applied but its answer is lost
-	leaseAlive  bool   // our lease exists in etcd
-	lockHeld    bool   // and holds the upgrade lock
-	member      string // how the cluster knows our member: voter, absent, learner
-	etcdRunning bool
-	booted      boot.Slot
-	persisted   Record
-	boots       int
-	log         []string
-}
-
-// crash describes where the power goes: at the k-th action executed (counting from 0 over the
-// whole run), before, in the middle of, or after its effect.
-type crash struct {
-	at   int
-	mode string // "before", "during", "after"
-}
-
-func (w *world) grub() boot.Slot {
-	for range 10 {
-		s := w.saved
-		if s == "" {
-			s = boot.SlotA
-		}
-		if w.next != "" {
-			s, w.next = w.next, "" // save_env before booting
-		}
-		w.boots++
-		if w.bootable[s] && !(w.newBroken && s == boot.SlotB) {
-			return s
-		}
-		w.log = append(w.log, "panic in slot "+string(s))
-		// panic=1: the machine reboots by itself, GRUB again.
-	}
-	panic("no bootable slot")
-}
-
-// run drives the machine until the upgrade is terminal and the node is up, with the given
-// crashes. It returns the final record.
-func (w *world) run(t *testing.T, crashes []crash) Record {
-	t.Helper()
-	now := time.Unix(1000, 0)
-	actionN := 0
-	crashAt := map[int]string{}
-	for _, c := range crashes {
-		crashAt[c.at] = c.mode
-	}
-	step := func(ev Event) []Action {
-		n, acts, err := Step(w.persisted, ev)
-		if err != nil {
-			t.Fatalf("Step(%s, %#v): %v\nlog: %v", stateOf(w.persisted), ev, err, w.log)
-		}
-		w.persisted = n // persisted (synced) before any action
-		return acts
-	}
-	reboot := func() []Action {
-		w.etcdRunning = false
-		w.booted = w.grub()
-		// The services phase starts etcd: a member that is a voter with its data, or (when a
-		// rejoin is pending) one that was added back as a learner with an empty data dir.
-		if u := w.persisted.Current; u != nil && u.Rejoin && w.member == "absent" {
-			w.member = "learner"
-		}
-		if w.cp && w.member == "absent" {
-			t.Fatalf("booting with our member removed and no rejoin pending; log %v", w.log)
-		}
-		w.etcdRunning = w.cp
-		w.log = append(w.log, "boot "+string(w.booted))
-		return step(Booted{Slot: w.booted, Committed: w.committed(), Now: now})
-	}
-	acts := step(Request{ID: "u1", Image: "r/i:v2", Preserve: !w.wipe, Force: w.force, FromVersion: "v1", Booted: boot.SlotA,
-		ControlPlane: w.cp, Member: "n1", Now: now})
-	for guard := 0; guard < 200; guard++ {
-		if len(acts) == 0 {
-			return w.persisted
-		}
-		a := acts[0]
-		acts = acts[1:]
-		mode, crashing := crashAt[actionN]
-		actionN++
-		w.log = append(w.log, fmt.Sprintf("%s[%s]", a, stateOf(w.persisted)))
-		if crashing && mode == "before" {
-			acts = reboot()
-			continue
-		}
-		u := w.persisted.Current
-		var ev Event
-		switch a {
-		case ActPull:
-			if w.pullFails {
-				ev = Failed{Reason: "404", Now: now}
-			} else {
-				ev = Pulled{Digest: "sha256:d", ToVersion: "v2", SlotSHA256: "s", SlotSize: 10, Now: now}
-			}
-		case ActCordon:
-			switch {
-			case w.noKube:
-				ev = Cordoned{Skipped: true, Now: now}
-			case w.foreign:
-				ev = Cordoned{Ours: false, Now: now}
-			default:
-				w.ourCordon = true // lands even if the power goes before the answer
-				ev = Cordoned{Ours: true, Now: now}
-			}
-		case ActDrain:
-			if w.drainFails {
-				ev = Failed{Reason: "drain blocked by PodDisruptionBudget ns/db", Now: now}
-			} else {
-				ev = Completed{Now: now}
-			}
-		case ActUncordon:
-			w.ourCordon = false
-			ev = Uncordoned{Now: now}
-		case ActLock:
-			if u.Lease == 0 {
-				w.leaseAlive = true // granted: exists even if the power goes before it is recorded
-				if crashing && mode == "during" {
-					acts = reboot()
-					continue
-				}
-				step(LeaseGranted{ID: 7, Now: now})
-			}
-			if w.lockBusy {
-				step(LockWaiting{Holder: "n2 since T", Now: now})
-			}
-			w.lockHeld = true
-			ev = Completed{Now: now}
-		case ActCheck:
-			if !w.lockHeld {
-				t.Fatalf("quorum check without the lock; log %v", w.log)
-			}
-			if w.checkFails {
-				ev = Failed{Reason: "restarting n1 leaves 1 of 3 voters healthy, quorum 2", Now: now}
-			} else {
-				ev = Checked{Reason: "ok", Now: now}
-			}
-		case ActLeave:
-			if !w.lockHeld {
-				t.Fatalf("leaving the cluster without the lock; log %v", w.log)
-			}
-			w.member = "absent"
-			if w.leaveFails {
-				ev = Failed{Reason: "etcdserver: server stopped", Now: now}
-			} else {
-				ev = Completed{Now: now}
-			}
-		case ActKeepLease:
-			if !w.leaseAlive {
-				t.Fatalf("keep-alive of a lease that does not exist; log %v", w.log)
-			}
-			continue
-		case ActRejoin:
-			if w.member != "voter" {
-				w.member = "voter"
-			}
-			ev = Rejoined{Now: now}
-		case ActRelease:
-			w.leaseAlive, w.lockHeld = false, false
-			ev = Released{Now: now}
-		case ActStop:
-			if w.cp && !w.lockHeld {
-				t.Fatalf("stopping etcd for the upgrade without the lock; log %v", w.log)
-			}
-			w.etcdRunning = false
-			if w.stopFails {
-				ev = Failed{Reason: "unmount /var: busy", Now: now}
-			} else {
-				ev = Completed{Now: now}
-			}
-		case ActWriteSlot:
-			if w.next == u.ToSlot || w.saved == u.ToSlot {
-				t.Fatalf("writing slot %s while grubenv points at it (next %q saved %q)", u.ToSlot, w.next, w.saved)
-			}
-			w.bootable[u.ToSlot] = false
-			if crashing && mode == "during" {
-				acts = reboot()
-				continue
-			}
-			w.bootable[u.ToSlot] = true
-			ev = Completed{Now: now}
-		case ActWipe, ActFinish:
-			if a == ActWipe && w.cp && w.member == "voter" {
-				t.Fatalf("wiping etcd data of a voting member; log %v", w.log)
-			}
-			ev = Completed{Now: now}
-			if a == ActFinish {
-				ev = nil
-			}
-		case ActArm:
-			if !w.bootable[u.ToSlot] {
-				t.Fatalf("arming slot %s, which holds no complete image", u.ToSlot)
-			}
-			if crashing && mode == "during" {
-				acts = reboot() // the grubenv write did not land
-				continue
-			}
-			w.next = u.ToSlot
-			ev = Completed{Now: now}
-		case ActCommit:
-			if w.booted != u.ToSlot {
-				t.Fatalf("committing %s while running %s", u.ToSlot, w.booted)
-			}
-			if crashing && mode == "during" {
-				acts = reboot()
-				continue
-			}
-			w.saved = u.ToSlot
-			ev = Completed{Now: now}
-		case ActTrial:
-			if u.Lease != 0 && !w.leaseAlive {
-				t.Fatalf("trial holding a lease that is gone; log %v", w.log)
-			}
-			if u.Rejoin && !w.unhealthy {
-				// The etcd gate promotes the rejoined learner before the commit.
-				w.member = "voter"
-				step(Rejoined{Now: now})
-			}
-			ev = Health{OK: !w.unhealthy, Reason: "gate api: refused", Now: now}
-		case ActDisarm:
-			w.next = ""
-			continue
-		case ActReboot, ActRebootCurrent:
-			acts = reboot()
-			continue
-		default:
-			t.Fatalf("unknown action %s", a)
-		}
-		if crashing && (mode == "after" || mode == "during") {
-			acts = reboot()
-			continue
-		}
-		if ev != nil {
-			acts = append(step(ev), acts...)
-		}
-	}
-	t.Fatalf("no end after 200 actions: %v", w.log)
-	return Record{}
-}
-
-func (w *world) committed() boot.Slot {
-	if w.saved == "" {
-		return boot.SlotA
-	}
-	return w.saved
-}
-
-func stateOf(r Record) State {
-	if r.Current == nil {
-		return ""
-	}
-	return r.Current.State
-}
+// The simulator drives the real Executor (with its real Step) through whole upgrades against
+// the world model of world_test.go, cutting the power at chosen actions: before, in the middle
+// of, or after each effect. After every run the invariants below must hold.
 
 type scenario struct {
 	name                                    string
 	broken, unhealthy, pullFails, stopFails bool
 	noKube, foreign, drainFails, force      bool
 	cp, wipe, lockBusy, checkFails          bool
-	leaveFails                              bool
+	leaveFails, commitFails                 bool
 }
 
 var scenarios = []scenario{
@@ -302,6 +35,7 @@ var scenarios = []scenario{
 	{name: "drain blocked", drainFails: true},
 	{name: "drain blocked, forced", drainFails: true, force: true},
 	{name: "cordoned by someone else, new slot panics", foreign: true, broken: true},
+	{name: "commit fails", commitFails: true},
 	{name: "control plane", cp: true, lockBusy: true},
 	{name: "control plane, leave", cp: true, wipe: true},
 	{name: "control plane, leave, new slot panics", cp: true, wipe: true, broken: true},
@@ -310,22 +44,119 @@ var scenarios = []scenario{
 	{name: "control plane, check refuses", cp: true, checkFails: true},
 	{name: "control plane, leave answer lost", cp: true, wipe: true, leaveFails: true},
 	{name: "control plane, leave, unmount fails", cp: true, wipe: true, stopFails: true},
+	{name: "control plane, commit fails", cp: true, commitFails: true},
 }
 
-func newWorld(s scenario) *world {
-	return &world{bootable: map[boot.Slot]bool{boot.SlotA: true}, newBroken: s.broken, unhealthy: s.unhealthy,
-		pullFails: s.pullFails, stopFails: s.stopFails, booted: boot.SlotA,
+func newWorld(t testing.TB, s scenario) *world {
+	return &world{t: t, bootable: map[boot.Slot]bool{boot.SlotA: true}, newBroken: s.broken, unhealthy: s.unhealthy,
+		pullFails: s.pullFails, stopFails: s.stopFails, commitFails: s.commitFails, booted: boot.SlotA,
 		noKube: s.noKube, foreign: s.foreign, drainFails: s.drainFails, force: s.force,
 		cp: s.cp, wipe: s.wipe, lockBusy: s.lockBusy, checkFails: s.checkFails, leaveFails: s.leaveFails,
 		member: "voter", etcdRunning: s.cp}
 }
 
-// check asserts the invariants on a finished run.
-func check(t *testing.T, s scenario, w *world, r Record, desc string) {
+func (w *world) request() Request {
+	return Request{ID: "u1", Image: "r/i:v2", Preserve: !w.wipe, Force: w.force, FromVersion: "v1", Booted: boot.SlotA,
+		ControlPlane: w.cp, Member: "n1"}
+}
+
+// settle waits until the incarnation is cut (true) or idle with nothing in flight (false).
+func settle(t testing.TB, f *incarnation) (cut bool, rec Record) {
 	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case <-f.cut:
+			return true, Record{}
+		default:
+		}
+		select {
+		case <-f.cut:
+			return true, Record{}
+		case ir := <-f.idle:
+			select {
+			case <-f.cut:
+				return true, Record{} // the idle came just before a reboot
+			default:
+			}
+			r := ir.r
+			if !ir.persisted {
+				continue // META is retried; actions wait for it
+			}
+			if r.Active() || r.RollingBack != nil {
+				f.w.mu.Lock()
+				log := f.w.log
+				f.w.mu.Unlock()
+				t.Fatalf("executor idle with an upgrade in flight (a silent stall): %+v\nlog: %v", r.Current, log)
+			}
+			if r.Current == nil {
+				continue // the boot before the request
+			}
+			return false, r
+		case <-deadline:
+			f.w.mu.Lock()
+			log := f.w.log
+			f.w.mu.Unlock()
+			t.Fatalf("no end within 10 s; log %v", log)
+		}
+	}
+}
+
+// run drives the machine until the upgrade is terminal and the node is idle, with the given
+// crashes. It returns the final record as the executor has it.
+func (w *world) run(t testing.TB, crashes []crash) (rec Record) {
+	t.Helper()
+	w.crashAt = map[int]string{}
+	for _, c := range crashes {
+		w.crashAt[c.at] = c.mode
+	}
+	ctx := t.Context()
+	defer func() {
+		if r := recover(); r != nil {
+			if r == errFatal {
+				t.FailNow()
+			}
+			panic(r)
+		}
+	}()
+	f := w.boot(ctx, true)
+	err := f.ex.Request(ctx, w.request())
+	for i := 0; errors.Is(err, ErrPersist) && i < 5; i++ {
+		err = f.ex.Request(ctx, w.request()) // META failed: the operator asks again
+	}
+	if err != nil {
+		t.Fatalf("request: %v", err)
+	}
+	if w.requested != nil {
+		close(w.requested)
+	}
+	for boots := 0; ; boots++ {
+		if boots > 20 {
+			t.Fatalf("more than 20 boots: %v", w.log)
+		}
+		cut, r := settle(t, f)
+		if !cut {
+			f.ex.Stop(time.Second)
+			f.cancel()
+			return r
+		}
+		f.cancel()
+		f.ex.Stop(time.Second)
+		f = w.boot(ctx, false)
+	}
+}
+
+// check asserts the invariants on a finished run.
+func check(t testing.TB, s scenario, w *world, r Record, desc string) {
+	t.Helper()
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	u := r.Current
 	if u == nil || !u.State.Terminal() {
 		t.Fatalf("%s: not terminal: %+v\nlog %v", desc, u, w.log)
+	}
+	if p := w.persisted.Current; p == nil || p.State != u.State {
+		t.Fatalf("%s: META says %+v, the executor %s\nlog %v", desc, p, u.State, w.log)
 	}
 	if !w.bootable[w.committed()] {
 		t.Fatalf("%s: committed slot %s holds no good image", desc, w.committed())
@@ -372,44 +203,50 @@ func check(t *testing.T, s scenario, w *world, r Record, desc string) {
 }
 
 // TestEveryCrashPoint: every scenario, a power cut at every action, before, during and after
-// its effect; then every pair of such cuts.
+// its effect; then every pair of such cuts. The executor and Step are the real ones.
 func TestEveryCrashPoint(t *testing.T) {
+	total := 0
 	for _, s := range scenarios {
-		// The number of actions of the run without crashes bounds k.
-		w := newWorld(s)
-		r := w.run(t, nil)
-		check(t, s, w, r, s.name+": no crash")
-		n := len(w.log) + 4
-		runs := 0
-		for k := 0; k < n; k++ {
-			for _, m := range []string{"before", "during", "after"} {
-				w := newWorld(s)
-				r := w.run(t, []crash{{k, m}})
-				check(t, s, w, r, fmt.Sprintf("%s: crash %s action %d", s.name, m, k))
-				runs++
-				for k2 := k + 1; k2 < n+4; k2++ {
-					for _, m2 := range []string{"before", "during", "after"} {
-						w := newWorld(s)
-						r := w.run(t, []crash{{k, m}, {k2, m2}})
-						check(t, s, w, r, fmt.Sprintf("%s: crashes %s@%d, %s@%d", s.name, m, k, m2, k2))
-						runs++
+		t.Run(s.name, func(t *testing.T) {
+			t.Parallel()
+			w := newWorld(t, s)
+			r := w.run(t, nil)
+			check(t, s, w, r, s.name+": no crash")
+			n := w.actionN + 4
+			runs := 0
+			for k := 0; k < n; k++ {
+				for _, m := range []string{"before", "during", "after"} {
+					w := newWorld(t, s)
+					r := w.run(t, []crash{{k, m}})
+					check(t, s, w, r, fmt.Sprintf("%s: crash %s action %d", s.name, m, k))
+					runs++
+					if testing.Short() {
+						continue
+					}
+					for k2 := k + 1; k2 < n+4; k2++ {
+						for _, m2 := range []string{"before", "during", "after"} {
+							w := newWorld(t, s)
+							r := w.run(t, []crash{{k, m}, {k2, m2}})
+							check(t, s, w, r, fmt.Sprintf("%s: crashes %s@%d, %s@%d", s.name, m, k, m2, k2))
+							runs++
+						}
 					}
 				}
 			}
-		}
-		t.Logf("%s: %d crash runs", s.name, runs)
+			t.Logf("%s: %d crash runs", s.name, runs)
+			total += runs
+		})
 	}
 }
 
-// TestHealthyRunSucceedsDespiteLateCrashes: crashes after the point of no return still end
-// in done when the new slot is healthy, unless the crash lands in the trial itself.
+// TestHealthyNoCrashIsDone: the actions of a healthy upgrade, in order.
 func TestHealthyNoCrashIsDone(t *testing.T) {
-	w := newWorld(scenarios[0])
+	w := newWorld(t, scenarios[0])
 	r := w.run(t, nil)
 	if r.Current.State != Done || r.Slots[boot.SlotB].Version != "v2" || !r.Slots[boot.SlotB].Verified {
 		t.Fatalf("record = %+v slots %+v", r.Current, r.Slots)
 	}
-	want := []string{"pull[pulling]", "cordon[cordoning]", "drain[draining]", "stop[stopping]", "write-slot[writing]", "arm[arming]",
+	want := []string{"boot A", "pull[pulling]", "cordon[cordoning]", "drain[draining]", "stop[stopping]", "write-slot[writing]", "arm[arming]",
 		"reboot[rebooting]", "boot B", "trial[trial]", "commit[committing]", "finish[done]", "uncordon[done]"}
 	if fmt.Sprint(w.log) != fmt.Sprint(want) {
 		t.Errorf("sequence\n got %v\nwant %v", w.log, want)
@@ -420,7 +257,11 @@ func TestHealthyNoCrashIsDone(t *testing.T) {
 func TestRandomWalks(t *testing.T) {
 	rng := rand.New(rand.NewSource(1))
 	modes := []string{"before", "during", "after"}
-	for i := range 3000 {
+	n := 3000
+	if testing.Short() {
+		n = 300
+	}
+	for i := range n {
 		s := scenarios[rng.Intn(len(scenarios))]
 		var cs []crash
 		at := 0
@@ -429,148 +270,284 @@ func TestRandomWalks(t *testing.T) {
 			cs = append(cs, crash{at, modes[rng.Intn(3)]})
 			at++
 		}
-		w := newWorld(s)
+		w := newWorld(t, s)
 		r := w.run(t, cs)
 		check(t, s, w, r, fmt.Sprintf("walk %d %s %v", i, s.name, cs))
 	}
 }
 
-func TestStepRejects(t *testing.T) {
-	now := time.Unix(1, 0)
-	r, _, err := Step(Record{}, Request{ID: "a", Booted: boot.SlotA, Now: now})
-	if err != nil {
-		t.Fatal(err)
+// TestPersistFailures: META writes fail from the k-th on, for one write, three, or for good,
+// at every k of every scenario. An upgrade whose record cannot be written still ends —
+// aborted or rolled back saying so, or done — and never stalls while META works; once writes
+// work again, a boot finds a record from which every invariant holds. With META gone for good
+// the node does only what is safe without it, and stops rebooting.
+func TestPersistFailures(t *testing.T) {
+	runs := 0
+	for _, s := range scenarios {
+		for k := 1; k < 40; k++ {
+			for _, span := range []int{1, 3, 1 << 20} {
+				desc := fmt.Sprintf("%s: META writes %d..%d fail", s.name, k, k+span-1)
+				w := newWorld(t, s)
+				w.failWrites = func(n int) bool { return n >= k && n < k+span }
+				if span > 3 {
+					persistGone(t, w, desc)
+					runs++
+					continue
+				}
+				w.run(t, nil)
+				// A later boot reads what META holds and settles from it.
+				f := w.boot(t.Context(), false)
+				_, r := settle(t, f)
+				f.ex.Stop(time.Second)
+				f.cancel()
+				check(t, s, w, r, desc)
+				runs++
+			}
+		}
 	}
-	if _, _, err := Step(r, Request{ID: "b", Booted: boot.SlotA}); err == nil {
-		t.Error("second request while one is in flight accepted")
+	t.Logf("%d runs with failing META writes", runs)
+}
+
+// persistGone runs an upgrade whose META stops taking writes for good at some point.
+func persistGone(t *testing.T, w *world, desc string) {
+	t.Helper()
+	defer func() {
+		if r := recover(); r != nil {
+			if r == errFatal {
+				t.FailNow()
+			}
+			panic(r)
+		}
+	}()
+	f := w.boot(t.Context(), true)
+	if err := f.ex.Request(t.Context(), w.request()); err != nil {
+		if errors.Is(err, ErrPersist) {
+			return // refused: nothing changed
+		}
+		t.Fatalf("%s: request: %v", desc, err)
 	}
-	if _, _, err := Step(r, Health{OK: true}); err == nil {
-		t.Error("health while pulling accepted")
-	}
-	if _, _, err := Step(Record{}, Completed{}); err == nil {
-		t.Error("done with no upgrade accepted")
-	}
-	before := r.Clone()
-	Step(r, Pulled{ToVersion: "v2"})
-	if r.Current.ToVersion != before.Current.ToVersion {
-		t.Error("Step mutated its input")
-	}
-	// History keeps the last HistoryLen upgrades.
-	for i := range HistoryLen + 3 {
-		r, _, _ = Step(r, Failed{Reason: "x"})
-		r, _, _ = Step(r, Request{ID: fmt.Sprint(i), Booted: boot.SlotA})
-	}
-	if len(r.History) != HistoryLen {
-		t.Errorf("history = %d", len(r.History))
+	for boots := 0; ; {
+		if boots > 3 {
+			t.Fatalf("%s: still rebooting after %d boots: %v", desc, boots, w.log)
+		}
+		select {
+		case <-f.cut:
+			f.cancel()
+			f.ex.Stop(time.Second)
+			f = w.boot(t.Context(), false)
+			boots++
+			continue
+		case ir := <-f.idle:
+			select {
+			case <-f.cut:
+				continue // the idle came just before a reboot
+			default:
+			}
+			if ir.r.Current == nil {
+				continue // the boot before the request
+			}
+			if ir.persisted && (ir.r.Active() || ir.r.RollingBack != nil) {
+				t.Fatalf("%s: idle with an upgrade in flight: %+v", desc, ir.r.Current)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: no end: %v", desc, w.log)
+		}
+		select {
+		case <-f.cut:
+			continue // the idle came just before a reboot
+		default:
+		}
+		f.ex.Stop(time.Second)
+		f.cancel()
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		if !w.bootable[w.committed()] || !w.bootable[w.booted] {
+			t.Fatalf("%s: running %s, committed %s: not both good; log %v", desc, w.booted, w.committed(), w.log)
+		}
+		if w.next != "" && w.next != w.committed() {
+			t.Fatalf("%s: boot-once %s left armed; log %v", desc, w.next, w.log)
+		}
+		return
 	}
 }
 
-func TestRecordRoundTrip(t *testing.T) {
-	r, _, _ := Step(Record{}, Request{ID: "a", Image: "x", Booted: boot.SlotB, Now: time.Unix(5, 0).UTC()})
-	b, err := r.Encode()
-	if err != nil {
-		t.Fatal(err)
+// TestPersistFailedIsSafe: whatever the state, Step's answer to a record that could not be
+// written holds only actions that are safe with the older record on disk, and leaves no
+// upgrade in flight that needs another write to move on.
+func TestPersistFailedIsSafe(t *testing.T) {
+	now := simEpoch
+	for _, st := range []State{Pulling, Locking, Checking, Cordoning, Draining, Leaving, Stopping, Writing, Wiping, Arming, Rebooting, Trial, Committing, Done, Aborted, RolledBack} {
+		for _, lease := range []int64{0, 9} {
+			r := Record{Current: &Upgrade{ID: "u", State: st, Lease: lease, Uncordon: true, ControlPlane: lease != 0, FromSlot: boot.SlotA, ToSlot: boot.SlotB}}
+			n, acts, err := Step(r, PersistFailed{Reason: "EIO", Now: now})
+			if err != nil {
+				t.Fatalf("%s: %v", st, err)
+			}
+			for _, a := range acts {
+				if !safeUnpersisted(a) {
+					t.Errorf("%s: PersistFailed asks for %s, which needs the record written", st, a)
+				}
+			}
+			reboots := false
+			for _, a := range acts {
+				_, reboots = a.(ActRebootCurrent)
+			}
+			if n.Active() && n.Current.State != Rebooting && !reboots {
+				t.Errorf("%s: still in flight after PersistFailed, with no reboot to settle it: %s %v", st, n.Current.State, acts)
+			}
+		}
 	}
-	got, err := Decode(b)
-	if err != nil || got.Current.ToSlot != boot.SlotA || got.Current.State != Pulling {
-		t.Fatalf("round trip: %+v %v", got.Current, err)
-	}
-	if _, err := Decode([]byte(`{"current":{"state":"exploded"}}`)); err == nil {
-		t.Error("unknown state accepted")
-	}
-	if r, err := Decode(nil); err != nil || r.Current != nil {
-		t.Error("empty payload is not an empty record")
+	for _, phase := range []string{RollbackVerifying, RollbackCommitting} {
+		r := Record{RollingBack: &Rollback{From: boot.SlotA, To: boot.SlotB, Phase: phase}}
+		n, acts, _ := Step(r, PersistFailed{Reason: "EIO", Now: now})
+		if n.RollingBack != nil {
+			t.Errorf("rollback %s still in flight after PersistFailed", phase)
+		}
+		for _, a := range acts {
+			if !safeUnpersisted(a) {
+				t.Errorf("rollback %s: PersistFailed asks for %s", phase, a)
+			}
+		}
 	}
 }
 
-func FuzzDecode(f *testing.F) {
-	r, _, _ := Step(Record{}, Request{ID: "a", Booted: boot.SlotA})
-	b, _ := r.Encode()
-	f.Add(b)
-	f.Fuzz(func(t *testing.T, b []byte) {
-		r, err := Decode(b)
-		if err != nil {
-			return
+// TestRacingInputs: requests, cancels and rollbacks fired from other goroutines at random
+// moments of upgrades (and of their crashes) of every scenario, under -race. Whatever wins, the
+// invariants hold, no rollback touches a slot an upgrade writes (the world checks it), and the
+// node ends idle.
+func TestRacingInputs(t *testing.T) {
+	rng := rand.New(rand.NewSource(2))
+	n := 400
+	if testing.Short() {
+		n = 60
+	}
+	for i := range n {
+		s := scenarios[rng.Intn(len(scenarios))]
+		var cs []crash
+		if rng.Intn(3) == 0 {
+			cs = append(cs, crash{rng.Intn(12), []string{"before", "during", "after"}[rng.Intn(3)]})
 		}
-		enc, err := r.Encode()
-		if err != nil {
-			t.Fatal(err)
+		w := newWorld(t, s)
+		seed := rng.Int63()
+		stop := make(chan struct{})
+		done := make(chan struct{})
+		w.requested = make(chan struct{})
+		go func() {
+			defer close(done)
+			select {
+			case <-w.requested: // race the upgrade, not its request
+			case <-stop:
+				return
+			}
+			r := rand.New(rand.NewSource(seed))
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(time.Duration(r.Intn(300)) * time.Microsecond):
+				}
+				w.mu.Lock()
+				f := w.inc
+				w.mu.Unlock()
+				if f == nil || f.ex == nil {
+					continue
+				}
+				ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+				switch r.Intn(4) {
+				case 0:
+					req := w.request()
+					req.ID = fmt.Sprintf("x%d", r.Intn(1000))
+					w.mu.Lock()
+					req.Booted = w.booted
+					w.mu.Unlock()
+					err := f.ex.Request(ctx, req)
+					if err != nil && !errors.Is(err, ErrBusy) && !errors.Is(err, ErrStopped) && !errors.Is(err, ErrShutdown) &&
+						!errors.Is(err, ErrPersist) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+						t.Errorf("racing request: %v", err)
+					}
+				case 1:
+					f.ex.Cancel(ctx, "race")
+				case 2:
+					if s.broken {
+						cancel()
+						continue // a rollback to a slot whose kernel panics boot-loops by design
+					}
+					w.mu.Lock()
+					booted := w.booted
+					w.mu.Unlock()
+					f.ex.Rollback(ctx, booted)
+				case 3:
+					_ = f.ex.Record() // readers race the loop (-race)
+				}
+				cancel()
+			}
+		}()
+		func() {
+			defer close(stop)
+			w.run(t, cs)
+		}()
+		<-done
+		// The racing calls may have left more upgrades or rollbacks in flight when run stopped
+		// the executor: boot again and let whatever the record holds end.
+		f := w.boot(t.Context(), false)
+		for range 10 {
+			cut, r := settleAny(t, f)
+			if !cut {
+				f.ex.Stop(time.Second)
+				f.cancel()
+				checkRaced(t, w, r, fmt.Sprintf("race %d %s %v", i, s.name, cs))
+				break
+			}
+			f.cancel()
+			f.ex.Stop(time.Second)
+			f = w.boot(t.Context(), false)
 		}
-		r2, err := Decode(enc)
-		if err != nil {
-			t.Fatal(err)
-		}
-		enc2, _ := r2.Encode()
-		if string(enc) != string(enc2) {
-			t.Fatalf("decode→encode→decode disagrees")
-		}
-	})
+	}
 }
 
-// TestCancel: an upgrade waiting for the lease can be cancelled (its lease is then released);
-// one that has changed something cannot.
-func TestCancel(t *testing.T) {
-	now := time.Unix(1, 0)
-	r, _, _ := Step(Record{}, Request{ID: "a", Booted: boot.SlotA, Preserve: true, ControlPlane: true, Member: "n1", Now: now})
-	r, acts, _ := Step(r, Pulled{ToVersion: "v2", Now: now})
-	if r.Current.State != Locking || fmt.Sprint(acts) != "[lock]" {
-		t.Fatalf("after pull: %s %v", r.Current.State, acts)
+// settleAny is settle that also accepts a node with no upgrade at all.
+func settleAny(t testing.TB, f *incarnation) (bool, Record) {
+	t.Helper()
+	select {
+	case <-f.cut:
+		return true, Record{}
+	case ir := <-f.idle:
+		select {
+		case <-f.cut:
+			return true, Record{}
+		default:
+		}
+		r := ir.r
+		if r.Active() || r.RollingBack != nil {
+			t.Fatalf("idle with work in flight: %+v", r.Current)
+		}
+		return false, r
+	case <-time.After(10 * time.Second):
+		t.Fatalf("no end within 10 s; log %v", f.w.log)
 	}
-	r, _, _ = Step(r, LeaseGranted{ID: 42, Now: now})
-	r, _, _ = Step(r, LockWaiting{Holder: "n2 since T", Now: now})
-	if r.Current.Lock != "waiting for the upgrade lease, held by n2 since T" {
-		t.Errorf("lock = %q", r.Current.Lock)
-	}
-	c, acts, err := Step(r, Cancel{Reason: "by operator", Now: now})
-	if err != nil || c.Current.State != Aborted || fmt.Sprint(acts) != "[release-lease]" || c.Current.Reason != "cancelled: by operator" {
-		t.Fatalf("cancel while waiting: %+v %v %v", c.Current, acts, err)
-	}
-	r, _, _ = Step(r, Completed{Now: now})
-	r, _, _ = Step(r, Checked{Reason: "ok", Now: now})
-	r, _, _ = Step(r, Cordoned{Skipped: true, Now: now})
-	if r.Current.State != Stopping {
-		t.Fatalf("state %s", r.Current.State)
-	}
-	if _, _, err := Step(r, Cancel{Now: now}); !errors.Is(err, ErrTooLate) {
-		t.Errorf("cancel while stopping: %v, want ErrTooLate", err)
-	}
-	// An ended upgrade that still holds its lease (or owes an uncordon, a rejoin) refuses a
-	// new request until that is done.
-	if _, _, err := Step(c, Request{ID: "b", Booted: boot.SlotA, Now: now}); !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), "release-lease") {
-		t.Errorf("request while the last upgrade still holds its lease: %v", err)
-	}
-	c, _, _ = Step(c, Released{Now: now})
-	if _, _, err := Step(c, Request{ID: "b", Booted: boot.SlotA, Now: now}); err != nil {
-		t.Errorf("request after the release: %v", err)
-	}
+	return false, Record{}
 }
 
-// TestLeaseLostAndRejoin: a lease that expired while the node rebooted is recorded as a
-// warning and no longer owed; a rejoin clears its obligation with a note. Neither is accepted
-// when nothing is owed.
-func TestLeaseLostAndRejoin(t *testing.T) {
-	now := time.Unix(1, 0)
-	r, _, _ := Step(Record{}, Request{ID: "a", Booted: boot.SlotA, Preserve: false, ControlPlane: true, Member: "n1", Now: now})
-	if _, _, err := Step(r, LeaseLost{Reason: "x", Now: now}); !errors.Is(err, ErrUnexpected) {
-		t.Errorf("lease lost with no lease: %v", err)
+// checkRaced: the invariants that hold whatever the racing calls did.
+func checkRaced(t testing.TB, w *world, r Record, desc string) {
+	t.Helper()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.bootable[w.committed()] {
+		t.Fatalf("%s: committed slot %s holds no good image; log %v", desc, w.committed(), w.log)
 	}
-	if _, _, err := Step(r, Rejoined{Now: now}); !errors.Is(err, ErrUnexpected) {
-		t.Errorf("rejoined with nothing pending: %v", err)
+	if !w.bootable[w.booted] {
+		t.Fatalf("%s: running a slot with no good image", desc)
 	}
-	r, _, _ = Step(r, Pulled{ToVersion: "v2", Now: now})
-	r, _, _ = Step(r, LeaseGranted{ID: 9, Now: now})
-	r, _, _ = Step(r, Completed{Now: now})
-	r, _, _ = Step(r, Checked{Reason: "ok", Now: now})
-	r, acts, _ := Step(r, Cordoned{Skipped: true, Now: now})
-	if r.Current.State != Leaving || !r.Current.Rejoin || fmt.Sprint(acts) != "[leave-cluster]" {
-		t.Fatalf("after the cordon: %s rejoin=%v %v", r.Current.State, r.Current.Rejoin, acts)
+	if w.next != "" {
+		t.Fatalf("%s: boot-once %s left armed; log %v", desc, w.next, w.log)
 	}
-	r, _, _ = Step(r, LeaseLost{Reason: "expired during the reboot", Now: now})
-	if r.Current.Lease != 0 || !strings.Contains(r.Current.Warning, "expired during the reboot") {
-		t.Errorf("after lease lost: %+v", r.Current)
-	}
-	r, _, _ = Step(r, Rejoined{Note: "still a voter", Now: now})
-	if r.Current.Rejoin || !strings.Contains(r.Current.Etcd, "still a voter") {
-		t.Errorf("after rejoined: %+v", r.Current)
+	if u := r.Current; u != nil {
+		if u.Uncordon || w.ourCordon {
+			t.Fatalf("%s: left cordoned by us; log %v", desc, w.log)
+		}
+		if u.Lease != 0 || w.lockHeld {
+			t.Fatalf("%s: lease still held; log %v", desc, w.log)
+		}
 	}
 }

@@ -3,175 +3,18 @@ package upgrade
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"keel/boot"
 )
 
-// Event is an input to Step.
-type Event interface{ isEvent() }
-
-// Request asks for an upgrade (POST /v1/upgrade, already validated).
-type Request struct {
-	ID, Image     string
-	Preserve      bool
-	Force         bool
-	DrainTimeoutS int
-	FromVersion   string
-	Booted        boot.Slot
-	// ControlPlane nodes run an etcd member named Member: the lease, check and leave steps
-	// apply to them.
-	ControlPlane bool
-	Member       string
-	Now          time.Time
-}
-
-// LeaseGranted reports the etcd lease the upgrade lock will be held with; persisted before
-// waiting for the lock so that a node cut off while waiting or holding revokes it later.
-type LeaseGranted struct {
-	ID  int64
-	Now time.Time
-}
-
-// LockWaiting reports who holds the upgrade lock this upgrade waits for.
-type LockWaiting struct {
-	Holder string // "NODE since T"
-	Now    time.Time
-}
-
-// Checked reports the quorum check's verdict (passed; a refusal is Failed).
-type Checked struct {
-	Reason string
-	Now    time.Time
-}
-
-// Rejoined reports that this node's etcd member is a voter again (or never left).
-type Rejoined struct {
-	Note string
-	Now  time.Time
-}
-
-// Released reports that the upgrade lease is revoked.
-type Released struct{ Now time.Time }
-
-// LeaseLost reports that the lease expired while the upgrade held it (the node was away
-// longer than its TTL): the lock may have passed to another node.
-type LeaseLost struct {
-	Reason string
-	Now    time.Time
-}
-
-// Cancel asks to give up an upgrade that has changed nothing yet (pulling, waiting for the
-// lease, checking).
-type Cancel struct {
-	Reason string
-	Now    time.Time
-}
-
-// Pulled reports a pulled and verified installer image.
-type Pulled struct {
-	Digest, ToVersion, SlotSHA256 string
-	SlotSize                      int64
-	Now                           time.Time
-}
-
-// Cordoned reports the cordon step: Ours when this init now owns a cordon, Skipped when the
-// node has no Kubernetes configuration.
-type Cordoned struct {
-	Ours, Skipped bool
-	Note          string // e.g. "already cordoned by someone else"
-	Now           time.Time
-}
-
-// Uncordoned reports that our cordon (if any) is lifted.
-type Uncordoned struct{ Now time.Time }
-
-// Completed reports that the current state's effect completed.
-type Completed struct{ Now time.Time }
-
-// Failed reports that the current state's effect failed.
-type Failed struct {
-	Reason string
-	Now    time.Time
-}
-
-// Progressed reports slot-write progress (no state change).
-type Progressed struct {
-	Written, Total int64
-	Now            time.Time
-}
-
-// Booted is the first event of every boot: which slot GRUB started, and which one grubenv
-// commits (saved_entry, A when unset).
-type Booted struct {
-	Slot, Committed boot.Slot
-	Now             time.Time
-}
-
-// Health reports the trial boot's health gates.
-type Health struct {
-	OK     bool
-	Reason string
-	Now    time.Time
-}
-
-func (Request) isEvent()    {}
-func (Pulled) isEvent()     {}
-func (Completed) isEvent()  {}
-func (Cordoned) isEvent()   {}
-func (Uncordoned) isEvent() {}
-func (Failed) isEvent()     {}
-func (Progressed) isEvent() {}
-func (Booted) isEvent()     {}
-func (Health) isEvent()     {}
-
-func (LeaseGranted) isEvent() {}
-func (LockWaiting) isEvent()  {}
-func (Checked) isEvent()      {}
-func (Rejoined) isEvent()     {}
-func (Released) isEvent()     {}
-func (LeaseLost) isEvent()    {}
-func (Cancel) isEvent()       {}
-
-// Action is an effect the executor performs, in order, after persisting the record.
-type Action string
-
-// Actions.
-const (
-	ActPull          Action = "pull"           // fetch and verify the installer image
-	ActCordon        Action = "cordon"         // cordon the Kubernetes node (skip without config)
-	ActDrain         Action = "drain"          // drain it
-	ActUncordon      Action = "uncordon"       // lift our cordon; retried until it succeeds
-	ActStop          Action = "stop"           // stop services, kill holders, unmount
-	ActWriteSlot     Action = "write-slot"     // stream, sync, re-read, verify the inactive slot
-	ActWipe          Action = "wipe-ephemeral" // mkfs EPHEMERAL
-	ActArm           Action = "arm"            // grubenv next_entry = ToSlot
-	ActReboot        Action = "reboot"         // reboot: GRUB boots the armed slot once
-	ActTrial         Action = "trial"          // arm the watchdog, run the health gates
-	ActCommit        Action = "commit"         // grubenv saved_entry = ToSlot
-	ActFinish        Action = "finish"         // disarm the watchdog, post-commit steps
-	ActDisarm        Action = "disarm"         // best effort: clear next_entry
-	ActRebootCurrent Action = "reboot-current" // reboot into the committed slot
-
-	ActLock      Action = "lock"          // grant a lease, persist it, wait for the upgrade lock
-	ActCheck     Action = "check"         // the quorum check, repeated until it passes or times out
-	ActLeave     Action = "leave-cluster" // remove this etcd member
-	ActKeepLease Action = "keep-lease"    // after a reboot: keep the persisted lease alive again
-	ActRejoin    Action = "rejoin"        // make this member a voter again (learner, caught up, promoted)
-	ActRelease   Action = "release-lease" // once the member is healthy: revoke the lease
-)
-
-// effect is the action that enters a state performs.
-var effect = map[State]Action{
-	Pulling: ActPull, Locking: ActLock, Checking: ActCheck, Leaving: ActLeave, Cordoning: ActCordon, Draining: ActDrain, Stopping: ActStop, Writing: ActWriteSlot, Wiping: ActWipe, Arming: ActArm,
-	Rebooting: ActReboot, Trial: ActTrial, Committing: ActCommit, Done: ActFinish,
-}
-
 // Errors Step returns; the record is unchanged when it does.
 var (
-	ErrBusy       = errors.New("upgrade: another upgrade is in flight")
+	ErrBusy       = errors.New("upgrade: busy")
 	ErrUnexpected = errors.New("upgrade: event not expected in this state")
 	ErrTooLate    = errors.New("upgrade: too late to cancel")
+	ErrInvalid    = errors.New("upgrade: invalid request")
 )
 
 // Step is the transition function. It never mutates r.
@@ -180,12 +23,14 @@ func Step(r Record, ev Event) (Record, []Action, error) {
 	u := n.Current
 	switch e := ev.(type) {
 	case Request:
-		if r.Active() {
-			return r, nil, fmt.Errorf("%w: %s is %s", ErrBusy, r.Current.ID, r.Current.State)
+		if busy := r.Busy(); busy != "" {
+			return r, nil, fmt.Errorf("%w: %s", ErrBusy, busy)
 		}
-		if u != nil && len(obligations(u)) > 0 {
-			// Its obligations live in the current record: a new one must not bury them.
-			return r, nil, fmt.Errorf("%w: %s ended %s but still has to %v", ErrBusy, u.ID, u.State, obligations(u))
+		if e.Committed != "" && e.Booted != e.Committed {
+			return r, nil, fmt.Errorf("%w: booted slot %s is not the committed slot %s; reboot first", ErrBusy, e.Booted, e.Committed)
+		}
+		if e.Image == "" || len(e.Image) > MaxImageRef || e.ID == "" || len(e.ID) > 64 {
+			return r, nil, fmt.Errorf("%w: image reference of %d bytes (1-%d), id %q", ErrInvalid, len(e.Image), MaxImageRef, e.ID)
 		}
 		if u != nil {
 			n.History = append([]Upgrade{*u}, n.History...)
@@ -195,14 +40,20 @@ func Step(r Record, ev Event) (Record, []Action, error) {
 		}
 		n.Current = &Upgrade{
 			ID: e.ID, State: Pulling, Image: e.Image, Preserve: e.Preserve, Force: e.Force, DrainTimeoutS: e.DrainTimeoutS,
-			FromVersion: e.FromVersion, FromSlot: e.Booted, ToSlot: e.Booted.Other(),
-			ControlPlane: e.ControlPlane, Member: e.Member,
+			FromVersion: bound(e.FromVersion), FromSlot: e.Booted, ToSlot: e.Booted.Other(),
+			ControlPlane: e.ControlPlane, Member: bound(e.Member),
 			RequestedAt: e.Now, UpdatedAt: e.Now,
 		}
-		return n, []Action{ActPull}, nil
+		return n, []Action{ActPull{Image: e.Image, Slot: e.Booted.Other()}}, nil
 
 	case Booted:
 		return stepBoot(n, e)
+
+	case RollbackRequest, RollbackVerified, RollbackRefused, RollbackCommitted, RollbackFailed:
+		return stepRollback(r, n, ev)
+
+	case PersistFailed:
+		return persistFailed(r, n, e)
 
 	case Uncordoned:
 		if u == nil || !u.Uncordon {
@@ -231,13 +82,21 @@ func Step(r Record, ev Event) (Record, []Action, error) {
 		return n, nil, nil
 
 	case LeaseLost:
-		if u == nil || u.Lease == 0 {
-			return r, nil, fmt.Errorf("%w: lease lost with no lease held", ErrUnexpected)
+		if u == nil || u.Lease == 0 || (e.Lease != 0 && e.Lease != u.Lease) {
+			return r, nil, fmt.Errorf("%w: lease %x lost with no such lease held", ErrUnexpected, e.Lease)
 		}
 		u.Lease = 0
-		u.Lock = "lost: " + e.Reason
-		u.Warning = appendNote(u.Warning, "upgrade lease lost: "+e.Reason)
+		u.Lock = bound("lost: " + e.Reason)
 		u.UpdatedAt = e.Now
+		switch u.State {
+		case Locking, Checking, Cordoning, Draining, Leaving:
+			// The lock may pass to another node at any moment: going on could stop two
+			// members at once. Nothing of ours is stopped yet: end here.
+			return failed(n, "upgrade lease lost: "+e.Reason, e.Now)
+		}
+		// Our member is stopped or the upgrade is past it: the lease only kept the next node
+		// waiting until we were whole again. Say so.
+		u.Warning = appendNote(u.Warning, "upgrade lease lost: "+e.Reason)
 		return n, nil, nil
 	}
 
@@ -249,7 +108,7 @@ func Step(r Record, ev Event) (Record, []Action, error) {
 		if u.State != Pulling {
 			return r, nil, fmt.Errorf("%w: pulled in %s", ErrUnexpected, u.State)
 		}
-		u.Digest, u.ToVersion, u.SlotSHA256, u.SlotSize = e.Digest, e.ToVersion, e.SlotSHA256, e.SlotSize
+		u.Digest, u.ToVersion, u.SlotSHA256, u.SlotSize = bound(e.Digest), bound(e.ToVersion), bound(e.SlotSHA256), e.SlotSize
 		if u.ControlPlane {
 			return enter(n, Locking, e.Now)
 		}
@@ -263,18 +122,18 @@ func Step(r Record, ev Event) (Record, []Action, error) {
 		return r, nil, fmt.Errorf("%w: the upgrade is %s (cancel works while pulling, waiting for the lease or checking)", ErrTooLate, u.State)
 
 	case LeaseGranted:
-		if u.State != Locking || u.Lease != 0 {
-			return r, nil, fmt.Errorf("%w: lease granted in %s (lease %x)", ErrUnexpected, u.State, u.Lease)
+		if u.State != Locking || u.Lease != 0 || e.ID == 0 {
+			return r, nil, fmt.Errorf("%w: lease %x granted in %s (lease %x)", ErrUnexpected, e.ID, u.State, u.Lease)
 		}
 		u.Lease = e.ID
 		u.UpdatedAt = e.Now
-		return n, nil, nil
+		return n, []Action{ActLock{Lease: e.ID, ID: u.ID}}, nil
 
 	case LockWaiting:
 		if u.State != Locking {
 			return r, nil, fmt.Errorf("%w: lock waiting in %s", ErrUnexpected, u.State)
 		}
-		u.Lock = "waiting for the upgrade lease, held by " + e.Holder
+		u.Lock = bound("waiting for the upgrade lease, held by " + e.Holder)
 		u.UpdatedAt = e.Now
 		return n, nil, nil
 
@@ -282,7 +141,7 @@ func Step(r Record, ev Event) (Record, []Action, error) {
 		if u.State != Checking {
 			return r, nil, fmt.Errorf("%w: checked in %s", ErrUnexpected, u.State)
 		}
-		u.Etcd = e.Reason
+		u.Etcd = bound(e.Reason)
 		return enter(n, Cordoning, e.Now)
 
 	case Cordoned:
@@ -302,7 +161,7 @@ func Step(r Record, ev Event) (Record, []Action, error) {
 			u.Kubernetes = "already cordoned by someone else; left as it is"
 		}
 		if e.Note != "" {
-			u.Kubernetes += " (" + e.Note + ")"
+			u.Kubernetes = bound(u.Kubernetes + " (" + e.Note + ")")
 		}
 		return enter(n, Draining, e.Now)
 
@@ -317,10 +176,13 @@ func Step(r Record, ev Event) (Record, []Action, error) {
 	case Completed:
 		switch u.State {
 		case Locking:
+			if u.Lease == 0 {
+				return r, nil, fmt.Errorf("%w: locked without a lease", ErrUnexpected)
+			}
 			u.Lock = "held since " + e.Now.Format(time.RFC3339)
 			return enter(n, Checking, e.Now)
 		case Draining:
-			u.Kubernetes += "; drained"
+			u.Kubernetes = appendNote(u.Kubernetes, "drained")
 			return afterDrain(n, e.Now)
 		case Leaving:
 			u.Etcd = appendNote(u.Etcd, "left the cluster")
@@ -347,26 +209,24 @@ func Step(r Record, ev Event) (Record, []Action, error) {
 		return r, nil, fmt.Errorf("%w: done in %s", ErrUnexpected, u.State)
 
 	case Failed:
-		switch u.State {
-		case Pulling, Locking, Checking, Cordoning:
-			// Nothing was changed but (perhaps) the cordon: the node keeps running.
-			return finish(n, Aborted, e.Reason, e.Now)
-		case Draining:
-			if u.Force {
-				u.Warning = "forced past a failed drain: " + e.Reason
-				return afterDrain(n, e.Now)
-			}
-			return finish(n, Aborted, e.Reason, e.Now)
-		case Leaving, Stopping, Writing, Wiping, Arming:
-			// Services are stopped and filesystems unmounted (or the member may be gone):
-			// reboot into the current slot, which brings everything back in order, the etcd
-			// member included. Clear a half-made boot-once.
-			n, acts, err := finishRebooting(n, Aborted, e.Reason, e.Now)
-			return n, append([]Action{ActDisarm}, acts...), err
-		case Trial:
+		if u.State == Trial {
 			return r, nil, fmt.Errorf("%w: failed in trial (use Health)", ErrUnexpected)
 		}
-		return r, nil, fmt.Errorf("%w: failed in %s", ErrUnexpected, u.State)
+		if u.State == Draining && u.Force {
+			u.Warning = appendNote(u.Warning, "forced past a failed drain: "+e.Reason)
+			return afterDrain(n, e.Now)
+		}
+		switch u.State {
+		case Rebooting:
+			return r, nil, fmt.Errorf("%w: failed in %s", ErrUnexpected, u.State)
+		case Committing:
+			// grubenv may or may not hold the commit: reboot, and the boot decides from it
+			// (the new slot committed: done; else rolled back).
+			u.Warning = appendNote(u.Warning, "commit: "+e.Reason+"; rebooting to settle it from grubenv")
+			u.UpdatedAt = e.Now
+			return n, []Action{ActRebootCurrent{Reason: fmt.Sprintf("upgrade %s: the commit failed", u.ID)}}, nil
+		}
+		return failed(n, e.Reason, e.Now)
 
 	case Health:
 		if u.State != Trial {
@@ -381,10 +241,119 @@ func Step(r Record, ev Event) (Record, []Action, error) {
 	return r, nil, fmt.Errorf("%w: %T", ErrUnexpected, ev)
 }
 
-// stepBoot decides what a boot means for the upgrade in flight. GRUB consumes a one-shot
-// before booting it, so a boot of the old slot after arming means the new one did not make
-// it to a healthy trial (panic, hang and watchdog, or power loss).
+// failed ends an upgrade whose current effect failed, before the point of no return.
+func failed(n Record, reason string, now time.Time) (Record, []Action, error) {
+	switch n.Current.State {
+	case Pulling, Locking, Checking, Cordoning, Draining:
+		// Nothing was changed but (perhaps) the cordon: the node keeps running.
+		return finish(n, Aborted, reason, now)
+	}
+	// Leaving, Stopping, Writing, Wiping, Arming: services are stopped and filesystems
+	// unmounted (or the member may be gone): reboot into the current slot, which brings
+	// everything back in order, the etcd member included. Clear a half-made boot-once.
+	n, acts, err := finishRebooting(n, Aborted, reason, now)
+	return n, append([]Action{ActDisarm{}}, acts...), err
+}
+
+// persistFailed answers a record that could not be written. r is the last record written (what
+// the next boot will read); the answer must be safe to act on with r still on disk, so it ends
+// the upgrade with actions from safeUnpersisted only.
+func persistFailed(r, n Record, e PersistFailed) (Record, []Action, error) {
+	if rb := n.RollingBack; rb != nil {
+		// Give the rollback up. Committing, grubenv may hold it already: reboot into the
+		// committed slot, whichever it is, and the boot settles the record from grubenv.
+		n.RollingBack = nil
+		if rb.Phase == RollbackCommitting {
+			return n, []Action{ActRebootCurrent{Reason: "rollback: cannot persist the record; the boot settles it from grubenv"}}, nil
+		}
+		return n, nil, nil
+	}
+	if !r.Active() {
+		// A request, an obligation's discharge, or a rollback step that could not be
+		// recorded: nothing changed that the next boot cannot redo from r.
+		return r, nil, nil
+	}
+	u := n.Current
+	reason := "cannot persist the upgrade record: " + e.Reason
+	switch u.State {
+	case Rebooting:
+		return r, nil, nil // the reboot is under way; the boot decides from r
+	case Trial:
+		return finishRebooting(n, RolledBack, reason, e.Now)
+	case Committing:
+		// The commit may or may not be in grubenv: reboot, and the boot settles the record
+		// from it (the new slot committed: done, its obligations then; else rolled back).
+		u.Warning = appendNote(u.Warning, reason+"; rebooting to settle the commit from grubenv")
+		u.UpdatedAt = e.Now
+		return n, []Action{ActRebootCurrent{Reason: fmt.Sprintf("upgrade %s: %s", u.ID, reason)}}, nil
+	}
+	return failed(n, reason, e.Now)
+}
+
+// stepRollback runs a rollback: verify the other slot, commit it, reboot. It is refused while
+// an upgrade is in flight or owes something, and it blocks upgrades while it runs: both would
+// write or commit the same slot.
+func stepRollback(r, n Record, ev Event) (Record, []Action, error) {
+	rb := n.RollingBack
+	switch e := ev.(type) {
+	case RollbackRequest:
+		// An ended upgrade's obligations do not stand in the way: they stay in the record
+		// and are carried out after the rollback's reboot too.
+		if r.Active() || r.RollingBack != nil {
+			return r, nil, fmt.Errorf("%w: %s", ErrBusy, r.Busy())
+		}
+		n.RollingBack = &Rollback{From: e.Booted, To: e.Booted.Other(), At: e.Now, Phase: RollbackVerifying}
+		return n, []Action{ActVerifySlot{Slot: e.Booted.Other()}}, nil
+	case RollbackVerified:
+		if rb == nil || rb.Phase != RollbackVerifying {
+			return r, nil, fmt.Errorf("%w: rollback verified with none verifying", ErrUnexpected)
+		}
+		rb.Phase, rb.Version = RollbackCommitting, bound(e.Version)
+		return n, []Action{ActCommitRollback{Slot: rb.To}}, nil
+	case RollbackRefused:
+		if rb == nil || rb.Phase != RollbackVerifying {
+			return r, nil, fmt.Errorf("%w: rollback refused with none verifying", ErrUnexpected)
+		}
+		n.RollingBack = nil
+		return n, nil, nil
+	case RollbackCommitted:
+		if rb == nil || rb.Phase != RollbackCommitting {
+			return r, nil, fmt.Errorf("%w: rollback committed with none committing", ErrUnexpected)
+		}
+		done := *rb
+		done.Phase = ""
+		n.Rollbacks = append([]Rollback{done}, n.Rollbacks...)
+		if len(n.Rollbacks) > HistoryLen {
+			n.Rollbacks = n.Rollbacks[:HistoryLen]
+		}
+		n.RollingBack = nil
+		return n, []Action{ActReboot{Reason: fmt.Sprintf("rollback to slot %s (%s)", done.To, done.Version)}}, nil
+	case RollbackFailed:
+		if rb == nil || rb.Phase != RollbackCommitting {
+			return r, nil, fmt.Errorf("%w: rollback failed with none committing", ErrUnexpected)
+		}
+		n.RollingBack = nil
+		return n, nil, nil
+	}
+	return r, nil, fmt.Errorf("%w: %T", ErrUnexpected, ev)
+}
+
+// stepBoot decides what a boot means for the upgrade (or rollback) in flight. GRUB consumes a
+// one-shot before booting it, so a boot of the old slot after arming means the new one did not
+// make it to a healthy trial (panic, hang and watchdog, or power loss).
 func stepBoot(n Record, e Booted) (Record, []Action, error) {
+	if rb := n.RollingBack; rb != nil {
+		// A reboot cut the rollback short. grubenv says whether its commit landed.
+		n.RollingBack = nil
+		if rb.Phase == RollbackCommitting && e.Committed == rb.To {
+			done := *rb
+			done.Phase = ""
+			n.Rollbacks = append([]Rollback{done}, n.Rollbacks...)
+			if len(n.Rollbacks) > HistoryLen {
+				n.Rollbacks = n.Rollbacks[:HistoryLen]
+			}
+		}
+	}
 	if !n.Active() {
 		if n.Current != nil {
 			// Obligations a reboot interrupted (or deferred to this boot): go on.
@@ -416,15 +385,15 @@ func stepBoot(n Record, e Booted) (Record, []Action, error) {
 		n, acts, err := finish(n, Aborted, reason, e.Now)
 		if u.State == Wiping {
 			// The user asked for a wiped EPHEMERAL and it may be half-made: finish the job.
-			acts = append([]Action{ActWipe}, acts...)
+			acts = append([]Action{ActWipe{}}, acts...)
 		}
 		return n, acts, err
 	case Arming:
 		if e.Slot == u.ToSlot {
-			return enter(n, Trial, e.Now) // the boot-once took effect before the record said so
+			return keepLease(enter(n, Trial, e.Now)) // the boot-once took effect before the record said so
 		}
 		n, acts, err := finish(n, Aborted, "interrupted by a reboot while arming", e.Now)
-		return n, append([]Action{ActDisarm}, acts...), err
+		return n, append([]Action{ActDisarm{}}, acts...), err
 	case Rebooting, Trial:
 		if e.Slot == u.ToSlot && e.Committed == u.ToSlot {
 			return keepLease(enter(n, Committing, e.Now)) // committed in grubenv, not yet in META
@@ -459,11 +428,62 @@ func pastNoReturn(s State) bool {
 	return false
 }
 
+// effect is the action that entering s performs.
+func effect(u *Upgrade, s State) Action {
+	switch s {
+	case Pulling:
+		return ActPull{Image: u.Image, Slot: u.ToSlot}
+	case Locking:
+		if u.Lease != 0 {
+			return ActLock{Lease: u.Lease, ID: u.ID}
+		}
+		return ActGrant{}
+	case Checking:
+		return ActCheck{Preserve: u.Preserve, Force: u.Force}
+	case Cordoning:
+		return ActCordon{}
+	case Draining:
+		return ActDrain{ID: u.ID, TimeoutS: u.DrainTimeoutS, Force: u.Force}
+	case Leaving:
+		return ActLeave{}
+	case Stopping:
+		return ActStop{}
+	case Writing:
+		img := u.Image
+		if u.Digest != "" {
+			img = pinned(u.Image, u.Digest)
+		}
+		return ActWriteSlot{Slot: u.ToSlot, Image: img, SHA256: u.SlotSHA256, Size: u.SlotSize}
+	case Wiping:
+		return ActWipe{}
+	case Arming:
+		return ActArm{Slot: u.ToSlot}
+	case Rebooting:
+		return ActReboot{Reason: fmt.Sprintf("upgrade %s: boot slot %s once", u.ID, u.ToSlot)}
+	case Trial:
+		return ActTrial{Rejoin: u.Rejoin}
+	case Committing:
+		return ActCommit{Slot: u.ToSlot}
+	case Done:
+		return ActFinish{ID: u.ID, Version: u.ToVersion, Slot: u.ToSlot}
+	}
+	return nil
+}
+
+// pinned names image by its manifest digest: REPO@DIGEST (a tag, if any, dropped).
+func pinned(image, digest string) string {
+	repo, _, _ := strings.Cut(image, "@")
+	// A tag follows the last ':' after the last '/' (a ':' before it is a registry port).
+	if i := strings.LastIndexByte(repo, ':'); i > strings.LastIndexByte(repo, '/') {
+		repo = repo[:i]
+	}
+	return repo + "@" + digest
+}
+
 func enter(n Record, s State, now time.Time) (Record, []Action, error) {
 	u := n.Current
 	u.State = s
 	u.UpdatedAt = now
-	acts := []Action{effect[s]}
 	switch s {
 	case Cordoning:
 		// From the cordon on, a cordon of ours may exist: it must be lifted however this ends.
@@ -473,6 +493,9 @@ func enter(n Record, s State, now time.Time) (Record, []Action, error) {
 		u.Rejoin = true
 	case Done:
 		u.FinishedAt = now
+	}
+	acts := []Action{effect(u, s)}
+	if s == Done {
 		acts = append(acts, obligations(u)...) // uncordon, then release the lease
 	}
 	return n, acts, nil
@@ -488,10 +511,10 @@ func afterDrain(n Record, now time.Time) (Record, []Action, error) {
 }
 
 // keepLease puts the lease's keep-alive before the actions of a boot that resumes an upgrade
-// holding one.
+// holding one (in flight, or ended with the release still owed).
 func keepLease(n Record, acts []Action, err error) (Record, []Action, error) {
-	if n.Current.Lease != 0 {
-		acts = append([]Action{ActKeepLease}, acts...)
+	if u := n.Current; u != nil && u.Lease != 0 && !u.State.Terminal() {
+		acts = append([]Action{ActKeepLease{Lease: u.Lease, ID: u.ID}}, acts...)
 	}
 	return n, acts, err
 }
@@ -502,13 +525,13 @@ func keepLease(n Record, acts []Action, err error) (Record, []Action, error) {
 func obligations(u *Upgrade) []Action {
 	var acts []Action
 	if u.Rejoin {
-		acts = append(acts, ActRejoin)
+		acts = append(acts, ActRejoin{ID: u.ID})
 	}
 	if u.Uncordon {
-		acts = append(acts, ActUncordon)
+		acts = append(acts, ActUncordon{ID: u.ID})
 	}
 	if u.Lease != 0 {
-		acts = append(acts, ActRelease)
+		acts = append(acts, ActRelease{Lease: u.Lease, ID: u.ID})
 	}
 	return acts
 }
@@ -517,7 +540,7 @@ func obligations(u *Upgrade) []Action {
 // node never stays cordoned, or holds the lease, because its upgrade failed.
 func finish(n Record, s State, reason string, now time.Time) (Record, []Action, error) {
 	n.Current.State = s
-	n.Current.Reason = reason
+	n.Current.Reason = bound(reason)
 	n.Current.UpdatedAt = now
 	n.Current.FinishedAt = now
 	return n, obligations(n.Current), nil
@@ -529,19 +552,9 @@ func finishRebooting(n Record, s State, reason string, now time.Time) (Record, [
 	n, _, err := finish(n, s, reason, now)
 	var acts []Action
 	if n.Current.Uncordon {
-		acts = append(acts, ActUncordon)
+		acts = append(acts, ActUncordon{ID: n.Current.ID})
 	}
-	return n, append(acts, ActRebootCurrent), err
-}
-
-func appendNote(s, note string) string {
-	switch {
-	case note == "":
-		return s
-	case s == "":
-		return note
-	}
-	return s + "; " + note
+	return n, append(acts, ActRebootCurrent{Reason: fmt.Sprintf("upgrade %s %s: back to the committed slot", n.Current.ID, s)}), err
 }
 
 func setSlot(n *Record, s boot.Slot, rec SlotRecord) {

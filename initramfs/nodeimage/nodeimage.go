@@ -52,14 +52,14 @@ func FindKernel(cacheDir string) (Kernel, error) {
 func (k Kernel) Vmlinuz() string { return filepath.Join(k.Root, "boot", "vmlinuz-"+k.Release) }
 
 // BuildInit compiles the init for version into out: static (CGO_ENABLED=0), stripped,
-// reproducible paths. fault is empty except for test images (see sequence.Fault).
+// reproducible paths. fault is empty except for test images (see keel/internal/fault).
 func BuildInit(ctx context.Context, repoRoot, version, out string, fault ...string) error {
 	if err := disk.ValidVersion(version); err != nil {
 		return err
 	}
 	ldflags := "-s -w -X main.version=" + version
 	if len(fault) > 0 && fault[0] != "" {
-		ldflags += " -X main.fault=" + fault[0]
+		ldflags += " -X main.faultName=" + fault[0]
 	}
 	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", ldflags, "-o", out, "./init")
 	cmd.Dir = repoRoot
@@ -172,8 +172,11 @@ func BuildSlot(ctx context.Context, o SlotOptions) (Slot, error) {
 		bins["/bin/etcd"] = o.Etcd
 	}
 	if o.Fault == "bench-write" {
-		if p, err := exec.LookPath("dd"); err == nil {
-			bins["/bin/dd"] = p
+		// The benchmark's floor: dd oflag=direct and sha256sum over the slot's bytes.
+		for _, b := range []string{"dd", "sha256sum"} {
+			if p, err := exec.LookPath(b); err == nil {
+				bins["/bin/"+b] = p
+			}
 		}
 	}
 	files := map[string]string{}

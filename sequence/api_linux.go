@@ -1,0 +1,190 @@
+package sequence
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+
+	"keel/cluster/etcd"
+	"keel/events"
+	"keel/installer"
+	"keel/machine"
+	"keel/netapi"
+	"keel/supervisor"
+	"keel/upgrade"
+)
+
+// api is the endpoint's view of the node (netapi.Node): each call is handed to the room that
+// owns it (the upgrade executor, the supervisor, power), and its errors are mapped onto the
+// endpoint's (409, 412, 400).
+type api struct{ n *Node }
+
+// Status implements netapi.Node.
+func (a *api) Status() netapi.Status { return a.n.status() }
+
+// Version implements netapi.Node.
+func (a *api) Version() netapi.Version { return a.n.version() }
+
+// Reboot implements netapi.Node.
+func (a *api) Reboot(reason string) error { return a.n.Reboot(reason) }
+
+// Shutdown implements netapi.Node.
+func (a *api) Shutdown(reason string) error {
+	return a.n.requestPower(machine.ActionPowerOff, reason, nil)
+}
+
+// StartUpgrade implements netapi.Node.
+func (a *api) StartUpgrade(r netapi.UpgradeRequest) (netapi.UpgradeAccepted, error) {
+	var no netapi.UpgradeAccepted
+	n := a.n
+	if len(r.Image) > upgrade.MaxImageRef {
+		return no, fmt.Errorf("%w: image reference longer than %d bytes", netapi.ErrBadRequest, upgrade.MaxImageRef)
+	}
+	if _, err := installer.ParseReference(r.Image, false); err != nil {
+		return no, fmt.Errorf("%w: %v", netapi.ErrBadRequest, err)
+	}
+	if r.DrainTimeoutS < 0 || r.DrainTimeoutS > 3600 {
+		return no, fmt.Errorf("%w: drain_timeout_s must be 0-3600", netapi.ErrBadRequest)
+	}
+	if n.power.down() {
+		return no, fmt.Errorf("%w: the node is shutting down", netapi.ErrConflict)
+	}
+	// A request that will be refused anyway is refused before the cluster is asked.
+	if busy := n.exec.Record().Busy(); busy != "" {
+		return no, fmt.Errorf("%w: %s", netapi.ErrConflict, busy)
+	}
+	// Control-plane nodes: refuse an upgrade that would cost the etcd cluster its quorum.
+	note, outage := "", false
+	if n.etcd != nil {
+		var err error
+		if note, outage, err = n.etcd.Precheck(context.Background(), r.Preserve, r.Force); err != nil {
+			if errors.Is(err, etcd.ErrRefused) {
+				return no, fmt.Errorf("%w: %v", netapi.ErrPrecondition, err)
+			}
+			return no, err
+		}
+	}
+	b := make([]byte, 6)
+	rand.Read(b)
+	id := hex.EncodeToString(b)
+	cfg := n.config()
+	err := n.exec.Request(context.Background(), upgrade.Request{ID: id, Image: r.Image, Preserve: r.Preserve, Force: r.Force,
+		DrainTimeoutS: r.DrainTimeoutS, FromVersion: n.opts.Version, Booted: n.bootedSlot(),
+		ControlPlane: n.etcd != nil, Member: memberName(n, cfg.MemberName())})
+	if err != nil {
+		return no, upgradeError(err)
+	}
+	return netapi.UpgradeAccepted{ID: id, Status: "accepted", Etcd: note, Outage: outage}, nil
+}
+
+func memberName(n *Node, name string) string {
+	if n.etcd == nil {
+		return ""
+	}
+	return name
+}
+
+// upgradeError maps the executor's refusals onto the endpoint's errors.
+func upgradeError(err error) error {
+	switch {
+	case errors.Is(err, upgrade.ErrBusy), errors.Is(err, upgrade.ErrShutdown), errors.Is(err, upgrade.ErrTooLate):
+		return fmt.Errorf("%w: %v", netapi.ErrConflict, err)
+	case errors.Is(err, upgrade.ErrInvalid):
+		return fmt.Errorf("%w: %v", netapi.ErrBadRequest, err)
+	case errors.Is(err, upgrade.ErrRefused):
+		return fmt.Errorf("%w: %v", netapi.ErrPrecondition, err)
+	case errors.Is(err, upgrade.ErrUnexpected):
+		return fmt.Errorf("%w: no upgrade in flight", netapi.ErrConflict)
+	}
+	return err
+}
+
+// CancelUpgrade implements netapi.Node: an upgrade still pulling, waiting for the lease or
+// checking is ended, its running step cancelled and its lease released; a later one cannot be.
+func (a *api) CancelUpgrade() error {
+	return upgradeError(a.n.exec.Cancel(context.Background(), "by operator"))
+}
+
+// Rollback implements netapi.Node: the other slot is verified against its manifest, committed,
+// and the node reboots into it.
+func (a *api) Rollback() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Second)
+	defer cancel()
+	err := a.n.exec.Rollback(ctx, a.n.bootedSlot())
+	if err != nil {
+		return upgradeError(err)
+	}
+	a.n.log.Info("rollback: committed the other slot; rebooting", "slot", string(a.n.bootedSlot().Other()))
+	return nil
+}
+
+// Reset implements netapi.Node: the named partitions are re-made during the ordered shutdown
+// (after services stop and filesystems unmount), then the node reboots. Wiping STATE removes
+// the node's keys and config: it comes back without an endpoint, ready to be provisioned. The
+// wipe belongs to the power request: one refused (the node already going down) arms nothing.
+func (a *api) Reset(wipe []string) error {
+	r := a.n.exec.Record()
+	if r.Active() || r.RollingBack != nil {
+		return fmt.Errorf("%w: %s", netapi.ErrConflict, r.Busy())
+	}
+	if err := a.n.requestPower(machine.ActionReboot, fmt.Sprintf("reset: wipe %v", wipe), wipe); err != nil {
+		return fmt.Errorf("%w: %v", netapi.ErrConflict, err)
+	}
+	return nil
+}
+
+// Services implements netapi.Node.
+func (a *api) Services() []supervisor.Status {
+	sup := a.n.supervisor()
+	if sup == nil {
+		return []supervisor.Status{}
+	}
+	return sup.Status()
+}
+
+// RestartService implements netapi.Node.
+func (a *api) RestartService(name string) error {
+	sup := a.n.supervisor()
+	if sup == nil {
+		return fmt.Errorf("%w: service %q", netapi.ErrNotFound, name)
+	}
+	err := sup.Restart(name)
+	if errors.Is(err, supervisor.ErrUnknown) {
+		return fmt.Errorf("%w: service %q", netapi.ErrNotFound, name)
+	}
+	if err != nil {
+		return fmt.Errorf("%w: %v", netapi.ErrConflict, err)
+	}
+	return nil
+}
+
+// LogRing implements netapi.Node: the init's own log is "init".
+func (a *api) LogRing(name string) (*events.Ring, error) {
+	if name == "init" && a.n.opts.InitLog != nil {
+		return a.n.opts.InitLog, nil
+	}
+	if sup := a.n.supervisor(); sup != nil {
+		if r, err := sup.Logs(name); err == nil {
+			return r, nil
+		}
+	}
+	return nil, fmt.Errorf("%w: no log %q (services and \"init\")", netapi.ErrNotFound, name)
+}
+
+// Events implements netapi.Node.
+func (a *api) Events() *events.Ring {
+	if a.n.opts.Events == nil {
+		r := events.NewRing(1, 0)
+		r.Close()
+		return r
+	}
+	return a.n.opts.Events.Ring()
+}
+
+// Dmesg implements netapi.Node.
+func (a *api) Dmesg(ctx context.Context, follow bool, emit func(any) error) error {
+	return machine.ReadKmsg(ctx, follow, func(r machine.KmsgRecord) error { return emit(r) })
+}

@@ -1,0 +1,145 @@
+package sequence
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"keel/internal/fault"
+	"keel/machine"
+)
+
+// host is the running node as the upgrade executor sees it (upgrade.Host): stopping what uses
+// STATE and EPHEMERAL before the slot is written, and the trial of a new slot.
+type host struct{ n *Node }
+
+// Stop implements upgrade.Host: the services stop (dependents first), whatever else holds STATE
+// or EPHEMERAL is killed, both are unmounted. An unmount that still fails is the upgrade's
+// failure (it aborts and reboots into the current slot).
+func (h host) Stop(context.Context) error {
+	n := h.n
+	n.stopServices()
+	mounts := []string{MountEphemeral, MountState}
+	if k := machine.KillHolders(5*time.Second, n.Reaper.ReapOnce, mounts...); k > 0 {
+		n.log.Warn("upgrade: processes needed SIGKILL", "count", k)
+	}
+	machine.Sync()
+	for _, m := range mounts {
+		if err := machine.Unmount(m, 5*time.Second); err != nil {
+			return fmt.Errorf("%w (still in use after killing every process holding it)", err)
+		}
+		n.mounts.drop(m)
+	}
+	return nil
+}
+
+// trialWatchdog is the hardware watchdog a trial arms: if the new slot hangs, it resets the
+// machine (into the old slot: the new one is not committed).
+type trialWatchdog struct {
+	mu sync.Mutex
+	wd *machine.Watchdog
+}
+
+func (t *trialWatchdog) set(wd *machine.Watchdog) {
+	t.mu.Lock()
+	t.wd = wd
+	t.mu.Unlock()
+}
+
+func (t *trialWatchdog) take() *machine.Watchdog {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	wd := t.wd
+	t.wd = nil
+	return wd
+}
+
+// Trial implements upgrade.Host: arm the watchdog, then run the health gates in order within
+// the trial's time.
+func (h host) Trial(ctx context.Context, rejoin bool, rejoined func(string)) error {
+	n := h.n
+	cfg := n.config().Upgrade
+	wd, err := machine.ArmWatchdog("/dev/watchdog", time.Duration(cfg.WatchdogTimeout())*time.Second)
+	if err != nil {
+		n.warn("trial without a hardware watchdog: %v", err)
+	} else {
+		n.trial.set(wd)
+		n.log.Info("upgrade: watchdog armed", "timeout_s", cfg.WatchdogTimeout())
+	}
+	if n.opts.Fault == fault.HangInTrial && wd != nil {
+		n.log.Warn("fault injected: hanging in the trial boot")
+		wd.Hang()
+		select {} // the watchdog resets the machine
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Duration(cfg.TrialTimeout())*time.Second)
+	defer cancel()
+	for _, g := range h.gates(rejoin, rejoined) {
+		if err := g.check(ctx); err != nil {
+			n.log.Error("upgrade: health gate failed", "gate", g.name, "err", err)
+			return fmt.Errorf("%s: %w", g.name, err)
+		}
+		n.log.Info("upgrade: health gate passed", "gate", g.name)
+	}
+	return nil
+}
+
+// Finish implements upgrade.Host: the upgrade is done, the trial's watchdog stands down.
+func (h host) Finish() {
+	if wd := h.n.trial.take(); wd != nil {
+		if err := wd.Disarm(); err != nil {
+			h.n.warn("%v", err)
+		}
+	}
+}
+
+type gate struct {
+	name  string
+	check func(context.Context) error
+}
+
+// gates are the trial's health checks, in order.
+func (h host) gates(rejoin bool, rejoined func(string)) []gate {
+	n := h.n
+	g := []gate{
+		{"mounts", func(context.Context) error {
+			for _, want := range []string{MountState, MountEphemeral} {
+				if !n.mounts.has(want) {
+					return fmt.Errorf("%s is not mounted", want)
+				}
+			}
+			return nil
+		}},
+	}
+	if n.etcd != nil {
+		// Before the services gate: a rejoining member is a learner until this gate promotes
+		// it, and the services gate waits for etcd's health.
+		g = append(g, gate{"etcd", func(ctx context.Context) error { return n.etcd.Gate(ctx, rejoin, rejoined) }})
+	}
+	g = append(g,
+		gate{"services", n.servicesUp},
+		gate{"api", func(ctx context.Context) error {
+			var d net.Dialer
+			c, err := d.DialContext(ctx, "tcp", fmt.Sprintf("127.0.0.1:%d", n.config().APIPort()))
+			if err != nil {
+				return err
+			}
+			return c.Close()
+		}})
+	switch n.opts.Fault {
+	case fault.SlowTrial:
+		g = append(g, gate{"fault-slow", func(ctx context.Context) error {
+			select {
+			case <-time.After(15 * time.Second):
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}})
+	case fault.HealthFail:
+		g = append(g, gate{"fault-injected", func(context.Context) error { return errors.New("this test image always fails its health gate") }})
+	}
+	return g
+}

@@ -1,0 +1,311 @@
+package sequence
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"keel/boot"
+	"keel/config"
+	"keel/disk"
+	"keel/internal/fault"
+	"keel/machine"
+	"keel/netapi"
+	"keel/network"
+)
+
+// phase is one step of the boot: timed, reported as an event and in status. A fatal phase's
+// error ends the boot (the init exits, the kernel panics, panic=1 reboots); any other's is a
+// warning and the boot goes on: a node must reach its endpoint whenever it can.
+type phase struct {
+	name  string
+	fatal bool
+	run   func(context.Context) error
+}
+
+// bootPhases are the boot, in order. STATE comes before META: the upgrade's executor needs the
+// node's configuration, and what a boot may have to redo first (re-making EPHEMERAL, clearing a
+// boot-once) never touches STATE.
+func (n *Node) bootPhases() []phase {
+	return []phase{
+		{"mount-early", true, n.mountEarly},
+		{"cmdline", false, n.readCmdline},
+		{"modules", false, n.loadModules},
+		{"partitions", true, n.findPartitions},
+		{"bootloader", false, n.readBootloader},
+		{"state", true, n.mountState},
+		{"meta", false, n.bootMeta},
+		{"slots", false, n.readSlots},
+		{"ephemeral", false, n.mountEphemeral},
+		{"fault", false, n.injectFault},
+		{"network", false, n.network},
+		{"api", false, n.serveAPI},
+		{"services", false, n.startServices},
+	}
+}
+
+func (n *Node) runPhase(ctx context.Context, p phase) error {
+	t0 := machine.Uptime()
+	err := p.run(ctx)
+	d := machine.Uptime() - t0
+	rec := netapi.Phase{Name: p.name, DurationS: d.Seconds()}
+	data := map[string]any{"duration_s": d.Seconds()}
+	if err != nil {
+		rec.Error = err.Error()
+		data["error"] = err.Error()
+	}
+	n.mu.Lock()
+	n.phases = append(n.phases, rec)
+	n.mu.Unlock()
+	n.publish("boot", p.name, "phase done", data)
+	switch {
+	case err != nil && p.fatal:
+		n.log.Error("boot phase failed", "phase", p.name, "err", err, "took", d.Round(time.Millisecond))
+		return fmt.Errorf("%w: %s: %w", ErrFatal, p.name, err)
+	case err != nil:
+		n.warn("boot phase %s: %v", p.name, err)
+	default:
+		n.log.Info("boot phase done", "phase", p.name, "took", d.Round(time.Millisecond))
+	}
+	return nil
+}
+
+// Boot brings the node up to serving its endpoint, prints the ready line, and lets the upgrade
+// executor go on with what this boot means (a trial, a commit, obligations). An error wraps
+// ErrFatal.
+func (n *Node) Boot(ctx context.Context) error {
+	for _, p := range n.bootPhases() {
+		if err := n.runPhase(ctx, p); err != nil {
+			return err
+		}
+	}
+	n.mu.Lock()
+	n.readyAt = machine.Uptime()
+	r := Ready{
+		Version: n.opts.Version, Slot: string(n.booted), BootID: n.bootID,
+		KernelAtInitS: n.initAt.Seconds(), KernelAtReadyS: n.readyAt.Seconds(), Warnings: len(n.warnings),
+	}
+	n.mu.Unlock()
+	n.log.Info("ready", "version", r.Version, "slot", r.Slot, "init_to_ready", time.Duration((r.KernelAtReadyS-r.KernelAtInitS)*float64(time.Second)).Round(time.Millisecond))
+	fmt.Fprintln(n.opts.Console, r.Line())
+	n.publish("boot", "ready", "ready", map[string]any{"version": r.Version, "slot": r.Slot, "init_to_ready_s": r.KernelAtReadyS - r.KernelAtInitS})
+	if n.exec != nil {
+		n.exec.Ready()
+	}
+	return nil
+}
+
+func (n *Node) mountEarly(context.Context) error {
+	for _, m := range machine.EarlyMounts {
+		if err := m.Do(); err != nil {
+			return err
+		}
+	}
+	if err := machine.DisableCtrlAltDel(); err != nil {
+		n.warn("ctrl-alt-del stays a hard reboot: %v", err)
+	}
+	if b, err := os.ReadFile("/proc/sys/kernel/random/boot_id"); err == nil {
+		n.mu.Lock()
+		n.bootID = strings.TrimSpace(string(b))
+		n.mu.Unlock()
+	}
+	return nil
+}
+
+func (n *Node) readCmdline(context.Context) error {
+	b, err := os.ReadFile("/proc/cmdline")
+	if err != nil {
+		return err
+	}
+	c := boot.ParseCmdline(string(b))
+	s, err := c.BootedSlot()
+	n.mu.Lock()
+	n.cmdline, n.booted = c, s
+	n.mu.Unlock()
+	return err
+}
+
+func (n *Node) loadModules(context.Context) error {
+	loaded, errs := machine.LoadModules(n.opts.Modules)
+	n.log.Info("modules loaded", "count", loaded, "failed", len(errs))
+	return errors.Join(errs...)
+}
+
+func (n *Node) findPartitions(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, n.opts.PartitionWait)
+	defer cancel()
+	parts, err := disk.WaitPartitions(ctx, "/sys", disk.PartEFI, disk.PartBootA, disk.PartBootB,
+		disk.PartMeta, disk.PartState, disk.PartEphemeral)
+	n.mu.Lock()
+	n.parts = parts
+	n.mu.Unlock()
+	return err
+}
+
+// readBootloader mounts the ESP read-only and reads grubenv: which slot is committed and
+// whether a one-shot is still armed (it should not be: GRUB clears it before booting).
+func (n *Node) readBootloader(context.Context) error {
+	esp := n.partition(disk.PartEFI)
+	if err := (machine.Mount{Source: esp.Dev, Target: MountESP, FSType: "vfat", Flags: unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC}).Do(); err != nil {
+		return err
+	}
+	n.mounts.add(mounted{part: disk.PartEFI, target: MountESP})
+	e, err := boot.OpenESP(esp.Dev, MountESP)
+	n.esp = e
+	if err != nil {
+		return err
+	}
+	if b, ent := n.bootedSlot(), e.Entries(); b != "" && b != ent.Committed && ent.Next == "" {
+		n.log.Info("booted slot differs from the committed slot", "booted", b, "committed", ent.Committed)
+	}
+	return nil
+}
+
+// readSlots reads each slot's manifest (mounting it read-only for a moment) so status can say
+// which version each slot holds.
+func (n *Node) readSlots(ctx context.Context) error {
+	var errs []error
+	var infos []netapi.SlotInfo
+	for _, s := range []boot.Slot{boot.SlotA, boot.SlotB} {
+		info := netapi.SlotInfo{Slot: string(s)}
+		m, err := disk.ReadSlot(ctx, n.partition(s.Partition()).Dev, filepath.Join(slotMountDir, string(s)), false)
+		switch {
+		case errors.Is(err, disk.ErrSlotEmpty):
+			info.Error = err.Error()
+		case err != nil:
+			info.Error = err.Error()
+			errs = append(errs, fmt.Errorf("slot %s: %w", s, err))
+		default:
+			info.Version = m.Version
+		}
+		infos = append(infos, info)
+	}
+	n.mu.Lock()
+	n.slots = infos
+	n.mu.Unlock()
+	return errors.Join(errs...)
+}
+
+func (n *Node) mountState(context.Context) error {
+	if err := n.mountExt4(disk.PartState, MountState); err != nil {
+		return err
+	}
+	b, err := os.ReadFile(filepath.Join(MountState, config.FileName))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	cfg, err := config.Parse(b)
+	if err != nil {
+		// A broken config must not make the node unreachable: defaults, loudly.
+		n.warn("%s: %v; using defaults", config.FileName, err)
+	}
+	n.mu.Lock()
+	n.cfg = cfg
+	n.mu.Unlock()
+	if err := unix.Sethostname([]byte(cfg.HostnameOrDefault())); err != nil {
+		n.warn("sethostname: %v", err)
+	}
+	return nil
+}
+
+func (n *Node) mountEphemeral(context.Context) error {
+	if err := n.mountExt4(disk.PartEphemeral, MountEphemeral); err != nil {
+		return err
+	}
+	return n.recordBoot()
+}
+
+// recordBoot appends this boot to BootLog and syncs it.
+func (n *Node) recordBoot() error {
+	if err := os.MkdirAll(filepath.Dir(BootLog), 0o755); err != nil {
+		return err
+	}
+	prev, _ := os.ReadFile(BootLog)
+	n.mu.Lock()
+	n.bootCount = strings.Count(string(prev), "\n")
+	line := fmt.Sprintf("%s slot=%s version=%s\n", n.bootID, n.booted, n.opts.Version)
+	n.mu.Unlock()
+	f, err := os.OpenFile(BootLog, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if _, err := f.WriteString(line); err != nil {
+		return err
+	}
+	return f.Sync()
+}
+
+// injectFault sets up a test image's failure that needs the booted node.
+func (n *Node) injectFault(context.Context) error {
+	if n.opts.Fault != fault.BusyVar {
+		return nil
+	}
+	f := filepath.Join(MountEphemeral, "busy.img")
+	if err := os.WriteFile(f, make([]byte, 1<<20), 0o600); err != nil {
+		return err
+	}
+	dev, err := machine.AttachLoop(f)
+	if err != nil {
+		return err
+	}
+	n.log.Warn("fault injected: loop device keeps /var busy", "device", dev, "file", f)
+	return nil
+}
+
+func (n *Node) network(ctx context.Context) error {
+	n.mu.Lock()
+	arg := n.cfg.Network.IP
+	if v, ok := n.cmdline["ip"]; ok {
+		arg = v
+	}
+	n.mu.Unlock()
+	cfg, err := network.ParseIPArg(arg)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	addrs, err := network.Up(ctx, cfg, n.log)
+	n.mu.Lock()
+	n.addrs = addrs
+	n.mu.Unlock()
+	return err
+}
+
+func (n *Node) serveAPI(context.Context) error {
+	read := func(name string) []byte {
+		b, err := os.ReadFile(filepath.Join(PKIDir, name))
+		if err != nil {
+			n.log.Error("api: missing key material", "file", name, "err", err)
+		}
+		return b
+	}
+	cfg, err := netapi.TLSConfig(read("ca.crt"), read("server.crt"), read("server.key"))
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", fmt.Sprintf(":%d", n.config().APIPort()))
+	if err != nil {
+		return err
+	}
+	srv, done := netapi.Serve(ln, netapi.New(netapi.Options{Node: &api{n}, Log: n.log}), cfg, n.log)
+	n.mu.Lock()
+	n.srv = srv
+	n.mu.Unlock()
+	go func() {
+		if err := <-done; err != nil && !errors.Is(err, http.ErrServerClosed) {
+			n.log.Error("api: server stopped", "err", err)
+		}
+	}()
+	n.log.Info("api: serving", "addr", ln.Addr().String())
+	return nil
+}

@@ -1,0 +1,82 @@
+package sequence
+
+import (
+	"runtime"
+
+	"golang.org/x/sys/unix"
+
+	"keel/config"
+	"keel/disk"
+	"keel/machine"
+	"keel/netapi"
+)
+
+// status is GET /v1/status: what the boot found, the upgrade record (a copy of the
+// executor's), the bootloader's entries, the mounts.
+func (n *Node) status() netapi.Status {
+	rec := n.exec.Record()
+	n.mu.Lock()
+	st := netapi.Status{
+		Version:      n.opts.Version,
+		BootedSlot:   string(n.booted),
+		UptimeS:      machine.Uptime().Seconds(),
+		InitRSSBytes: machine.SelfRSS(),
+		BootID:       n.bootID,
+		BootCount:    n.bootCount,
+		Boot: netapi.BootTiming{
+			KernelAtInitS: n.initAt.Seconds(), KernelAtReadyS: n.readyAt.Seconds(),
+			InitToReadyS: (n.readyAt - n.initAt).Seconds(),
+			Phases:       append([]netapi.Phase(nil), n.phases...),
+		},
+		Slots:      append([]netapi.SlotInfo(nil), n.slots...),
+		Role:       n.cfg.Role,
+		Kubernetes: kubeStatus(n.cfg),
+		Warnings:   append([]string(nil), n.warnings...),
+		History:    rec.History,
+		Rollbacks:  rec.Rollbacks,
+		SlotsMeta:  rec.Slots,
+		Upgrade:    rec.Current,
+	}
+	for _, a := range n.addrs {
+		st.Addresses = append(st.Addresses, a.String())
+	}
+	parts := n.parts
+	n.mu.Unlock()
+	if n.esp != nil {
+		e := n.esp.Entries()
+		st.CommittedSlot, st.NextSlot = string(e.Committed), string(e.Next)
+	}
+	if n.kube != nil {
+		if d := n.kube.Drained(); d != nil {
+			st.Drain = &netapi.DrainProgress{UpgradeID: d.UpgradeID, PodsLeft: d.PodsLeft, LastEvicted: d.LastEvicted}
+		}
+	}
+	mountOf := map[string]mounted{}
+	for _, m := range n.mounts.list() {
+		mountOf[m.part] = m
+	}
+	for _, name := range []string{disk.PartEFI, disk.PartBootA, disk.PartBootB, disk.PartMeta, disk.PartState, disk.PartEphemeral} {
+		d, ok := parts[name]
+		if !ok {
+			continue
+		}
+		m := mountOf[name]
+		st.Partitions = append(st.Partitions, netapi.Partition{
+			Name: name, Device: d.Dev, SizeBytes: d.Size, Mountpoint: m.target, CleanAtMount: m.clean, FSUUID: m.uuid,
+		})
+	}
+	return st
+}
+
+func (n *Node) version() netapi.Version {
+	var u unix.Utsname
+	_ = unix.Uname(&u)
+	return netapi.Version{Version: n.opts.Version, GoVersion: runtime.Version(), Kernel: unix.ByteSliceToString(u.Release[:])}
+}
+
+func kubeStatus(c config.Config) string {
+	if c.Kubernetes == nil {
+		return "not configured: the upgrade skips cordon and drain"
+	}
+	return "node " + c.Kubernetes.NodeName
+}
