@@ -72,9 +72,13 @@ vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }
 	@$(GO) vet ./...
 
+# The executor, the supervisor and the log rings are concurrent: their tests run under -race too.
+RACE_PKGS = ./upgrade ./supervisor ./events
+
 test-unit: vet
-	@echo "test-unit: go test $(words $(UNIT_PKGS)) packages"
+	@echo "test-unit: go test $(words $(UNIT_PKGS)) packages, then -race on $(RACE_PKGS)"
 	@$(GO) test -count=1 $(UNIT_PKGS)
+	@$(GO) test -count=1 -race $(RACE_PKGS)
 
 test-e2e: deps k8s-bins
 	@echo "test-e2e: QEMU end-to-end tests (TCG; KVM=1 to opt in), -parallel $(E2E_PARALLEL)"

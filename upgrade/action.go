@@ -53,8 +53,12 @@ type (
 		SHA256 string
 		Size   int64
 	}
-	// ActWipe re-creates EPHEMERAL.
-	ActWipe struct{}
+	// ActWipe re-creates EPHEMERAL; Resume when a boot finishes a wipe a reboot cut short (an
+	// obligation, retried).
+	ActWipe struct {
+		ID     string
+		Resume bool
+	}
 	// ActArm sets the boot-once entry (grubenv next_entry).
 	ActArm struct{ Slot boot.Slot }
 	// ActReboot reboots: GRUB boots the armed slot once.

@@ -85,6 +85,9 @@ type Cordoned struct {
 	Now           time.Time
 }
 
+// Wiped reports that EPHEMERAL was re-created.
+type Wiped struct{ Now time.Time }
+
 // Uncordoned reports that our cordon (if any) is lifted.
 type Uncordoned struct{ Now time.Time }
 
@@ -158,6 +161,7 @@ func (Pulled) isEvent()            {}
 func (Completed) isEvent()         {}
 func (Cordoned) isEvent()          {}
 func (Uncordoned) isEvent()        {}
+func (Wiped) isEvent()             {}
 func (Failed) isEvent()            {}
 func (Progressed) isEvent()        {}
 func (Booted) isEvent()            {}

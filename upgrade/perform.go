@@ -106,9 +106,12 @@ func (e *Executor) perform(ctx context.Context, a Action, post func(Event)) outc
 
 	case ActWipe:
 		if err := fx.Slots.WipeEphemeral(ctx); err != nil {
+			if a.Resume {
+				return outcome{retry: fmt.Errorf("wipe EPHEMERAL: %w", err)}
+			}
 			return fail("wipe EPHEMERAL: %v", err)
 		}
-		return outcome{ev: Completed{Now: now()}}
+		return outcome{ev: Wiped{Now: now()}}
 
 	case ActArm:
 		if err := fx.Boot.Arm(a.Slot); err != nil {

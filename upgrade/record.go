@@ -105,6 +105,9 @@ type Upgrade struct {
 	// Rejoin is a persisted obligation: this node's member may have been removed from the
 	// cluster; verify it, and rejoin (learner, caught up, promoted) before trusting its etcd.
 	Rejoin bool `json:"rejoin,omitempty"`
+	// Wipe is a persisted obligation: EPHEMERAL's re-creation was started (preserve=false) and
+	// may be half done; it is done again, before EPHEMERAL is mounted, until it completes.
+	Wipe bool `json:"wipe,omitempty"`
 }
 
 // SlotRecord is what META knows of a slot's content.

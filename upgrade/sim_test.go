@@ -183,6 +183,10 @@ func check(t testing.TB, s scenario, w *world, r Record, desc string) {
 	if s.cp && (w.member != "voter" || u.Rejoin) {
 		t.Fatalf("%s: member %s (rejoin pending %v); log %v", desc, w.member, u.Rejoin, w.log)
 	}
+	// A wipe the power cut short is done again: EPHEMERAL is never left half made.
+	if w.wipeHalf {
+		t.Fatalf("%s: EPHEMERAL left half made by a cut wipe; log %v", desc, w.log)
+	}
 	if s.foreign && u.Kubernetes != "" && !strings.Contains(u.Kubernetes, "someone else") {
 		t.Fatalf("%s: status %q does not say the node was already cordoned", desc, u.Kubernetes)
 	}

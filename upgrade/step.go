@@ -55,6 +55,17 @@ func Step(r Record, ev Event) (Record, []Action, error) {
 	case PersistFailed:
 		return persistFailed(r, n, e)
 
+	case Wiped:
+		if u == nil || !u.Wipe {
+			return r, nil, fmt.Errorf("%w: wiped with no wipe pending", ErrUnexpected)
+		}
+		u.Wipe = false
+		u.UpdatedAt = e.Now
+		if u.State == Wiping {
+			return enter(n, Arming, e.Now)
+		}
+		return n, nil, nil
+
 	case Uncordoned:
 		if u == nil || !u.Uncordon {
 			return r, nil, fmt.Errorf("%w: uncordoned with no cordon pending", ErrUnexpected)
@@ -199,8 +210,6 @@ func Step(r Record, ev Event) (Record, []Action, error) {
 				return enter(n, Arming, e.Now)
 			}
 			return enter(n, Wiping, e.Now)
-		case Wiping:
-			return enter(n, Arming, e.Now)
 		case Arming:
 			return enter(n, Rebooting, e.Now)
 		case Committing:
@@ -377,17 +386,15 @@ func stepBoot(n Record, e Booted) (Record, []Action, error) {
 	}
 	switch u.State {
 	case Pulling, Locking, Checking, Cordoning, Draining, Leaving, Stopping, Writing, Wiping:
-		reason := fmt.Sprintf("interrupted by a reboot while %s", u.State)
-		if u.State == Writing {
+		was := u.State // finish changes u
+		reason := fmt.Sprintf("interrupted by a reboot while %s", was)
+		if was == Writing {
 			setSlot(&n, u.ToSlot, SlotRecord{})
 			reason += fmt.Sprintf("; slot %s left unbootable and was never armed", u.ToSlot)
 		}
-		n, acts, err := finish(n, Aborted, reason, e.Now)
-		if u.State == Wiping {
-			// The user asked for a wiped EPHEMERAL and it may be half-made: finish the job.
-			acts = append([]Action{ActWipe{}}, acts...)
-		}
-		return n, acts, err
+		// A wipe cut short is owed (Wipe): the user asked for a new EPHEMERAL and it may be
+		// half made; obligations put it first.
+		return finish(n, Aborted, reason, e.Now)
 	case Arming:
 		if e.Slot == u.ToSlot {
 			return keepLease(enter(n, Trial, e.Now)) // the boot-once took effect before the record said so
@@ -455,7 +462,7 @@ func effect(u *Upgrade, s State) Action {
 		}
 		return ActWriteSlot{Slot: u.ToSlot, Image: img, SHA256: u.SlotSHA256, Size: u.SlotSize}
 	case Wiping:
-		return ActWipe{}
+		return ActWipe{ID: u.ID}
 	case Arming:
 		return ActArm{Slot: u.ToSlot}
 	case Rebooting:
@@ -491,6 +498,9 @@ func enter(n Record, s State, now time.Time) (Record, []Action, error) {
 	case Leaving:
 		// From here the member may be gone: it must be verified, and rejoined if so.
 		u.Rejoin = true
+	case Wiping:
+		// From here EPHEMERAL may be half made: it must be made whole.
+		u.Wipe = true
 	case Done:
 		u.FinishedAt = now
 	}
@@ -519,11 +529,15 @@ func keepLease(n Record, acts []Action, err error) (Record, []Action, error) {
 	return n, acts, err
 }
 
-// obligations are what an ended upgrade still owes, in order: a member that may have left
-// rejoins, our cordon is lifted, and only then is the upgrade lease released, so the next
-// node starts once this one is whole and back in service.
+// obligations are what an ended upgrade still owes, in order: EPHEMERAL half made is made
+// whole (before it is mounted), a member that may have left rejoins, our cordon is lifted, and
+// only then is the upgrade lease released, so the next node starts once this one is whole and
+// back in service.
 func obligations(u *Upgrade) []Action {
 	var acts []Action
+	if u.Wipe {
+		acts = append(acts, ActWipe{ID: u.ID, Resume: true})
+	}
 	if u.Rejoin {
 		acts = append(acts, ActRejoin{ID: u.ID})
 	}

@@ -148,7 +148,7 @@ func TestLeaseLostAndRejoin(t *testing.T) {
 	r, _, _ = Step(r, Completed{Now: now}) // left
 	r, _, _ = Step(r, Completed{Now: now}) // stopped
 	r, _, _ = Step(r, Completed{Now: now}) // written
-	r, _, _ = Step(r, Completed{Now: now}) // wiped
+	r, _, _ = Step(r, Wiped{Now: now})
 	r, _, _ = Step(r, Completed{Now: now}) // armed
 	r, acts, _ = Step(r, Booted{Slot: boot.SlotB, Committed: boot.SlotA, Now: now})
 	if r.Current.State != Trial || fmt.Sprint(acts) != "[keep-lease trial]" {

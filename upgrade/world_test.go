@@ -50,6 +50,7 @@ type world struct {
 	failWrites  func(n int) bool
 	boots       int
 	writing     boot.Slot // a slot write in progress
+	wipeHalf    bool      // EPHEMERAL's wipe was started and not finished: half-made
 	verifying   boot.Slot // a rollback's slot being verified or committed
 	log         []string
 
@@ -280,10 +281,15 @@ func (f *fx) Verify(ctx context.Context, slot boot.Slot) (string, error) {
 
 func (f *fx) WipeEphemeral(ctx context.Context) error {
 	w := f.w
-	if f.do("wipe-ephemeral", func(string) bool {
+	if f.do("wipe-ephemeral", func(mode string) bool {
 		if w.cp && w.member == "voter" && w.persisted.Current != nil && !w.persisted.Current.Preserve {
 			w.fatalf("wiping etcd data of a voting member")
 		}
+		w.wipeHalf = true
+		if mode == "during" {
+			return false // the power goes mid-mkfs: EPHEMERAL is half made
+		}
+		w.wipeHalf = false
 		return true
 	}) {
 		return ctx.Err()
