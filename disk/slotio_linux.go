@@ -27,8 +27,7 @@ import (
 const (
 	slotChunk   = 4 << 20
 	slotBuffers = 3
-	sector      = 512
-	alignment   = 4096 // O_DIRECT buffers and offsets
+	alignment   = 4096 // O_DIRECT buffers
 )
 
 // WriteStats says where a slot write spent its time.
@@ -55,6 +54,10 @@ func WriteSlot(ctx context.Context, dev string, src io.Reader, size int64, sum s
 		return st, fmt.Errorf("write slot %s: %w", dev, err)
 	}
 	defer dst.Close()
+	sector := logicalSector(dst)
+	// A failed write stops the reading of the source (it may be a download).
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
 	pool := make(chan []byte, slotBuffers)
 	for range slotBuffers {
 		pool <- alignedBuffer(slotChunk, alignment)
@@ -70,7 +73,9 @@ func WriteSlot(ctx context.Context, dev string, src io.Reader, size int64, sum s
 		var err error
 		for c := range work {
 			if err == nil {
-				err = writeChunk(dst, dev, c.b[:c.n], c.off)
+				if err = writeChunk(dst, dev, c.b[:c.n], c.off, sector); err != nil {
+					stop()
+				}
 			}
 			pool <- c.b
 		}
@@ -118,7 +123,7 @@ func WriteSlot(ctx context.Context, dev string, src io.Reader, size int64, sum s
 	}
 	close(work)
 	if err := <-werr; err != nil {
-		return st, err
+		return st, err // first: a cancel it caused is not the story
 	}
 	if rerr != io.EOF {
 		return st, rerr
@@ -139,7 +144,7 @@ func WriteSlot(ctx context.Context, dev string, src io.Reader, size int64, sum s
 		return st, fmt.Errorf("flush %s: %w", dev, err)
 	}
 	t1 := time.Now()
-	got, hashT, err := hashDevice(ctx, dev, size, pool)
+	got, hashT, err := hashDevice(ctx, dev, size, sector, pool)
 	st.Verify, st.Hash = time.Since(t1), st.Hash+hashT
 	if err != nil {
 		return st, err
@@ -150,9 +155,18 @@ func WriteSlot(ctx context.Context, dev string, src io.Reader, size int64, sum s
 	return st, nil
 }
 
+// logicalSector is the device's logical block size, the unit of O_DIRECT transfers (512 for a
+// file standing in for a partition).
+func logicalSector(f *os.File) int {
+	if n, err := unix.IoctlGetInt(int(f.Fd()), unix.BLKSSZGET); err == nil && n > 0 {
+		return n
+	}
+	return 512
+}
+
 // writeChunk writes b at off: with O_DIRECT for whole sectors, the tail of the slot (not a
 // whole sector) through the page cache, synced.
-func writeChunk(dst *os.File, dev string, b []byte, off int64) error {
+func writeChunk(dst *os.File, dev string, b []byte, off int64, sector int) error {
 	whole := len(b) / sector * sector
 	if whole > 0 {
 		if _, err := dst.WriteAt(b[:whole], off); err != nil {
@@ -175,7 +189,7 @@ func writeChunk(dst *os.File, dev string, b []byte, off int64) error {
 
 // hashDevice reads size bytes from the start of dev with O_DIRECT (a reader goroutine one
 // chunk ahead of the hashing) and returns their SHA-256.
-func hashDevice(ctx context.Context, dev string, size int64, pool chan []byte) (string, time.Duration, error) {
+func hashDevice(ctx context.Context, dev string, size int64, sector int, pool chan []byte) (string, time.Duration, error) {
 	f, err := os.OpenFile(dev, os.O_RDONLY|unix.O_DIRECT, 0)
 	if err != nil {
 		return "", 0, fmt.Errorf("re-read %s: %w", dev, err)
@@ -199,7 +213,8 @@ func hashDevice(ctx context.Context, dev string, size int64, pool chan []byte) (
 				return
 			}
 			want := min(int64(len(b)), size-off)
-			n, err := f.ReadAt(b[:(want+sector-1)/sector*sector], off) // O_DIRECT: whole sectors
+			sec := int64(sector)
+			n, err := f.ReadAt(b[:(want+sec-1)/sec*sec], off) // O_DIRECT: whole sectors
 			if int64(n) > want {
 				n = int(want)
 			}

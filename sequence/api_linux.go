@@ -109,11 +109,17 @@ func (a *api) CancelUpgrade() error {
 }
 
 // Rollback implements netapi.Node: the other slot is verified against its manifest, committed,
-// and the node reboots into it.
+// and the node reboots into it. The answer waits for the verification (412 if the slot holds
+// no whole image); one that takes longer than the endpoint may wait is accepted and goes on
+// (its outcome is on /v1/events).
 func (a *api) Rollback() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Second)
 	defer cancel()
 	err := a.n.exec.Rollback(ctx, a.n.bootedSlot())
+	if errors.Is(err, context.DeadlineExceeded) {
+		a.n.log.Warn("rollback: still verifying the other slot after 25 s; it goes on", "slot", string(a.n.bootedSlot().Other()))
+		return nil
+	}
 	if err != nil {
 		return upgradeError(err)
 	}

@@ -159,10 +159,10 @@ func (n *Node) readBootloader(context.Context) error {
 	}
 	n.mounts.add(mounted{part: disk.PartEFI, target: MountESP})
 	e, err := boot.OpenESP(esp.Dev, MountESP)
-	n.esp = e
 	if err != nil {
-		return err
+		return err // n.esp stays nil: upgrades are refused, they could not arm or commit
 	}
+	n.esp = e
 	if b, ent := n.bootedSlot(), e.Entries(); b != "" && b != ent.Committed && ent.Next == "" {
 		n.log.Info("booted slot differs from the committed slot", "booted", b, "committed", ent.Committed)
 	}
@@ -217,6 +217,10 @@ func (n *Node) mountState(context.Context) error {
 }
 
 func (n *Node) mountEphemeral(context.Context) error {
+	if u := n.exec.Record().Current; u != nil && u.Wipe {
+		// The boot's re-wipe failed (it is retried): what EPHEMERAL holds is half made.
+		return fmt.Errorf("EPHEMERAL is half made: its wipe (upgrade %s) failed and is retried; /var is not mounted this boot", u.ID)
+	}
 	if err := n.mountExt4(disk.PartEphemeral, MountEphemeral); err != nil {
 		return err
 	}

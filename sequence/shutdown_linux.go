@@ -2,11 +2,9 @@ package sequence
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
-	"keel/disk"
 	"keel/internal/fault"
 	"keel/machine"
 )
@@ -103,25 +101,6 @@ func (n *Node) RunShutdown(ctx context.Context, a machine.Action, o ShutdownOpti
 	}
 	fmt.Fprintf(n.opts.Console, "%saction=%s errors=%d\n", ShutdownDonePrefix, a, len(errs))
 	return errs
-}
-
-// wipe re-makes the named partitions (a reset's; unmounted by then).
-func (n *Node) wipe(names []string) error {
-	var errs []error
-	for _, name := range names {
-		if name != disk.PartEphemeral && name != disk.PartState {
-			errs = append(errs, fmt.Errorf("wipe %s: not a wipeable partition", name))
-			continue
-		}
-		d := n.partition(name)
-		if err := disk.Mkfs(n.Reaper.Run, d.Dev, name); err != nil {
-			errs = append(errs, fmt.Errorf("wipe %s: %w", name, err))
-			continue
-		}
-		n.log.Info("reset: partition wiped", "partition", name, "device", d.Dev)
-		n.publish("shutdown", "reset", "wiped "+name, nil)
-	}
-	return errors.Join(errs...)
 }
 
 // RebootWatchdog bounds a reboot: the kernel's way down (device shutdown, reboot(2)) can hang,

@@ -64,7 +64,7 @@ func (s slotIO) Pull(ctx context.Context, image string, slot boot.Slot) (upgrade
 // Write implements upgrade.Slots: the image (by digest) streams from the registry onto the
 // partition, hashed on the way and read back.
 func (s slotIO) Write(ctx context.Context, a upgrade.ActWriteSlot, progress func(int64, int64)) error {
-	if a.Slot == s.n.bootedSlot() || (s.n.esp != nil && a.Slot == s.n.esp.Committed()) {
+	if a.Slot == s.n.bootedSlot() || s.n.esp == nil || a.Slot == s.n.esp.Committed() {
 		return fmt.Errorf("refusing to write slot %s: it is the booted or committed slot", a.Slot)
 	}
 	p, o := s.policy(a.Image, a.Slot)

@@ -22,7 +22,7 @@ import (
 // obligation) once the node is ready.
 func (n *Node) bootMeta(ctx context.Context) error {
 	cfg := n.config()
-	n.kube = kube.NewNode(kube.NodeOptions{Config: cfg.Kubernetes, Log: n.log, Event: n.publish,
+	n.kube = kube.NewNode(kube.NodeOptions{Config: cfg.Kubernetes, Log: n.log, Event: n.publish, Warn: n.warn,
 		Kubeconfig: kubeconfig(cfg.Kubernetes)})
 	if cfg.Etcd != nil {
 		n.etcd = etcd.NewNode(etcd.NodeOptions{Config: *cfg.Etcd, Name: cfg.MemberName(), Log: n.log, Event: n.publish, Warn: n.warn})
@@ -100,8 +100,8 @@ func (n *Node) upgradeChanged(prev, cur upgrade.Record, ev upgrade.Event) {
 	if _, ok := ev.(upgrade.Released); ok && cur.Current != nil {
 		fmt.Fprintf(n.opts.Console, "keel-lease released id=%s\n", cur.Current.ID)
 	}
-	if _, ok := ev.(upgrade.PersistFailed); ok {
-		n.warn("upgrade: %s", cur.Current.Reason)
+	if pf, ok := ev.(upgrade.PersistFailed); ok {
+		n.warn("upgrade: cannot persist the upgrade record: %s", pf.Reason)
 	}
 	if rb := cur.RollingBack; rb != nil && (prev.RollingBack == nil || prev.RollingBack.Phase != rb.Phase) {
 		n.publish("rollback", string(rb.To), rb.Phase, map[string]any{"from": rb.From, "version": rb.Version})
@@ -121,7 +121,7 @@ type noBootloader struct{}
 
 var errNoESP = errors.New("the ESP (grubenv) is not available")
 
-func (noBootloader) Committed() boot.Slot   { return boot.SlotA }
+func (noBootloader) Committed() boot.Slot   { return "" } // unknown: no upgrade is taken
 func (noBootloader) Arm(boot.Slot) error    { return errNoESP }
 func (noBootloader) Disarm() error          { return errNoESP }
 func (noBootloader) Commit(boot.Slot) error { return errNoESP }

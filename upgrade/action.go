@@ -160,9 +160,11 @@ func (ActCommitRollback) isAction() {}
 // next boot redoes or settles them from that record. Step's answer to PersistFailed holds
 // only such actions (TestPersistFailedIsSafe).
 func safeUnpersisted(a Action) bool {
-	switch a.(type) {
+	switch a := a.(type) {
 	case ActUncordon, ActRelease, ActRejoin, ActDisarm, ActRebootCurrent, ActFinish:
 		return true
+	case ActWipe:
+		return a.Resume // owed by the record on META already
 	}
 	return false
 }

@@ -84,12 +84,21 @@ func (e *Executor) Ready() { e.enqueue(readyIn{}) }
 // Stop cancels the running action and ends the loop; nothing is performed after it returns.
 // It waits up to grace for the running action to return.
 func (e *Executor) Stop(grace time.Duration) {
-	reply := make(chan struct{})
-	e.enqueue(stopIn{reply: reply})
+	e.enqueue(stopIn{})
+	deadline := time.After(grace)
 	select {
-	case <-reply:
 	case <-e.done:
-	case <-time.After(grace):
+	case <-deadline:
+		e.o.Log.Warn("upgrade: the executor did not stop in time", "grace", grace)
+		return
+	}
+	// The loop is gone; the actions it started (cancelled) may still be returning.
+	idle := make(chan struct{})
+	go func() { e.actions.Wait(); close(idle) }()
+	select {
+	case <-idle:
+	case <-deadline:
+		e.o.Log.Warn("upgrade: an action did not return in time after the stop", "grace", grace)
 	}
 }
 
@@ -110,6 +119,9 @@ func (e *Executor) callEvent(ev Event) error {
 		r.Now = now
 		if r.Committed == "" && e.o.Effects.Boot != nil {
 			r.Committed = e.o.Effects.Boot.Committed()
+			if r.Committed == "" {
+				return fmt.Errorf("%w: the bootloader's state (grubenv) cannot be read: no slot can be armed or committed", ErrBusy)
+			}
 		}
 		return e.applyCall(r)
 	case Cancel:

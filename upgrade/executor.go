@@ -66,6 +66,8 @@ type Executor struct {
 	smu  sync.Mutex
 	snap Record // the record as of the last change, for readers
 
+	actions sync.WaitGroup // the goroutines of started actions (Stop waits for them)
+
 	// Owned by the loop.
 	rec, disk Record // in memory; as last written
 	diskBytes []byte // disk, encoded: a record that encodes the same is not written again
@@ -91,7 +93,6 @@ type running struct {
 	act    Action
 	tag    uint64
 	cancel context.CancelFunc
-	done   chan struct{}
 }
 
 type retry struct {
@@ -178,7 +179,7 @@ func (e *Executor) Run(ctx context.Context) {
 		select {
 		case <-e.notify:
 		case <-ctx.Done():
-			e.shutdown(nil)
+			e.shutdown()
 			return
 		}
 	}
@@ -285,7 +286,7 @@ func (e *Executor) handle(ctx context.Context, in input) {
 		e.persistW = 0
 		e.o.Log.Info("upgrade: the record is on META again")
 	case stopIn:
-		e.shutdown(in.reply)
+		e.shutdown()
 	}
 }
 
@@ -298,10 +299,12 @@ func (e *Executor) apply(ev Event, own bool) error {
 	if perr := e.persist(n); perr != nil {
 		e.o.Log.Error("upgrade: cannot persist the record", "event", fmt.Sprintf("%T", ev), "err", perr)
 		_, boot := ev.(Booted)
-		if boot || e.degraded {
+		ending := e.disk.Active() || e.disk.RollingBack != nil || n.RollingBack != nil
+		if boot || e.degraded || !ending {
 			// Keep the record in memory; its actions that need it on META wait until a write
-			// succeeds (retried). Ending the upgrade from the old record instead would, at a
-			// boot, reboot into the same boot again, for ever.
+			// succeeds (retried). A boot: ending the upgrade from the old record instead could
+			// reboot into the same boot again, for ever. Nothing in flight (an obligation done,
+			// say): nothing to end, and the next boot would redo what META still owes.
 			e.blocked = true
 		} else {
 			// End the upgrade from what META holds, by a path that needs no further write.
@@ -445,12 +448,12 @@ func (e *Executor) start(ctx context.Context, a Action) {
 	e.tag++
 	tag := e.tag
 	actx, cancel := context.WithCancel(ctx)
-	r := &running{act: a, tag: tag, cancel: cancel, done: make(chan struct{})}
-	e.run = r
+	e.run = &running{act: a, tag: tag, cancel: cancel}
 	post := func(ev Event) { e.enqueue(postIn{ev: ev, tag: tag}) }
 	e.o.Log.Debug("upgrade: action", "action", a.String(), "detail", fmt.Sprintf("%+v", a))
+	e.actions.Add(1)
 	go func() {
-		defer close(r.done)
+		defer e.actions.Done()
 		out := e.perform(actx, a, post)
 		e.enqueue(doneIn{tag: tag, out: out})
 	}()
@@ -474,6 +477,9 @@ func (e *Executor) scheduleRetry(a Action, err error) {
 	} else {
 		r.act = a
 		r.wait = min(2*r.wait, e.o.RetryMax)
+		if r.timer != nil {
+			r.timer.Stop() // one retry chain per obligation
+		}
 	}
 	e.o.Log.Warn("upgrade: "+key+" failed; retrying", "err", err, "in", r.wait)
 	r.timer = time.AfterFunc(r.wait, func() { e.enqueue(retryIn{key: key}) })
@@ -520,13 +526,11 @@ func isEarly(a Action) bool {
 	return false
 }
 
-func (e *Executor) shutdown(reply chan struct{}) {
+func (e *Executor) shutdown() {
 	e.stopped = true
-	var wait []chan struct{}
 	for _, r := range []*running{e.run, e.cancelled} {
 		if r != nil {
 			r.cancel()
-			wait = append(wait, r.done)
 		}
 	}
 	e.run, e.cancelled = nil, nil
@@ -545,13 +549,5 @@ func (e *Executor) shutdown(reply chan struct{}) {
 	if e.rollWait != nil {
 		e.rollWait <- ErrShutdown
 		e.rollWait = nil
-	}
-	if reply != nil {
-		go func() {
-			for _, w := range wait {
-				<-w
-			}
-			close(reply)
-		}()
 	}
 }

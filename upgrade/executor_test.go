@@ -27,6 +27,13 @@ type stub struct {
 	calls     []string
 }
 
+// callList is what the effects were asked, in order.
+func (s *stub) callList() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return fmt.Sprint(s.calls)
+}
+
 func (s *stub) note(c string) {
 	s.mu.Lock()
 	s.calls = append(s.calls, c)
@@ -206,8 +213,8 @@ func TestCancelStopsThePull(t *testing.T) {
 				t.Errorf("u2 took its version from %q (%s)", r.Current.ToVersion, r.Current.Digest)
 			}
 			r = waitFor(t, ex, "u2 written", func(r Record) bool { return r.Current.State == Rebooting })
-			if !strings.Contains(fmt.Sprint(s.calls), "write B r/new@sha256:new") {
-				t.Errorf("u2 wrote something else than its own pull: %v", s.calls)
+			if !strings.Contains(s.callList(), "write B r/new@sha256:new") {
+				t.Errorf("u2 wrote something else than its own pull: %v", s.callList())
 			}
 		})
 	}
@@ -245,8 +252,8 @@ func TestRollbackSerialized(t *testing.T) {
 	if len(r.Rollbacks) != 1 || r.Rollbacks[0].To != boot.SlotB || r.Rollbacks[0].Version != "v1" || r.Current != nil {
 		t.Errorf("record: %+v", r)
 	}
-	if strings.Contains(fmt.Sprint(s.calls), "write") {
-		t.Errorf("a slot was written: %v", s.calls)
+	if strings.Contains(s.callList(), "write") {
+		t.Errorf("a slot was written: %v", s.callList())
 	}
 }
 
@@ -264,8 +271,8 @@ func TestRollbackRefusedWhileShuttingDown(t *testing.T) {
 	if err := ex.Request(t.Context(), req("u1", "r/i:v2")); !errors.Is(err, ErrShutdown) {
 		t.Fatalf("upgrade while shutting down: %v", err)
 	}
-	if s.Committed() != boot.SlotA || len(s.calls) != 0 || ex.Record().RollingBack != nil {
-		t.Errorf("something changed: committed %s, calls %v", s.Committed(), s.calls)
+	if s.Committed() != boot.SlotA || s.callList() != "[]" || ex.Record().RollingBack != nil {
+		t.Errorf("something changed: committed %s, calls %v", s.Committed(), s.callList())
 	}
 }
 
@@ -328,5 +335,104 @@ func TestRecordReadersRace(t *testing.T) {
 	wg.Wait()
 	if r.Current.Reason != "" {
 		t.Errorf("a reader's change reached the record: %q", r.Current.Reason)
+	}
+}
+
+// flakyStore fails the writes it is told to, then works.
+type flakyStore struct {
+	mu   sync.Mutex
+	st   *meta.Store
+	fail int // writes still to fail
+}
+
+func (f *flakyStore) Write(b []byte) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.fail > 0 {
+		f.fail--
+		return errors.New("EIO")
+	}
+	return f.st.Write(b)
+}
+
+// TestStopWaitsForTheRunningAction: Stop returns only once the action it cancelled has
+// returned (the shutdown unmounts and reboots after it), within its grace.
+func TestStopWaitsForTheRunningAction(t *testing.T) {
+	started := make(chan struct{})
+	var returned time.Time
+	var mu sync.Mutex
+	s := &stub{pull: func(ctx context.Context, image string) (PullResult, error) {
+		close(started)
+		<-ctx.Done()
+		time.Sleep(200 * time.Millisecond) // an effect slow to notice
+		mu.Lock()
+		returned = time.Now()
+		mu.Unlock()
+		return PullResult{}, ctx.Err()
+	}}
+	ex, _ := newTestExecutor(t, s)
+	if err := ex.Request(t.Context(), req("u1", "r/i:v2")); err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	ex.Stop(5 * time.Second)
+	stopped := time.Now()
+	mu.Lock()
+	defer mu.Unlock()
+	if returned.IsZero() || stopped.Before(returned) {
+		t.Fatalf("Stop returned at %v, before the pull returned (%v)", stopped, returned)
+	}
+}
+
+// TestObligationOutlivesMETAFailure: an obligation done while META fails to record it (the
+// uncordon worked, writing Uncordoned did not) is not owed again once META works: the record
+// catches up by itself, and the next upgrade is taken without a reboot.
+func TestObligationOutlivesMETAFailure(t *testing.T) {
+	dev := &memDevice{b: make([]byte, 2*meta.CopySize)}
+	st, _, err := meta.Open(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	owed := Record{Current: &Upgrade{ID: "u0", State: Aborted, Reason: "drain blocked", Uncordon: true, FromSlot: boot.SlotA, ToSlot: boot.SlotB}}
+	b, _ := owed.Encode()
+	if err := st.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	fs := &flakyStore{st: st}
+	s := &stub{}
+	ex := NewExecutor(owed, Options{Store: fs, Effects: Effects{Slots: s, Boot: s, Host: s, Kube: s, Power: s},
+		RetryMin: 5 * time.Millisecond, PersistBackoff: time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go ex.Run(ctx)
+	defer ex.Stop(time.Second)
+	if err := ex.Boot(ctx, Booted{Slot: boot.SlotA, Committed: boot.SlotA}); err != nil {
+		t.Fatal(err)
+	}
+	fs.mu.Lock()
+	fs.fail = 3 // every try of the write that records the uncordon
+	fs.mu.Unlock()
+	ex.Ready()
+	waitFor(t, ex, "the uncordon recorded", func(r Record) bool { return !r.Current.Uncordon })
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, payload, err := meta.Open(dev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		onMeta, _ := Decode(payload)
+		if !onMeta.Current.Uncordon {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("META still owes the uncordon: the record never caught up")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := ex.Request(ctx, req("u1", "r/i:v2")); err != nil {
+		t.Fatalf("request after META came back: %v", err)
+	}
+	if got := strings.Count(s.callList(), "uncordon"); got != 1 {
+		t.Errorf("uncordon done %d times", got)
 	}
 }

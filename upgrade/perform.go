@@ -17,7 +17,7 @@ func (e *Executor) perform(ctx context.Context, a Action, post func(Event)) outc
 		e.o.Log.Error("upgrade: action failed", "action", a.String(), "reason", reason)
 		return outcome{ev: Failed{Reason: reason, Now: now()}}
 	}
-	done := outcome{ev: Completed{Now: now()}}
+	done := func() outcome { return outcome{ev: Completed{Now: now()}} } // when the effect ends
 	switch a := a.(type) {
 	case ActPull:
 		p, err := fx.Slots.Pull(ctx, a.Image, a.Slot)
@@ -46,7 +46,7 @@ func (e *Executor) perform(ctx context.Context, a Action, post func(Event)) outc
 		if err != nil {
 			return fail("%v", err)
 		}
-		return done
+		return done()
 
 	case ActCheck:
 		if a.Force {
@@ -73,7 +73,7 @@ func (e *Executor) perform(ctx context.Context, a Action, post func(Event)) outc
 
 	case ActDrain:
 		if fx.Kube == nil {
-			return done
+			return done()
 		}
 		if err := fx.Kube.Drain(ctx, a); err != nil {
 			return fail("%v", err)

@@ -19,9 +19,10 @@ import (
 type Node struct {
 	o NodeOptions
 
-	mu       sync.Mutex
-	c        *Client
-	progress *DrainStatus
+	mu              sync.Mutex
+	c               *Client
+	progress        *DrainStatus
+	uncordonFailing bool
 }
 
 // NodeOptions configure a Node.
@@ -32,6 +33,8 @@ type NodeOptions struct {
 	Log        *slog.Logger
 	// Event publishes on the node's event stream.
 	Event func(kind, source, msg string, data map[string]any)
+	// Warn records a warning in the node's status.
+	Warn func(format string, args ...any)
 }
 
 // DrainStatus is how far the last drain got.
@@ -48,6 +51,9 @@ func NewNode(o NodeOptions) *Node {
 	}
 	if o.Event == nil {
 		o.Event = func(string, string, string, map[string]any) {}
+	}
+	if o.Warn == nil {
+		o.Warn = func(format string, args ...any) { o.Log.Warn(fmt.Sprintf(format, args...)) }
 	}
 	return &Node{o: o}
 }
@@ -128,11 +134,24 @@ func (n *Node) Drain(ctx context.Context, a upgrade.ActDrain) error {
 	})
 }
 
-// Uncordon implements upgrade.Kube: our cordon only (the executor retries a failure).
+// Uncordon implements upgrade.Kube: our cordon only (the executor retries a failure; the
+// first of a run of them is a warning in status).
 func (n *Node) Uncordon(ctx context.Context) error {
 	if n.o.Config == nil {
 		return nil
 	}
+	err := n.uncordon(ctx)
+	n.mu.Lock()
+	first := err != nil && !n.uncordonFailing
+	n.uncordonFailing = err != nil
+	n.mu.Unlock()
+	if first {
+		n.o.Warn("uncordon failed, retrying until the API server answers: %v", err)
+	}
+	return err
+}
+
+func (n *Node) uncordon(ctx context.Context) error {
 	c, err := n.client()
 	if err != nil {
 		return err
