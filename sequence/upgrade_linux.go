@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 
 	"keel/boot"
+	"keel/cluster"
 	"keel/cluster/etcd"
 	"keel/cluster/kube"
 	"keel/config"
@@ -22,10 +23,10 @@ import (
 // obligation) once the node is ready.
 func (n *Node) bootMeta(ctx context.Context) error {
 	cfg := n.config()
-	n.kube = kube.NewNode(kube.NodeOptions{Config: cfg.Kubernetes, Log: n.log, Event: n.publish, Warn: n.warn,
-		Kubeconfig: kubeconfig(cfg.Kubernetes)})
+	report := cluster.Report{Log: n.log, Event: n.publish, Warn: n.warn}
+	n.kube = kube.NewNode(kube.NodeOptions{Config: cfg.Kubernetes, Kubeconfig: kubeconfig(cfg.Kubernetes), Report: report})
 	if cfg.Etcd != nil {
-		n.etcd = etcd.NewNode(etcd.NodeOptions{Config: *cfg.Etcd, Name: cfg.MemberName(), Log: n.log, Event: n.publish, Warn: n.warn})
+		n.etcd = etcd.NewNode(etcd.NodeOptions{Config: *cfg.Etcd, Name: cfg.MemberName(), Report: report})
 	}
 	rec, metaErr := n.openMeta()
 	eff := upgrade.Effects{Slots: slotIO{n}, Host: host{n}, Kube: n.kube, Power: powerFx{n}}

@@ -127,7 +127,7 @@ type (
 	}
 	readyIn   struct{}
 	persistIn struct{}
-	stopIn    struct{ reply chan struct{} }
+	stopIn    struct{}
 )
 
 // outcome is what an action ended with: an event to step, or an error to retry it after.
@@ -450,7 +450,7 @@ func (e *Executor) start(ctx context.Context, a Action) {
 	actx, cancel := context.WithCancel(ctx)
 	e.run = &running{act: a, tag: tag, cancel: cancel}
 	post := func(ev Event) { e.enqueue(postIn{ev: ev, tag: tag}) }
-	e.o.Log.Debug("upgrade: action", "action", a.String(), "detail", fmt.Sprintf("%+v", a))
+	e.o.Log.Debug("upgrade: action", "action", a.String(), "detail", fmt.Sprintf("%#v", a))
 	e.actions.Add(1)
 	go func() {
 		defer e.actions.Done()

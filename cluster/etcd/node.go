@@ -4,13 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"keel/cluster"
 	"keel/cluster/etcd/quorum"
 	"keel/config"
 	"keel/supervisor"
@@ -34,24 +34,12 @@ type Node struct {
 type NodeOptions struct {
 	Config config.Etcd
 	Name   string // the member's name
-	Log    *slog.Logger
-	// Event publishes on the node's event stream.
-	Event func(kind, source, msg string, data map[string]any)
-	// Warn records a warning in the node's status.
-	Warn func(format string, args ...any)
+	cluster.Report
 }
 
 // NewNode returns the etcd side of a control-plane node; nothing is dialled yet.
 func NewNode(o NodeOptions) *Node {
-	if o.Log == nil {
-		o.Log = slog.New(slog.DiscardHandler)
-	}
-	if o.Event == nil {
-		o.Event = func(string, string, string, map[string]any) {}
-	}
-	if o.Warn == nil {
-		o.Warn = func(format string, args ...any) { o.Log.Warn(fmt.Sprintf(format, args...)) }
-	}
+	o.Report = o.Report.Filled()
 	return &Node{o: o}
 }
 

@@ -3,11 +3,11 @@ package kube
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"os"
 	"sync"
 	"time"
 
+	"keel/cluster"
 	"keel/config"
 	"keel/upgrade"
 )
@@ -30,11 +30,7 @@ type NodeOptions struct {
 	Config *config.Kubernetes // nil: not configured
 	// Kubeconfig is the kubeconfig's path (on STATE).
 	Kubeconfig string
-	Log        *slog.Logger
-	// Event publishes on the node's event stream.
-	Event func(kind, source, msg string, data map[string]any)
-	// Warn records a warning in the node's status.
-	Warn func(format string, args ...any)
+	cluster.Report
 }
 
 // DrainStatus is how far the last drain got.
@@ -46,15 +42,7 @@ type DrainStatus struct {
 
 // NewNode returns the Kubernetes side of a node.
 func NewNode(o NodeOptions) *Node {
-	if o.Log == nil {
-		o.Log = slog.New(slog.DiscardHandler)
-	}
-	if o.Event == nil {
-		o.Event = func(string, string, string, map[string]any) {}
-	}
-	if o.Warn == nil {
-		o.Warn = func(format string, args ...any) { o.Log.Warn(fmt.Sprintf(format, args...)) }
-	}
+	o.Report = o.Report.Filled()
 	return &Node{o: o}
 }
 
