@@ -9,9 +9,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"net/url"
 	"strings"
 
+	"keel/host"
 	"keel/supervisor"
 )
 
@@ -37,6 +39,75 @@ type Config struct {
 	// Etcd makes the node a control-plane node: it runs an etcd member as a supervised
 	// service, and its upgrades take the cluster-wide upgrade lease and check quorum first.
 	Etcd *Etcd `json:"etcd,omitempty"`
+	// Host tunes how the node prepares its own system for containers (every node does it;
+	// the defaults suit a Kubernetes node).
+	Host Host `json:"host,omitzero"`
+}
+
+// Host tunes the host preparation (package host).
+type Host struct {
+	// Sysctls add to or override the defaults (host.DefaultSysctls); an empty value removes
+	// a default.
+	Sysctls map[string]string `json:"sysctls,omitempty"`
+	// Nameservers and Search replace DHCP's in /etc/resolv.conf.
+	Nameservers []string `json:"nameservers,omitempty"`
+	Search      []string `json:"search,omitempty"`
+	// Hosts are extra /etc/hosts lines, "ADDR NAME [NAME...]".
+	Hosts []string `json:"hosts,omitempty"`
+	// CACertificates is a PEM file on STATE (a path inside it) whose certificates are added
+	// to the system bundle: registries behind a private CA.
+	CACertificates string `json:"ca_certificates,omitempty"`
+}
+
+// Resolver is the configured part of /etc/resolv.conf.
+func (h Host) Resolver() (host.Resolver, error) {
+	var r host.Resolver
+	for _, s := range h.Nameservers {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return r, fmt.Errorf("nameserver %q: %w", s, err)
+		}
+		r.Nameservers = append(r.Nameservers, a)
+	}
+	r.Search = h.Search
+	return r, nil
+}
+
+// HostsEntries are the configured /etc/hosts lines.
+func (h Host) HostsEntries() ([]host.HostsEntry, error) {
+	var out []host.HostsEntry
+	for _, l := range h.Hosts {
+		e, err := host.ParseHostsEntry(l)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, e)
+	}
+	return out, nil
+}
+
+func (h Host) validate(hostname string) error {
+	if _, err := host.Sysctls(nil, h.Sysctls); err != nil {
+		return err
+	}
+	r, err := h.Resolver()
+	if err != nil {
+		return err
+	}
+	if _, err := host.ResolvConf(r, host.Resolver{}); err != nil {
+		return err
+	}
+	e, err := h.HostsEntries()
+	if err != nil {
+		return err
+	}
+	if _, err := host.Hosts(hostname, nil, e); err != nil {
+		return err
+	}
+	if c := h.CACertificates; c != "" && (strings.Contains(c, "..") || strings.HasPrefix(c, "/")) {
+		return fmt.Errorf("ca_certificates must be a path inside STATE")
+	}
+	return nil
 }
 
 // Etcd configures this node's etcd member. Peers reach it at PeerURL and clients at
@@ -210,6 +281,9 @@ func (c Config) Validate() error {
 	}
 	if len(c.Hostname) > 64 {
 		return fmt.Errorf("%w: hostname longer than 64 bytes", ErrInvalid)
+	}
+	if err := c.Host.validate(c.HostnameOrDefault()); err != nil {
+		return fmt.Errorf("%w: host: %w", ErrInvalid, err)
 	}
 	return nil
 }

@@ -36,3 +36,26 @@ func TestEtcd(t *testing.T) {
 		t.Fatalf("%+v %v", c.Etcd, err)
 	}
 }
+
+func TestHostSection(t *testing.T) {
+	good := `{"hostname": "w1", "host": {"sysctls": {"vm.max_map_count": "262144", "kernel.panic_on_oops": ""},
+		"nameservers": ["10.0.0.2"], "search": ["lan"], "hosts": ["10.0.0.5 registry.lan"], "ca_certificates": "pki/registry-ca.crt"}}`
+	c, err := Parse([]byte(good))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := c.Host.Resolver(); len(r.Nameservers) != 1 || r.Search[0] != "lan" {
+		t.Errorf("resolver %+v", r)
+	}
+	for _, bad := range []string{
+		`{"host": {"sysctls": {"../x": "1"}}}`,
+		`{"host": {"nameservers": ["ten.zero"]}}`,
+		`{"host": {"search": ["bad domain"]}}`,
+		`{"host": {"hosts": ["10.0.0.5"]}}`,
+		`{"host": {"ca_certificates": "/etc/x"}}`,
+	} {
+		if _, err := Parse([]byte(bad)); !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s: %v, want ErrInvalid", bad, err)
+		}
+	}
+}

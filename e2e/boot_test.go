@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -89,6 +90,8 @@ func TestBootStatusShutdown(t *testing.T) {
 	if len(st.Slots) != 2 || st.Slots[0].Version != "e2e-v1" {
 		t.Errorf("slots = %+v", st.Slots)
 	}
+	checkHostPrepared(t, st)
+	machineID := st.Host.MachineID
 
 	// No client certificate: refused in the TLS handshake, before any HTTP.
 	if code, _, err := vm.Call("", "GET", "/v1/status", nil); err == nil {
@@ -124,6 +127,9 @@ func TestBootStatusShutdown(t *testing.T) {
 	if !cleanAtMount(t, st, disk.PartEphemeral) || !cleanAtMount(t, st, disk.PartState) {
 		t.Errorf("after a clean shutdown: EPHEMERAL clean %v, STATE clean %v", cleanAtMount(t, st, disk.PartEphemeral), cleanAtMount(t, st, disk.PartState))
 	}
+	if st.Host == nil || st.Host.MachineID != machineID {
+		t.Errorf("boot 2: machine id %+v, boot 1 had %s (it must be kept on STATE)", st.Host, machineID)
+	}
 
 	// Power cut: the journal needs recovery, and status says so. This is the control that
 	// shows the clean check above can fail.
@@ -137,6 +143,43 @@ func TestBootStatusShutdown(t *testing.T) {
 	if st.BootCount != 2 {
 		t.Errorf("boot 3: boot_count = %d, want 2", st.BootCount)
 	}
+}
+
+// checkHostPrepared: the node prepared its system for containers (package host): cgroup v2
+// with the kubelet's controllers delegated, the container modules loaded (the bridge-nf sysctls
+// exist only then), the sysctls applied, a machine id, DHCP's name server in resolv.conf, a CA
+// bundle.
+func checkHostPrepared(t *testing.T, st netapi.Status) {
+	t.Helper()
+	h := st.Host
+	if h == nil {
+		t.Fatal("no host section in status")
+	}
+	for _, c := range []string{"cpu", "memory", "pids", "cpuset", "io"} {
+		if !slices.Contains(h.CgroupControllers, c) {
+			t.Errorf("cgroup controller %s not delegated: %v (missing %v)", c, h.CgroupControllers, h.CgroupMissing)
+		}
+	}
+	for k, v := range map[string]string{"net.ipv4.ip_forward": "1", "net.bridge.bridge-nf-call-iptables": "1", "fs.inotify.max_user_watches": "524288"} {
+		if h.Sysctls[k] != v {
+			t.Errorf("sysctl %s = %q, want %q", k, h.Sysctls[k], v)
+		}
+	}
+	if len(h.MachineID) != 32 || !slices.Contains(h.Nameservers, "10.0.2.3") || h.CACertificates < 100 {
+		t.Errorf("machine id %q, nameservers %v, CA certificates %d", h.MachineID, h.Nameservers, h.CACertificates)
+	}
+	took := map[string]float64{}
+	for _, p := range st.Boot.Phases {
+		switch p.Name {
+		case "machine-id", "ca-certificates", "cgroups", "container-modules", "sysctls", "names":
+			took[p.Name] = p.DurationS
+			if p.Error != "" {
+				t.Errorf("phase %s: %s", p.Name, p.Error)
+			}
+		}
+	}
+	t.Logf("host: cgroup controllers %v, %d sysctls, %d CA certificates, nameservers %v; phases (s) %v",
+		h.CgroupControllers, len(h.Sysctls), h.CACertificates, h.Nameservers, took)
 }
 
 // TestBootOnce is the bootloader contract every upgrade relies on: next_entry=B boots B once

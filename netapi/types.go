@@ -38,6 +38,8 @@ type Status struct {
 	Kubernetes string `json:"kubernetes"`
 	// Drain is the last drain's progress (pods left, the pod that went last).
 	Drain *DrainProgress `json:"drain,omitempty"`
+	// Host is how the node prepared its system for containers.
+	Host *HostStatus `json:"host,omitempty"`
 	// Services is GET /v1/services in short.
 	Services []supervisor.Status `json:"services,omitempty"`
 	// Upgrade is the upgrade in flight, or the last one; History the ones before it,
@@ -116,6 +118,21 @@ type ErrorBody struct {
 type ErrorDetail struct {
 	Code    string `json:"code"`
 	Message string `json:"message"`
+}
+
+// HostStatus is what the host preparation did this boot.
+type HostStatus struct {
+	// CgroupControllers are the cgroup v2 controllers delegated to the root's children;
+	// CgroupMissing those the kubelet would use that this kernel lacks.
+	CgroupControllers []string `json:"cgroup_controllers"`
+	CgroupMissing     []string `json:"cgroup_missing,omitempty"`
+	// Sysctls are the settings applied, as the kernel reads them back.
+	Sysctls     map[string]string `json:"sysctls"`
+	MachineID   string            `json:"machine_id"`
+	Nameservers []string          `json:"nameservers,omitempty"`
+	Search      []string          `json:"search,omitempty"`
+	// CACertificates is how many certificates the system bundle holds.
+	CACertificates int `json:"ca_certificates"`
 }
 
 // DrainProgress is how far a drain got.

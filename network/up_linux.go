@@ -14,35 +14,54 @@ import (
 )
 
 // Up configures loopback and the primary link, and returns the primary link's addresses.
-func Up(ctx context.Context, cfg Config, log *slog.Logger) ([]netip.Prefix, error) {
+// Result is what the link came up with: its addresses and, from DHCP, name servers and search
+// domains.
+type Result struct {
+	Addrs       []netip.Prefix
+	Nameservers []netip.Addr
+	Search      []string
+}
+
+func Up(ctx context.Context, cfg Config, log *slog.Logger) (Result, error) {
+	var res Result
 	lo, err := netlink.LinkByName("lo")
 	if err != nil {
-		return nil, fmt.Errorf("network: lo: %w", err)
+		return res, fmt.Errorf("network: lo: %w", err)
 	}
 	if err := netlink.LinkSetUp(lo); err != nil {
-		return nil, fmt.Errorf("network: lo up: %w", err)
+		return res, fmt.Errorf("network: lo up: %w", err)
 	}
 	link, err := waitLink(ctx, cfg.Device)
 	if err != nil {
-		return nil, err
+		return res, err
 	}
 	name := link.Attrs().Name
 	if cfg.Static != nil {
 		if err := configureStatic(link, *cfg.Static); err != nil {
-			return nil, err
+			return res, err
 		}
 		log.Info("network: static address", "link", name, "addr", cfg.Static.Addr, "gateway", cfg.Static.Gateway)
 	} else {
 		lease, err := dhcp(ctx, link)
 		if err != nil {
-			return nil, err
+			return res, err
 		}
 		if err := lease.Configure(); err != nil {
-			return nil, fmt.Errorf("network: %s: configure lease: %w", name, err)
+			return res, fmt.Errorf("network: %s: configure lease: %w", name, err)
 		}
 		log.Info("network: dhcp lease", "link", name, "lease", lease.String())
+		if p, ok := lease.(*dhclient.Packet4); ok {
+			ns, search, _ := p.GatherDNSSettings()
+			for _, ip := range ns {
+				if a, ok := netip.AddrFromSlice(ip.To4()); ok {
+					res.Nameservers = append(res.Nameservers, a)
+				}
+			}
+			res.Search = search
+		}
 	}
-	return Addresses(name)
+	res.Addrs, err = Addresses(name)
+	return res, err
 }
 
 // waitLink waits for the named link, or the first non-loopback one: a NIC driver loaded a

@@ -6,7 +6,7 @@
 set -euo pipefail
 
 CACHE=${CACHE:-build/cache}
-PKGS=(qemu-system-x86 qemu-utils ovmf grub-efi-amd64-bin e2fsprogs dosfstools mtools kmod curl)
+PKGS=(qemu-system-x86 qemu-utils ovmf grub-efi-amd64-bin e2fsprogs dosfstools mtools kmod curl ca-certificates)
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -17,6 +17,7 @@ import (
 	"keel/disk"
 	"keel/disk/meta"
 	"keel/events"
+	"keel/host"
 	"keel/internal/fault"
 	"keel/machine"
 	"keel/netapi"
@@ -74,6 +75,8 @@ type Node struct {
 	parts     map[string]disk.Device
 	cfg       config.Config
 	addrs     []netip.Prefix
+	dns       host.Resolver // what DHCP gave
+	host      hostFacts
 	slots     []netapi.SlotInfo
 	warnings  []string
 	bootCount int

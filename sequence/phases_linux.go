@@ -16,6 +16,7 @@ import (
 	"keel/boot"
 	"keel/config"
 	"keel/disk"
+	"keel/host"
 	"keel/internal/fault"
 	"keel/machine"
 	"keel/netapi"
@@ -33,7 +34,8 @@ type phase struct {
 
 // bootPhases are the boot, in order. STATE comes before META: the upgrade's executor needs the
 // node's configuration, and what a boot may have to redo first (re-making EPHEMERAL, clearing a
-// boot-once) never touches STATE.
+// boot-once) never touches STATE. The host's preparation for containers (prepare_linux.go)
+// runs between them, and its name resolution once the network is up.
 func (n *Node) bootPhases() []phase {
 	return []phase{
 		{"mount-early", true, n.mountEarly},
@@ -42,11 +44,17 @@ func (n *Node) bootPhases() []phase {
 		{"partitions", true, n.findPartitions},
 		{"bootloader", false, n.readBootloader},
 		{"state", true, n.mountState},
+		{"machine-id", false, n.machineID},
+		{"ca-certificates", false, n.caCertificates},
+		{"cgroups", false, n.cgroups},
+		{"container-modules", false, n.containerModules},
+		{"sysctls", false, n.sysctls},
 		{"meta", false, n.bootMeta},
 		{"slots", false, n.readSlots},
 		{"ephemeral", false, n.mountEphemeral},
 		{"fault", false, n.injectFault},
 		{"network", false, n.network},
+		{"names", false, n.names},
 		{"api", false, n.serveAPI},
 		{"services", false, n.startServices},
 	}
@@ -278,9 +286,10 @@ func (n *Node) network(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	addrs, err := network.Up(ctx, cfg, n.log)
+	res, err := network.Up(ctx, cfg, n.log)
 	n.mu.Lock()
-	n.addrs = addrs
+	n.addrs = res.Addrs
+	n.dns = host.Resolver{Nameservers: res.Nameservers, Search: res.Search}
 	n.mu.Unlock()
 	return err
 }

@@ -40,6 +40,12 @@ func (n *Node) status() netapi.Status {
 	for _, a := range n.addrs {
 		st.Addresses = append(st.Addresses, a.String())
 	}
+	h := n.host
+	st.Host = &netapi.HostStatus{CgroupControllers: h.controllers, CgroupMissing: h.missing, Sysctls: map[string]string{},
+		MachineID: h.machineID, Nameservers: h.nameservers, Search: h.search, CACertificates: h.caCerts}
+	for _, s := range h.sysctls {
+		st.Host.Sysctls[s.Name] = s.Value
+	}
 	parts := n.parts
 	n.mu.Unlock()
 	if n.esp != nil {

@@ -29,7 +29,7 @@ func (n *Node) bootMeta(ctx context.Context) error {
 		n.etcd = etcd.NewNode(etcd.NodeOptions{Config: *cfg.Etcd, Name: cfg.MemberName(), Report: report})
 	}
 	rec, metaErr := n.openMeta()
-	eff := upgrade.Effects{Slots: slotIO{n}, Host: host{n}, Kube: n.kube, Power: powerFx{n}}
+	eff := upgrade.Effects{Slots: slotIO{n}, Host: upgradeHost{n}, Kube: n.kube, Power: powerFx{n}}
 	if n.esp != nil {
 		eff.Boot = n.esp
 	} else {

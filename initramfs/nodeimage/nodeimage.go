@@ -19,6 +19,7 @@ import (
 	"keel/boot"
 	"keel/config"
 	"keel/disk"
+	"keel/host"
 	"keel/initramfs"
 	"keel/initramfs/diskimage"
 	"keel/machine"
@@ -85,7 +86,7 @@ func BuildStatic(ctx context.Context, repoRoot, pkg, out string) error {
 type InitramfsOptions struct {
 	Init    string // path of the built init
 	Kernel  Kernel
-	Modules []string          // default: machine.DefaultModules
+	Modules []string          // default: machine.DefaultModules and host.ContainerModules
 	Files   map[string]string // archive path → host file
 	// Binaries are host executables to include with their shared-library closure
 	// (archive path → host path).
@@ -100,7 +101,7 @@ func BuildInitramfs(o InitramfsOptions) ([]byte, error) {
 	}
 	mods := o.Modules
 	if mods == nil {
-		mods = machine.DefaultModules
+		mods = append(append([]string(nil), machine.DefaultModules...), host.ContainerModules...)
 	}
 	if _, err := a.AddModules(o.Kernel.Root, o.Kernel.Release, mods); err != nil {
 		return nil, err
@@ -121,6 +122,11 @@ func BuildInitramfs(o InitramfsOptions) ([]byte, error) {
 	}
 	return buf.Bytes(), nil
 }
+
+// SystemCABundle is the build host's CA bundle (Debian's ca-certificates), carried by every
+// initramfs where the node's Go programs look for it: registries over HTTPS are checked
+// against it (the node's config may add a private CA).
+const SystemCABundle = "/etc/ssl/certs/ca-certificates.crt"
 
 // DefaultBinaries ride in every initramfs: mke2fs re-creates EPHEMERAL on the node.
 func DefaultBinaries() map[string]string {
@@ -180,6 +186,9 @@ func BuildSlot(ctx context.Context, o SlotOptions) (Slot, error) {
 		}
 	}
 	files := map[string]string{}
+	if _, err := os.Stat(SystemCABundle); err == nil {
+		files[SystemCABundle] = SystemCABundle
+	}
 	for _, dst := range sortedKeys(o.GoBinaries) {
 		out := filepath.Join(o.OutDir, filepath.Base(dst)+"-"+o.Version)
 		if err := BuildStatic(ctx, o.RepoRoot, o.GoBinaries[dst], out); err != nil {

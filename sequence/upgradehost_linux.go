@@ -12,14 +12,14 @@ import (
 	"keel/machine"
 )
 
-// host is the running node as the upgrade executor sees it (upgrade.Host): stopping what uses
+// upgradeHost is the running node as the upgrade executor sees it (upgrade.Host): stopping what uses
 // STATE and EPHEMERAL before the slot is written, and the trial of a new slot.
-type host struct{ n *Node }
+type upgradeHost struct{ n *Node }
 
 // Stop implements upgrade.Host: the services stop (dependents first), whatever else holds STATE
 // or EPHEMERAL is killed, both are unmounted. An unmount that still fails is the upgrade's
 // failure (it aborts and reboots into the current slot).
-func (h host) Stop(context.Context) error {
+func (h upgradeHost) Stop(context.Context) error {
 	n := h.n
 	n.stopServices()
 	mounts := []string{MountEphemeral, MountState}
@@ -59,7 +59,7 @@ func (t *trialWatchdog) take() *machine.Watchdog {
 
 // Trial implements upgrade.Host: arm the watchdog, then run the health gates in order within
 // the trial's time.
-func (h host) Trial(ctx context.Context, rejoin bool, rejoined func(string)) error {
+func (h upgradeHost) Trial(ctx context.Context, rejoin bool, rejoined func(string)) error {
 	n := h.n
 	cfg := n.config().Upgrade
 	wd, err := machine.ArmWatchdog("/dev/watchdog", time.Duration(cfg.WatchdogTimeout())*time.Second)
@@ -87,7 +87,7 @@ func (h host) Trial(ctx context.Context, rejoin bool, rejoined func(string)) err
 }
 
 // Finish implements upgrade.Host: the upgrade is done, the trial's watchdog stands down.
-func (h host) Finish() {
+func (h upgradeHost) Finish() {
 	if wd := h.n.trial.take(); wd != nil {
 		if err := wd.Disarm(); err != nil {
 			h.n.warn("%v", err)
@@ -101,7 +101,7 @@ type gate struct {
 }
 
 // gates are the trial's health checks, in order.
-func (h host) gates(rejoin bool, rejoined func(string)) []gate {
+func (h upgradeHost) gates(rejoin bool, rejoined func(string)) []gate {
 	n := h.n
 	g := []gate{
 		{"mounts", func(context.Context) error {
