@@ -85,13 +85,7 @@ func TestBuildImage(t *testing.T) {
 		t.Error("size-changing overwrite accepted")
 	}
 	// The ext4 partitions must be fsck-clean and STATE must hold what we put there.
-	st, _ := l.Find(disk.PartState)
-	part := filepath.Join(dir, "state.ext4")
-	f, _ := os.Open(img)
-	buf := make([]byte, st.Size)
-	f.ReadAt(buf, st.Start)
-	f.Close()
-	os.WriteFile(part, buf, 0o644)
+	part := extract(t, img, l, disk.PartState, filepath.Join(dir, "state.ext4"))
 	if out, err := exec.Command("e2fsck", "-fn", part).CombinedOutput(); err != nil {
 		t.Errorf("e2fsck STATE: %v\n%s", err, out)
 	}
@@ -140,13 +134,7 @@ func TestFATPassesFsckAndMtools(t *testing.T) {
 	}}); err != nil {
 		t.Fatal(err)
 	}
-	esp, _ := l.Find(disk.PartEFI)
-	espImg := filepath.Join(dir, "esp.img")
-	f, _ := os.Open(img)
-	buf := make([]byte, esp.Size)
-	f.ReadAt(buf, esp.Start)
-	f.Close()
-	os.WriteFile(espImg, buf, 0o644)
+	espImg := extract(t, img, l, disk.PartEFI, filepath.Join(dir, "esp.img"))
 	fsck("ESP", espImg)
 	if out, err := exec.Command("mtype", "-i", espImg, "::/grub/grub.cfg").CombinedOutput(); err != nil || string(out) != "set default=A\n" {
 		t.Errorf("mtype grub.cfg: %q %v", out, err)
@@ -170,4 +158,26 @@ func TestSlotReproducible(t *testing.T) {
 	if sums[0] != sums[1] {
 		t.Errorf("two builds differ: %x %x", sums[0], sums[1])
 	}
+}
+
+// extract copies partition name of the disk image img (laid out as l) into the file dst.
+func extract(t *testing.T, img string, l disk.Layout, name, dst string) string {
+	t.Helper()
+	p, ok := l.Find(name)
+	if !ok {
+		t.Fatalf("no partition %s", name)
+	}
+	f, err := os.Open(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, p.Size)
+	if _, err := f.ReadAt(buf, p.Start); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dst, buf, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dst
 }
