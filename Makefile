@@ -22,20 +22,25 @@ E2E_TIMEOUT  ?= 40m
 UNIT_PKGS = $(shell $(GO) list ./... | grep -v -e /e2e -e /internal/testenv -e 'keel/cluster/kube$$' -e 'keel/cluster/etcd$$')
 INTEGRATION_PKGS = ./cluster/kube ./cluster/etcd
 
-.PHONY: all deps k8s-bins etcd-bin pki key disk image push registry run stop test test-unit test-integration test-e2e bench fuzz vet clean
+.PHONY: all deps k8s-bins etcd-bin node-bins pki key disk image push registry run stop test test-unit test-integration test-e2e bench fuzz vet clean
 
 all: disk
 
 deps:
 	@CACHE=$(CACHE) scripts/deps.sh
 
-# Real kube-apiserver and etcd for the integration tests, built from the module proxy.
-k8s-bins:
+# Everything from the module proxy: the host control plane the tests run (kube-apiserver,
+# kube-controller-manager, kube-scheduler, etcd) and what node images carry (node-bins).
+k8s-bins: deps
 	@scripts/k8s-bins.sh
 
-# Only the static etcd (and etcdctl) that node images carry as /bin/etcd.
+# Only the static etcd and etcdctl (seconds with a warm Go cache).
 etcd-bin:
 	@scripts/k8s-bins.sh etcd
+
+# What each slot's system image carries: etcd, the kubelet, containerd, runc, CNI plugins.
+node-bins: deps
+	@scripts/k8s-bins.sh node
 
 pki:
 	@$(GO) run ./cmd/mkimage pki -dir build/pki
@@ -45,12 +50,12 @@ key:
 	@$(GO) run ./cmd/mkimage key -dir build/keys
 
 # The node's disk image: slot A holds VERSION; VERSION_B, if set, fills slot B.
-disk: deps etcd-bin pki key
+disk: deps node-bins pki key
 	@echo "disk: building version $(VERSION)$(if $(VERSION_B), and $(VERSION_B) in slot B)"
 	@$(GO) run ./cmd/mkimage disk -version $(VERSION) $(if $(VERSION_B),-version-b $(VERSION_B)) -out build/disk.img -cache $(CACHE) -pki build/pki
 
 # A signed installer image for VERSION, as an OCI image layout: build/installer-VERSION/.
-image: deps etcd-bin key
+image: deps node-bins key
 	@$(GO) run ./cmd/mkimage image -version $(VERSION) -cache $(CACHE) -keys build/keys
 
 # Push that image to REGISTRY as keel:VERSION (start one with `make registry`).

@@ -6,7 +6,10 @@
 set -euo pipefail
 
 CACHE=${CACHE:-build/cache}
-PKGS=(qemu-system-x86 qemu-utils ovmf grub-efi-amd64-bin e2fsprogs dosfstools mtools kmod curl ca-certificates)
+# squashfs-tools packs the slots' system images; libseccomp-dev and busybox-static: runc is
+# linked statically with seccomp, busybox gives the node its mount(8) and the test images a shell.
+PKGS=(qemu-system-x86 qemu-utils ovmf grub-efi-amd64-bin e2fsprogs dosfstools mtools kmod curl ca-certificates
+	squashfs-tools libseccomp-dev busybox-static)
 
 missing=()
 for p in "${PKGS[@]}"; do

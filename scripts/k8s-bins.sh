@@ -1,28 +1,57 @@
 #!/usr/bin/env bash
-# Builds the real kube-apiserver, etcd and etcdctl that the Kubernetes and etcd tests run,
-# from the Go module proxy (tools/k8s has its own go.mod), into build/bin. Idempotent: a
-# binary is rebuilt only when missing or older than tools/k8s/go.mod. Cold: ~4 min and ~3 GB
-# of RAM for kube-apiserver on this machine kind; cached: <2 s.
+# Builds, from the Go module proxy, into build/bin:
+#   - what the tests run on the host: kube-apiserver, kube-controller-manager, kube-scheduler,
+#     etcd and etcdctl (tools/k8s);
+#   - what a node's system image carries: etcd, the kubelet (tools/k8s, the same Kubernetes
+#     version as the control plane), containerd 2.x with its runc shim, runc (static, with
+#     seccomp) and the CNI plugins (tools/node), the plugins under build/bin/cni.
+# Idempotent: a binary is rebuilt only when missing or older than its module's go.mod.
+# Cold: ~4 min and ~3 GB of RAM for kube-apiserver on this machine kind, 2-3 min for each
+# other Kubernetes command; cached: <2 s.
+#   k8s-bins.sh        everything
+#   k8s-bins.sh etcd   only etcd and etcdctl (seconds)
+#   k8s-bins.sh node   only what node images carry
 set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
 out=${BIN_DIR:-$PWD/build/bin}
-mkdir -p "$out"
-cd "$(dirname "$0")/../tools/k8s"
-stamp=go.mod
-build() { # name package [ldflags]
-	local name=$1 pkg=$2 ld=${3:-}
-	if [ -x "$out/$name" ] && [ "$out/$name" -nt "$stamp" ]; then
+mkdir -p "$out/cni"
+K8S_VERSION=v1.37.2
+k8sld="-X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37"
+
+build() { # module name package [ldflags [cgo-tags]]
+	local mod=$1 name=$2 pkg=$3 ld=${4:-} tags=${5:-}
+	local dst=$out/$name
+	if [ -x "$dst" ] && [ "$dst" -nt "$root/tools/$mod/go.mod" ]; then
 		echo "k8s-bins: $name ok"
 		return
 	fi
 	echo "k8s-bins: building $name ($pkg)"
 	local t0=$SECONDS
-	CGO_ENABLED=0 go build -trimpath -ldflags "-s -w $ld" -o "$out/$name.tmp" "$pkg"
-	mv "$out/$name.tmp" "$out/$name"
+	if [ -n "$tags" ]; then
+		# runc needs cgo (its nsenter runs before the Go runtime); linked statically like
+		# upstream's `make static`, so it runs in a node without a libc.
+		(cd "$root/tools/$mod" && CGO_ENABLED=1 go build -trimpath -tags "$tags" \
+			-ldflags "-s -w $ld -extldflags -static" -o "$dst.tmp" "$pkg")
+	else
+		(cd "$root/tools/$mod" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w $ld" -o "$dst.tmp" "$pkg")
+	fi
+	mv "$dst.tmp" "$dst"
 	echo "k8s-bins: $name built in $((SECONDS - t0)) s"
 }
-build etcd go.etcd.io/etcd/server/v3
-build etcdctl go.etcd.io/etcd/etcdctl/v3
-# `k8s-bins.sh etcd`: only etcd and etcdctl (the node image carries etcd; seconds, not minutes).
+
+build k8s etcd go.etcd.io/etcd/server/v3
+build k8s etcdctl go.etcd.io/etcd/etcdctl/v3
 [ "${1:-}" = etcd ] && exit 0
-build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver \
-	"-X k8s.io/component-base/version.gitVersion=v1.37.2 -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37"
+
+build k8s kubelet k8s.io/kubernetes/cmd/kubelet "$k8sld"
+build node containerd github.com/containerd/containerd/v2/cmd/containerd
+build node containerd-shim-runc-v2 github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2
+build node runc github.com/opencontainers/runc "-X main.version=v1.5.3" "seccomp urfave_cli_no_docs netgo osusergo"
+for p in main/bridge main/loopback ipam/host-local; do
+	build node "cni/${p#*/}" "github.com/containernetworking/plugins/plugins/$p"
+done
+[ "${1:-}" = node ] && exit 0
+
+build k8s kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "$k8sld"
+build k8s kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager "$k8sld"
+build k8s kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler "$k8sld"

@@ -31,6 +31,7 @@ const (
 	MountState     = "/state"
 	MountEphemeral = "/var"
 	slotMountDir   = "/run/keel/slot"
+	bootedSlotDir  = "/run/keel/booted"
 	// BootLog is appended to on every boot (boot id, slot, version): it makes a lost /var or
 	// a torn unmount visible from outside.
 	BootLog = MountEphemeral + "/log/keel/boots.log"

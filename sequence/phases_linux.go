@@ -51,6 +51,7 @@ func (n *Node) bootPhases() []phase {
 		{"sysctls", false, n.sysctls},
 		{"meta", false, n.bootMeta},
 		{"slots", false, n.readSlots},
+		{"system", false, n.mountSystem},
 		{"ephemeral", false, n.mountEphemeral},
 		{"fault", false, n.injectFault},
 		{"network", false, n.network},
@@ -200,6 +201,34 @@ func (n *Node) readSlots(ctx context.Context) error {
 	n.slots = infos
 	n.mu.Unlock()
 	return errors.Join(errs...)
+}
+
+// mountSystem mounts the booted slot read-only and loop-mounts its system image at
+// disk.SystemDir: the programs the node supervises (etcd, containerd, the kubelet) live there,
+// not in RAM. Both stay mounted until the shutdown; an upgrade writes the other slot. A slot
+// without a system image (built without node binaries) is not an error: it runs no such
+// services.
+func (n *Node) mountSystem(context.Context) error {
+	slot := n.bootedSlot()
+	if slot == "" {
+		return errors.New("booted slot unknown: no system image")
+	}
+	part := slot.Partition()
+	dev := n.partition(part).Dev
+	if err := (machine.Mount{Source: dev, Target: bootedSlotDir, FSType: "vfat", Flags: unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV}).Do(); err != nil {
+		return fmt.Errorf("slot %s: %w", slot, err)
+	}
+	img := filepath.Join(bootedSlotDir, disk.SystemImageName)
+	if _, err := os.Stat(img); errors.Is(err, os.ErrNotExist) {
+		n.log.Info("slot has no system image", "slot", slot)
+		return machine.Unmount(bootedSlotDir, time.Second)
+	}
+	n.mounts.add(mounted{part: part, target: bootedSlotDir})
+	if err := disk.MountSystem(img, disk.SystemDir); err != nil {
+		return err
+	}
+	n.mounts.add(mounted{part: part, target: disk.SystemDir})
+	return nil
 }
 
 func (n *Node) mountState(context.Context) error {

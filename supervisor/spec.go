@@ -15,6 +15,10 @@ import (
 	"time"
 )
 
+// Path is every service's PATH unless its Env says otherwise: the slot's system image first
+// (keel/disk.SystemDir), where the node's programs live, then the initramfs.
+const Path = "/system/bin:/sbin:/bin:/usr/sbin:/usr/bin"
+
 // Policy says when a service that exited is started again.
 type Policy string
 

@@ -305,7 +305,7 @@ func (svc *service) bumpRestarts() {
 func (svc *service) runOnce(ctx context.Context) (int, error) {
 	svc.set(Starting, "")
 	cmd := exec.Command(svc.spec.Command[0], svc.spec.Command[1:]...)
-	cmd.Env = append([]string{"PATH=/sbin:/bin:/usr/sbin:/usr/bin"}, svc.spec.Env...)
+	cmd.Env = append([]string{"PATH=" + Path}, svc.spec.Env...)
 	cmd.Dir = svc.spec.Dir
 	// Its own process group, so that stopping it reaches whatever it forked.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

@@ -6,13 +6,15 @@ import (
 	"time"
 
 	"keel/config"
+	"keel/disk"
 	"keel/supervisor"
 )
 
-// Where etcd lives on a node: the binary rides in the slot's initramfs, the data on EPHEMERAL
+// Where etcd lives on a node: the binary in the slot's system image, the data on EPHEMERAL
 // (so preserve=false wipes it with the rest).
+var Binary = disk.SystemBin("etcd")
+
 const (
-	Binary  = "/bin/etcd"
 	DataDir = "/var/lib/etcd"
 	// ServiceName is the supervised service's name; other services may be "after" it.
 	ServiceName = "etcd"

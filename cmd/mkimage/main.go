@@ -100,7 +100,7 @@ func cmdSlot(args []string) error {
 	if err != nil {
 		return err
 	}
-	s, err := nodeimage.BuildSlot(context.Background(), nodeimage.SlotOptions{RepoRoot: ".", Version: *version, Kernel: k, OutDir: *out, Etcd: etcdBin()})
+	s, err := nodeimage.BuildSlot(context.Background(), nodeimage.SlotOptions{RepoRoot: ".", Version: *version, Kernel: k, OutDir: *out, System: nodeSystem()})
 	if err != nil {
 		return err
 	}
@@ -128,14 +128,14 @@ func cmdDisk(args []string) error {
 	ctx := context.Background()
 	imgDir := filepath.Join(filepath.Dir(*out), "images")
 	t0 := time.Now()
-	a, err := nodeimage.BuildSlot(ctx, nodeimage.SlotOptions{RepoRoot: ".", Version: *version, Kernel: k, OutDir: imgDir, Binaries: add.binaries(), Etcd: etcdBin()})
+	a, err := nodeimage.BuildSlot(ctx, nodeimage.SlotOptions{RepoRoot: ".", Version: *version, Kernel: k, OutDir: imgDir, Binaries: add.binaries(), System: nodeSystem()})
 	if err != nil {
 		return err
 	}
 	fmt.Printf("slot: wrote %s (version %s)\n", a.Path, a.Manifest.Version)
 	var b *nodeimage.Slot
 	if *versionB != "" {
-		s, err := nodeimage.BuildSlot(ctx, nodeimage.SlotOptions{RepoRoot: ".", Version: *versionB, Kernel: k, OutDir: imgDir, Etcd: etcdBin()})
+		s, err := nodeimage.BuildSlot(ctx, nodeimage.SlotOptions{RepoRoot: ".", Version: *versionB, Kernel: k, OutDir: imgDir, System: nodeSystem()})
 		if err != nil {
 			return err
 		}
@@ -184,7 +184,7 @@ func cmdImage(args []string) error {
 	if err != nil {
 		return err
 	}
-	s, err := nodeimage.BuildSlot(context.Background(), nodeimage.SlotOptions{RepoRoot: ".", Version: *version, Kernel: k, OutDir: filepath.Join("build", "images"), Etcd: etcdBin()})
+	s, err := nodeimage.BuildSlot(context.Background(), nodeimage.SlotOptions{RepoRoot: ".", Version: *version, Kernel: k, OutDir: filepath.Join("build", "images"), System: nodeSystem()})
 	if err != nil {
 		return err
 	}
@@ -284,13 +284,14 @@ func (a addFlag) binaries() map[string]string {
 	return m
 }
 
-// etcdBin is the static etcd every image carries (`make etcd-bin` builds it), or "" with a
-// warning when it is missing: such an image cannot be a control-plane node.
-func etcdBin() string {
-	const p = "build/bin/etcd"
-	if _, err := os.Stat(p); err != nil {
-		fmt.Fprintf(os.Stderr, "mkimage: %s missing (make etcd-bin): this image cannot run a control-plane node\n", p)
-		return ""
+// nodeSystem is the system image every image carries: etcd, the kubelet, containerd, runc and
+// the CNI plugins from build/bin (`make node-bins`). What is missing is left out with a
+// warning: without etcd the image cannot be a control-plane node, without the kubelet not a
+// Kubernetes node.
+func nodeSystem() nodeimage.System {
+	s, missing := nodeimage.NodeSystem("build/bin")
+	for _, m := range missing {
+		fmt.Fprintf(os.Stderr, "mkimage: %s missing (make node-bins): left out of the system image\n", m)
 	}
-	return p
+	return s
 }

@@ -154,8 +154,8 @@ type SlotOptions struct {
 	// (archive path → package path, e.g. "/bin/testsvc": "./vmtest/testsvc").
 	GoBinaries map[string]string
 	Fault      string // test images only
-	// Etcd is a static etcd binary to carry as /bin/etcd (control-plane nodes run it).
-	Etcd string
+	// System is the slot's system image (see NodeSystem); empty: the slot has none.
+	System System
 }
 
 // BuildSlot builds the init, initramfs and slot filesystem image for one version.
@@ -173,9 +173,6 @@ func BuildSlot(ctx context.Context, o SlotOptions) (Slot, error) {
 	}
 	for k, v := range o.Binaries {
 		bins[k] = v
-	}
-	if o.Etcd != "" {
-		bins["/bin/etcd"] = o.Etcd
 	}
 	if o.Fault == "bench-write" {
 		// The benchmark's floor: dd oflag=direct and sha256sum over the slot's bytes.
@@ -207,10 +204,25 @@ func BuildSlot(ctx context.Context, o SlotOptions) (Slot, error) {
 	if err != nil {
 		return Slot{}, err
 	}
+	content := []diskimage.Content{{Path: "/vmlinuz", Data: kernel}, {Path: "/initramfs", Data: rd}}
+	if !o.System.Empty() {
+		sys, err := BuildSystemImage(ctx, o.System, o.OutDir)
+		if err != nil {
+			return Slot{}, fmt.Errorf("system image %s: %w", o.Version, err)
+		}
+		b, err := os.ReadFile(sys)
+		if err != nil {
+			return Slot{}, err
+		}
+		content = append(content, diskimage.Content{Path: "/" + disk.SystemImageName, Data: b})
+	}
+	size := int64(0)
+	for _, c := range content {
+		size += int64(len(c.Data))
+	}
 	path := filepath.Join(o.OutDir, "slot-"+o.Version+".img")
-	m, err := diskimage.BuildSlot(path, diskimage.SlotSize(int64(len(kernel)+len(rd))),
-		disk.Manifest{Version: o.Version, Arch: "amd64", KernelRelease: o.Kernel.Release},
-		[]diskimage.Content{{Path: "/vmlinuz", Data: kernel}, {Path: "/initramfs", Data: rd}})
+	m, err := diskimage.BuildSlot(path, diskimage.SlotSize(size),
+		disk.Manifest{Version: o.Version, Arch: "amd64", KernelRelease: o.Kernel.Release}, content)
 	if err != nil {
 		return Slot{}, err
 	}

@@ -6,16 +6,21 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"keel/internal/testenv"
 )
 
 // TestInitramfsDeterministic builds the real initramfs (init, module closure of the cached
 // Debian kernel, mke2fs with its libraries) twice: same inputs, same bytes.
 func TestInitramfsDeterministic(t *testing.T) {
-	k, err := FindKernel(filepath.Join("..", "build", "cache"))
+	root, err := testenv.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := FindKernel(filepath.Join(root, "build", "cache"))
 	if err != nil {
 		t.Skip(err) // make test runs make deps first
 	}
-	root, _ := filepath.Abs("..")
 	initPath := filepath.Join(t.TempDir(), "init")
 	if err := BuildInit(context.Background(), root, "det-1", initPath); err != nil {
 		t.Fatal(err)

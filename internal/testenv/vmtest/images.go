@@ -41,8 +41,11 @@ type ImageOptions struct {
 	Config config.Config
 	// StateFiles go onto STATE next to config.json (e.g. a kubeconfig).
 	StateFiles map[string][]byte
-	// Etcd packs build/bin/etcd as /bin/etcd into the slots (control-plane nodes).
+	// Etcd packs build/bin/etcd into the slots' system image (control-plane nodes).
 	Etcd bool
+	// Kube packs the kubelet, containerd, runc and the CNI plugins too (Kubernetes nodes).
+	// Images without either carry no system image: they boot and upgrade faster.
+	Kube bool
 }
 
 func (o ImageOptions) key() string {
@@ -97,23 +100,18 @@ func BuildImage(ctx context.Context, o ImageOptions) (*Image, error) {
 		dirA = filepath.Join(dirA, "testsvc")
 		gobins = map[string]string{"/bin/testsvc": "./internal/testenv/vmtest/testsvc"}
 	}
-	etcd := ""
-	if o.Etcd {
-		if etcd, err = EtcdBin(); err != nil {
-			return nil, err
-		}
-		dirA = filepath.Join(dirA, "etcd")
+	sys, sub, err := systemImage(o.Etcd, o.Kube)
+	if err != nil {
+		return nil, err
 	}
-	img.SlotA, err = buildSlotOnce(ctx, nodeimage.SlotOptions{RepoRoot: root, Version: o.VersionA, Kernel: k, OutDir: dirA, Fault: o.FaultA, GoBinaries: gobins, Etcd: etcd})
+	dirA = filepath.Join(dirA, sub)
+	img.SlotA, err = buildSlotOnce(ctx, nodeimage.SlotOptions{RepoRoot: root, Version: o.VersionA, Kernel: k, OutDir: dirA, Fault: o.FaultA, GoBinaries: gobins, System: sys})
 	if err != nil {
 		return nil, err
 	}
 	if o.VersionB != "" {
-		dirB := imgDir
-		if o.Etcd {
-			dirB = filepath.Join(imgDir, "etcd")
-		}
-		b, err := buildSlotOnce(ctx, nodeimage.SlotOptions{RepoRoot: root, Version: o.VersionB, Kernel: k, OutDir: dirB, Etcd: etcd})
+		dirB := filepath.Join(imgDir, sub)
+		b, err := buildSlotOnce(ctx, nodeimage.SlotOptions{RepoRoot: root, Version: o.VersionB, Kernel: k, OutDir: dirB, System: sys})
 		if err != nil {
 			return nil, err
 		}
@@ -135,8 +133,34 @@ func BuildImage(ctx context.Context, o ImageOptions) (*Image, error) {
 	return img, nil
 }
 
-// EtcdBin is build/bin/etcd, the static etcd node images carry (`make etcd-bin`).
-func EtcdBin() (string, error) { return testenv.Bin("etcd") }
+// systemImage is the system image a test image carries, and the image directory's subfolder
+// for it: nothing, etcd only (`make etcd-bin`), or with kube everything a Kubernetes node runs
+// (`make node-bins`).
+func systemImage(etcd, kube bool) (nodeimage.System, string, error) {
+	var names []string
+	sub := ""
+	switch {
+	case kube:
+		sub = "kube"
+		if !etcd {
+			names = []string{"kubelet", "containerd", "containerd-shim-runc-v2", "runc", "bridge", "host-local", "loopback"}
+			sub = "kube-worker"
+		}
+	case etcd:
+		names, sub = []string{"etcd"}, "etcd"
+	default:
+		return nodeimage.System{}, "", nil
+	}
+	bin, err := testenv.Bin("etcd")
+	if err != nil {
+		return nodeimage.System{}, "", err
+	}
+	sys, missing := nodeimage.NodeSystem(filepath.Dir(bin), names...)
+	if len(missing) > 0 {
+		return nodeimage.System{}, "", fmt.Errorf("system image: missing %s (make node-bins)", strings.Join(missing, ", "))
+	}
+	return sys, sub, nil
+}
 
 // safeName turns a test name into a file name.
 func safeName(s string) string {

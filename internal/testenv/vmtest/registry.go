@@ -76,8 +76,8 @@ type InstallerOptions struct {
 	Key      ed25519.PrivateKey // default: the harness key every test image trusts
 	Arch     string
 	Manifest func(*installer.Manifest)
-	// Etcd packs build/bin/etcd into the slot (control-plane nodes).
-	Etcd bool
+	// Etcd and Kube choose the slot's system image, as in ImageOptions.
+	Etcd, Kube bool
 }
 
 // PushInstaller builds an installer image and pushes it as repoTag; it returns the guest's
@@ -96,14 +96,12 @@ func (r *Registry) PushInstaller(t testing.TB, repoTag string, o InstallerOption
 	if o.Fault != "" {
 		outDir = filepath.Join(outDir, "fault-"+o.Fault)
 	}
-	etcd := ""
-	if o.Etcd {
-		if etcd, err = EtcdBin(); err != nil {
-			t.Fatal(err)
-		}
-		outDir = filepath.Join(outDir, "etcd")
+	sys, sub, err := systemImage(o.Etcd, o.Kube)
+	if err != nil {
+		t.Fatal(err)
 	}
-	slot, err := buildSlotOnce(context.Background(), nodeimage.SlotOptions{RepoRoot: root, Version: o.Version, Kernel: k, OutDir: outDir, Fault: o.Fault, Etcd: etcd})
+	outDir = filepath.Join(outDir, sub)
+	slot, err := buildSlotOnce(context.Background(), nodeimage.SlotOptions{RepoRoot: root, Version: o.Version, Kernel: k, OutDir: outDir, Fault: o.Fault, System: sys})
 	if err != nil {
 		t.Fatal(err)
 	}
