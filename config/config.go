@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"strings"
 
+	"keel/cluster/kubelet"
 	"keel/host"
 	"keel/supervisor"
 )
@@ -169,7 +170,39 @@ type Kubernetes struct {
 	Kubeconfig string `json:"kubeconfig,omitempty"`
 	// DrainTimeoutS bounds the drain (default 120); a request may set its own.
 	DrainTimeoutS int `json:"drain_timeout_s,omitempty"`
+	// Kubelet, when set, makes the node a Kubernetes node: it runs containerd and a kubelet
+	// as supervised services, generated from this section (package keel/cluster/kubelet).
+	Kubelet *Kubelet `json:"kubelet,omitempty"`
+	// ReadyTimeoutS bounds the trial's wait for this boot's kubelet to report the node Ready
+	// (default 300); a trial that times out falls back to the old slot.
+	ReadyTimeoutS int `json:"ready_timeout_s,omitempty"`
 }
+
+// Kubelet configures the node's kubelet and its container runtime.
+type Kubelet struct {
+	// PodCIDR is this node's pod subnet (required), e.g. "10.244.1.0/24".
+	PodCIDR string `json:"pod_cidr"`
+	// NodeIP is the address the kubelet reports (default: the primary link's first address).
+	NodeIP string `json:"node_ip,omitempty"`
+	// Kubeconfig is the kubelet's kubeconfig on STATE, with the node's client certificate
+	// (default: kubernetes.kubeconfig).
+	Kubeconfig string `json:"kubeconfig,omitempty"`
+	// ClientCA is a CA file on STATE whose client certificates the kubelet's API accepts.
+	ClientCA string `json:"client_ca,omitempty"`
+	// SandboxImage is the pods' pause image; a cluster without internet names its own.
+	SandboxImage string `json:"sandbox_image,omitempty"`
+	// RegistryMirrors maps a registry host to the endpoints to pull from instead, in order
+	// ("http://" for a plain-HTTP registry).
+	RegistryMirrors map[string][]string `json:"registry_mirrors,omitempty"`
+	ClusterDNS      []string            `json:"cluster_dns,omitempty"`
+	ClusterDomain   string              `json:"cluster_domain,omitempty"`
+	MaxPods         int                 `json:"max_pods,omitempty"`
+	Labels          map[string]string   `json:"labels,omitempty"`
+	Verbosity       int                 `json:"verbosity,omitempty"`
+}
+
+// ReadyTimeout in seconds, defaulted.
+func (k Kubernetes) ReadyTimeout() int { return orDefault(k.ReadyTimeoutS, 300) }
 
 // KubeconfigPath is the kubeconfig's path relative to STATE.
 func (k Kubernetes) KubeconfigPath() string {
@@ -263,6 +296,11 @@ func (c Config) Validate() error {
 	if _, err := supervisor.Order(append([]supervisor.Spec(nil), c.Services...)); err != nil {
 		return fmt.Errorf("%w: services: %w", ErrInvalid, err)
 	}
+	for _, s := range c.Services {
+		if kubelet.Reserved(s.Name) || s.Name == "etcd" {
+			return fmt.Errorf("%w: services: %q is reserved: the node runs it from its own configuration section", ErrInvalid, s.Name)
+		}
+	}
 	if k := c.Kubernetes; k != nil {
 		if k.NodeName == "" || len(k.NodeName) > 253 {
 			return fmt.Errorf("%w: kubernetes.node_name is required", ErrInvalid)
@@ -272,6 +310,14 @@ func (c Config) Validate() error {
 		}
 		if k.DrainTimeoutS < 0 || k.DrainTimeoutS > 3600 {
 			return fmt.Errorf("%w: kubernetes.drain_timeout_s must be 0-3600", ErrInvalid)
+		}
+		if k.ReadyTimeoutS < 0 || k.ReadyTimeoutS > 3600 {
+			return fmt.Errorf("%w: kubernetes.ready_timeout_s must be 0-3600", ErrInvalid)
+		}
+		if k.Kubelet != nil {
+			if _, err := c.KubeletPlan(netip.Addr{}); err != nil {
+				return fmt.Errorf("%w: kubernetes.kubelet: %w", ErrInvalid, err)
+			}
 		}
 	}
 	if e := c.Etcd; e != nil {
@@ -323,6 +369,61 @@ func (c Config) APIPort() int {
 	}
 	return c.API.Port
 }
+
+// statePath is a file on STATE named in the config: relative, inside it.
+func statePath(field, p string) error {
+	if p == "" || strings.Contains(p, "..") || strings.HasPrefix(p, "/") {
+		return fmt.Errorf("%s must be a path inside STATE", field)
+	}
+	return nil
+}
+
+// KubeletPlan is the kubelet's plan from the config; nodeIP is the primary link's address,
+// used unless the config names one. STATE files are given relative to state root "/state"
+// (keel/sequence mounts it there).
+func (c Config) KubeletPlan(nodeIP netip.Addr) (kubelet.Plan, error) {
+	k := c.Kubernetes
+	if k == nil || k.Kubelet == nil {
+		return kubelet.Plan{}, errors.New("no kubernetes.kubelet section")
+	}
+	kl := k.Kubelet
+	p := kubelet.Plan{NodeName: k.NodeName, NodeIP: nodeIP, SandboxImage: kl.SandboxImage, Mirrors: kl.RegistryMirrors,
+		ClusterDomain: kl.ClusterDomain, MaxPods: kl.MaxPods, Labels: kl.Labels, Verbosity: kl.Verbosity}
+	var err error
+	if p.PodCIDR, err = netip.ParsePrefix(kl.PodCIDR); err != nil {
+		return p, fmt.Errorf("pod_cidr: %w", err)
+	}
+	if kl.NodeIP != "" {
+		if p.NodeIP, err = netip.ParseAddr(kl.NodeIP); err != nil {
+			return p, fmt.Errorf("node_ip: %w", err)
+		}
+	}
+	for _, s := range kl.ClusterDNS {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return p, fmt.Errorf("cluster_dns: %w", err)
+		}
+		p.ClusterDNS = append(p.ClusterDNS, a)
+	}
+	kc := kl.Kubeconfig
+	if kc == "" {
+		kc = k.KubeconfigPath()
+	}
+	if err := statePath("kubeconfig", kc); err != nil {
+		return p, err
+	}
+	p.Kubeconfig = StateRoot + "/" + kc
+	if kl.ClientCA != "" {
+		if err := statePath("client_ca", kl.ClientCA); err != nil {
+			return p, err
+		}
+		p.ClientCA = StateRoot + "/" + kl.ClientCA
+	}
+	return p, p.Validate()
+}
+
+// StateRoot is where a node mounts STATE.
+const StateRoot = "/state"
 
 // Hostname or "keel".
 func (c Config) HostnameOrDefault() string {

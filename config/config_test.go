@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"net/netip"
 	"testing"
 	"time"
 )
@@ -56,6 +57,43 @@ func TestHostSection(t *testing.T) {
 	} {
 		if _, err := Parse([]byte(bad)); !errors.Is(err, ErrInvalid) {
 			t.Errorf("%s: %v, want ErrInvalid", bad, err)
+		}
+	}
+}
+
+func TestKubeletSection(t *testing.T) {
+	good := `{"kubernetes": {"node_name": "w1", "kubelet": {"pod_cidr": "10.244.1.0/24", "kubeconfig": "kubelet.kubeconfig",
+		"client_ca": "pki/kube-ca.crt", "cluster_dns": ["10.96.0.10"], "registry_mirrors": {"docker.io": ["http://10.0.2.2:5000"]}}}}`
+	c, err := Parse([]byte(good))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := c.KubeletPlan(netip.MustParseAddr("10.0.2.15"))
+	if err != nil || p.Kubeconfig != "/state/kubelet.kubeconfig" || p.ClientCA != "/state/pki/kube-ca.crt" || p.NodeIP.String() != "10.0.2.15" || len(p.ClusterDNS) != 1 {
+		t.Fatalf("plan %+v, %v", p, err)
+	}
+	// The kubelet's kubeconfig defaults to the node's; node_ip overrides the link's address.
+	c, err = Parse([]byte(`{"kubernetes": {"node_name": "w1", "kubeconfig": "kc", "kubelet": {"pod_cidr": "10.244.1.0/24", "node_ip": "192.168.1.5"}}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, err := c.KubeletPlan(netip.MustParseAddr("10.0.2.15")); err != nil || p.Kubeconfig != "/state/kc" || p.NodeIP.String() != "192.168.1.5" {
+		t.Fatalf("defaults: %+v, %v", p, err)
+	}
+	for _, bad := range []string{
+		`{"kubernetes": {"node_name": "w1", "kubelet": {}}}`,
+		`{"kubernetes": {"node_name": "w1", "kubelet": {"pod_cidr": "10.244.1.0/33"}}}`,
+		`{"kubernetes": {"node_name": "w1", "kubelet": {"pod_cidr": "10.244.1.0/24", "kubeconfig": "../etc/x"}}}`,
+		`{"kubernetes": {"node_name": "w1", "kubelet": {"pod_cidr": "10.244.1.0/24", "client_ca": "/abs"}}}`,
+		`{"kubernetes": {"node_name": "w1", "kubelet": {"pod_cidr": "10.244.1.0/24", "node_ip": "x"}}}`,
+		`{"kubernetes": {"node_name": "w1", "kubelet": {"pod_cidr": "10.244.1.0/24", "cluster_dns": ["x"]}}}`,
+		`{"kubernetes": {"node_name": "w1", "kubelet": {"pod_cidr": "10.244.1.0/24", "typo": 1}}}`,
+		`{"kubernetes": {"node_name": "w1", "ready_timeout_s": -1}}`,
+		`{"services": [{"name": "kubelet", "command": ["/bin/x"]}]}`,
+		`{"services": [{"name": "etcd", "command": ["/bin/x"]}]}`,
+	} {
+		if _, err := Parse([]byte(bad)); !errors.Is(err, ErrInvalid) {
+			t.Errorf("Parse(%s) = %v, want ErrInvalid", bad, err)
 		}
 	}
 }

@@ -250,3 +250,11 @@ func countCerts(b []byte) int {
 		}
 	}
 }
+
+// Accounts are the node's /etc/passwd and /etc/group: root and nobody only. Nothing logs in;
+// programs that look users up (the kubelet's user-namespace manager, runc resolving a
+// container's "0:0") need the files to exist.
+var Accounts = map[string]string{
+	"/etc/passwd": "root:x:0:0:root:/root:/bin/false\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+	"/etc/group":  "root:x:0:\nnogroup:x:65534:\n",
+}

@@ -28,7 +28,7 @@ import (
 // Where the node mounts things.
 const (
 	MountESP       = "/boot"
-	MountState     = "/state"
+	MountState     = config.StateRoot
 	MountEphemeral = "/var"
 	slotMountDir   = "/run/keel/slot"
 	bootedSlotDir  = "/run/keel/booted"

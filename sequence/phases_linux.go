@@ -44,6 +44,7 @@ func (n *Node) bootPhases() []phase {
 		{"partitions", true, n.findPartitions},
 		{"bootloader", false, n.readBootloader},
 		{"state", true, n.mountState},
+		{"accounts", false, n.accounts},
 		{"machine-id", false, n.machineID},
 		{"ca-certificates", false, n.caCertificates},
 		{"cgroups", false, n.cgroups},

@@ -108,6 +108,16 @@ func (n *Node) sysctls(context.Context) error {
 	return err
 }
 
+// accounts writes /etc/passwd and /etc/group (host.Accounts).
+func (n *Node) accounts(context.Context) error {
+	for _, p := range []string{"/etc/passwd", "/etc/group"} {
+		if err := host.WriteFile(p, []byte(host.Accounts[p]), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // names writes /etc/resolv.conf (DHCP's servers, or the config's) and /etc/hosts.
 func (n *Node) names(context.Context) error {
 	cfg := n.config()

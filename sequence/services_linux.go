@@ -31,6 +31,11 @@ func (n *Node) startServices(ctx context.Context) error {
 			n.exec.Post(upgrade.Rejoined{Note: rejoined, Now: now()})
 		}
 	}
+	kube, err := n.kubeletServices()
+	if err != nil {
+		n.warn("%v", err)
+	}
+	specs = append(specs, kube...)
 	sup, err := supervisor.New(specs, supervisor.Options{
 		Log:     n.log,
 		Starter: n.Reaper,

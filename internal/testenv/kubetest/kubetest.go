@@ -1,8 +1,7 @@
-// Package kubetest runs a real etcd and a real kube-apiserver on 127.0.0.1 for tests, from the
-// binaries `make k8s-bins` builds into build/bin (tools/k8s). Only tests import it.
-//
-// There is no controller-manager and no kubelet: tests do what those would (mark pods
-// Running, delete terminating pods, set PDB status), and say so.
+// Package kubetest runs a real control plane on 127.0.0.1 for tests — etcd, kube-apiserver,
+// and with ControlPlane also kube-controller-manager and kube-scheduler — from the binaries
+// `make k8s-bins` builds into build/bin (tools/k8s). Only tests import it. Kubelets are real
+// too: they run in QEMU guests (keel nodes) and reach the API server as 10.0.2.2.
 package kubetest
 
 import (
@@ -30,21 +29,30 @@ import (
 	"keel/pki"
 )
 
-// APIServer is a running kube-apiserver with its etcd.
+// APIServer is a running kube-apiserver with its etcd (and, with ControlPlane, the
+// controller-manager and scheduler).
 type APIServer struct {
 	Port   int
 	CAPEM  []byte
 	Token  string
 	Config *rest.Config // for 127.0.0.1
+	ca     *pki.CA
 	dir    string
 	procs  []*exec.Cmd
 	done   []chan struct{}
 }
 
+// Options choose what runs besides etcd and the API server.
+type Options struct {
+	// ControlPlane also runs kube-controller-manager and kube-scheduler: ReplicaSets,
+	// DaemonSets, scheduling, PDB status, node lifecycle and garbage collection are real.
+	ControlPlane bool
+}
+
 // Start runs etcd and kube-apiserver until the test ends.
-func Start(t testing.TB) *APIServer {
+func Start(t testing.TB, o ...Options) *APIServer {
 	t.Helper()
-	a, err := Run(t.TempDir())
+	a, err := Run(t.TempDir(), o...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,7 +62,11 @@ func Start(t testing.TB) *APIServer {
 
 // Run starts etcd and kube-apiserver with their files in dir and waits until the API server
 // is ready; Stop ends both. For a TestMain shared by a package's tests.
-func Run(dir string) (_ *APIServer, err error) {
+func Run(dir string, opts ...Options) (_ *APIServer, err error) {
+	var o Options
+	if len(opts) > 0 {
+		o = opts[0]
+	}
 	etcdBin, err := testenv.Bin("etcd")
 	if err != nil {
 		return nil, err
@@ -91,7 +103,7 @@ func Run(dir string) (_ *APIServer, err error) {
 	if err != nil {
 		return nil, err
 	}
-	a.CAPEM = ca.CertPEM
+	a.CAPEM, a.ca = ca.CertPEM, ca
 	write := func(name string, b []byte) string {
 		p := filepath.Join(dir, name)
 		if werr := os.WriteFile(p, b, 0o600); werr != nil && err == nil {
@@ -103,27 +115,94 @@ func Run(dir string) (_ *APIServer, err error) {
 	kder, _ := x509.MarshalECPrivateKey(saKey)
 	pder, _ := x509.MarshalPKIXPublicKey(&saKey.PublicKey)
 	a.Port = testenv.FreePort()
-	if err := a.run("kube-apiserver", apiBin,
+	admission := []string{"--enable-admission-plugins", "NodeRestriction"}
+	if !o.ControlPlane {
+		// No controller-manager creates the default ServiceAccount: without this, pods are refused.
+		admission = append(admission, "--disable-admission-plugins", "ServiceAccount")
+	}
+	saKeyFile := write("sa.key", pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}))
+	caFile := write("ca.crt", ca.CertPEM)
+	if err := a.run("kube-apiserver", apiBin, append(admission,
 		"--etcd-servers", etcdURL,
 		"--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1", "--secure-port", strconv.Itoa(a.Port),
 		"--tls-cert-file", write("apiserver.crt", srv.CertPEM), "--tls-private-key-file", write("apiserver.key", srv.KeyPEM),
 		"--token-auth-file", write("tokens.csv", []byte(a.Token+",admin,admin-uid,system:masters\n")),
 		"--authorization-mode", "Node,RBAC",
 		"--service-account-key-file", write("sa.pub", pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pder})),
-		"--service-account-signing-key-file", write("sa.key", pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})),
+		"--service-account-signing-key-file", saKeyFile,
+		"--client-ca-file", caFile, // kubelets authenticate with node certificates
 		"--service-account-issuer", "https://kubernetes.default.svc",
 		"--service-cluster-ip-range", "10.96.0.0/24",
 		"--endpoint-reconciler-type", "none", // 127.0.0.1 is loopback: it would exit otherwise
-		// No controller-manager creates the default ServiceAccount: without this, pods are refused.
-		"--disable-admission-plugins", "ServiceAccount",
-		"--cert-dir", filepath.Join(dir, "certs")); err != nil {
+		"--cert-dir", filepath.Join(dir, "certs"))...); err != nil {
 		return nil, err
 	}
 	a.Config = &rest.Config{Host: a.URL("127.0.0.1"), BearerToken: a.Token, TLSClientConfig: rest.TLSClientConfig{CAData: a.CAPEM}, Timeout: 30 * time.Second}
 	if err := a.waitReady(); err != nil {
 		return nil, err
 	}
+	if o.ControlPlane {
+		if err := a.runControlPlane(saKeyFile, caFile); err != nil {
+			return nil, err
+		}
+	}
 	return a, nil
+}
+
+// runControlPlane starts kube-controller-manager and kube-scheduler as admin, without leader
+// election, serving only on loopback. The node monitor's grace is short so that a node whose
+// kubelet stopped turns NotReady within a test's patience.
+func (a *APIServer) runControlPlane(saKey, caFile string) error {
+	cm, err := testenv.Bin("kube-controller-manager")
+	if err != nil {
+		return err
+	}
+	sched, err := testenv.Bin("kube-scheduler")
+	if err != nil {
+		return err
+	}
+	kc := filepath.Join(a.dir, "admin.kubeconfig")
+	if err := os.WriteFile(kc, a.Kubeconfig("127.0.0.1"), 0o600); err != nil {
+		return err
+	}
+	if err := a.run("kube-controller-manager", cm, "--kubeconfig", kc, "--leader-elect=false",
+		"--bind-address", "127.0.0.1", "--secure-port", strconv.Itoa(testenv.FreePort()),
+		"--service-account-private-key-file", saKey, "--root-ca-file", caFile,
+		"--use-service-account-credentials=false", "--controllers", "*",
+		"--node-monitor-grace-period", "20s", "--node-monitor-period", "2s",
+		"--concurrent-gc-syncs", "5"); err != nil {
+		return err
+	}
+	return a.run("kube-scheduler", sched, "--kubeconfig", kc, "--leader-elect=false",
+		"--bind-address", "127.0.0.1", "--secure-port", strconv.Itoa(testenv.FreePort()))
+}
+
+// NodeKubeconfig is a kubeconfig for a kubelet: a client certificate for system:node:NAME in
+// system:nodes (the Node authorizer and NodeRestriction admission apply), reaching the server
+// as host.
+func (a *APIServer) NodeKubeconfig(host, node string) ([]byte, error) {
+	now := time.Now()
+	c, err := a.ca.Issue(pki.Request{CommonName: "system:node:" + node, Orgs: []string{"system:nodes"}, Client: true, Now: now, Validity: 24 * time.Hour})
+	if err != nil {
+		return nil, err
+	}
+	return []byte(fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters:
+- name: test
+  cluster:
+    server: %s
+    certificate-authority-data: %s
+users:
+- name: node
+  user:
+    client-certificate-data: %s
+    client-key-data: %s
+contexts:
+- name: test
+  context: {cluster: test, user: node}
+current-context: test
+`, a.URL(host), b64(a.CAPEM), b64(c.CertPEM), b64(c.KeyPEM))), nil
 }
 
 // Stop kills the API server and etcd and waits for them.

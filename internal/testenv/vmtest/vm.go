@@ -46,6 +46,8 @@ type VM struct {
 	Port int // host port forwarded to the endpoint
 	// Forward maps more host ports (on 127.0.0.1) to guest ports, e.g. an etcd member's.
 	Forward map[int]int
+	// Memory is the guest's RAM (default 512M; a kubelet and containerd need more).
+	Memory  string
 	logPath string
 	logFile *os.File
 
@@ -104,8 +106,12 @@ func (vm *VM) Args() []string {
 	if os.Getenv("KVM") == "1" {
 		accel = []string{"-accel", "kvm", "-cpu", "host"}
 	}
+	mem := vm.Memory
+	if mem == "" {
+		mem = "512M"
+	}
 	return append(accel,
-		"-machine", "q35", "-m", "512M", "-smp", "1",
+		"-machine", "q35", "-m", mem, "-smp", "1",
 		"-display", "none", "-no-user-config", "-nodefaults",
 		"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+OVMFCode,
 		"-drive", "if=pflash,format=raw,unit=1,file="+vm.vars,
