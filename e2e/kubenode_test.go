@@ -3,6 +3,11 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -11,9 +16,12 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"keel/boot"
+	"keel/cluster/kube"
 	"keel/config"
 	"keel/internal/testenv/kubetest"
 	"keel/internal/testenv/vmtest"
+	"keel/upgrade"
 )
 
 // kubeCluster is a real control plane on the host (kube-apiserver, controller-manager,
@@ -73,10 +81,19 @@ func (c *kubeCluster) nodeReady(t *testing.T, name string, timeout time.Duration
 
 // TestKubernetesNode: a keel worker boots, its kubelet (from the slot's system image, under
 // containerd and runc) registers with the host's control plane and turns Ready, and a
-// DaemonSet pod from the host registry runs on it.
+// DaemonSet pod from the host registry runs on it. Then it upgrades for real: cordoned, its
+// Deployment pod evicted through the kubelet (whose preStop hook reports to a listener here
+// before the container dies), containers and their mounts gone before EPHEMERAL is unmounted,
+// rebooted into the new slot, Ready as reported by the new boot's kubelet before the commit,
+// uncordoned, and its DaemonSet pod running again.
 func TestKubernetesNode(t *testing.T) {
 	t.Parallel()
 	c := newKubeCluster(t)
+	v2 := c.reg.PushInstaller(t, "keel:kn-v2", vmtest.InstallerOptions{Version: "kn-v2", Kube: true})
+	var preStop atomic.Int32
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { preStop.Add(1) }))
+	t.Cleanup(hook.Close)
+	hookPort := hook.Listener.Addr().(*net.TCPAddr).Port
 	vm := vmtest.New(t, image(t, c.worker(t, "worker-1", "10.244.1.0/24", "kn-v1")))
 	vm.Memory = "1536M"
 	dumpKubeLogs(t, vm)
@@ -114,7 +131,91 @@ func TestKubernetesNode(t *testing.T) {
 		}
 		time.Sleep(time.Second)
 	}
+
+	// A Deployment pod on the host's network (so its preStop reaches 10.0.2.2) with a grace
+	// period its preStop has to use.
+	dep := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "default"},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: ptr(int32(1)),
+			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "web"}},
+				Spec: corev1.PodSpec{HostNetwork: true, TerminationGracePeriodSeconds: ptr(int64(20)),
+					Containers: []corev1.Container{{Name: "web", Image: c.busybox,
+						Command: []string{"/bin/sh", "-c", "exec sleep 3600"},
+						Lifecycle: &corev1.Lifecycle{PreStop: &corev1.LifecycleHandler{Exec: &corev1.ExecAction{
+							Command: []string{"/bin/sh", "-c", fmt.Sprintf("wget -q -O- http://10.0.2.2:%d/prestop", hookPort)}}}},
+					}}},
+			},
+		},
+	}
+	if _, err := c.cs.AppsV1().Deployments("default").Create(context.Background(), dep, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	c.podsRunning(t, "app=web", 1, 3*time.Minute)
+	oldBoot := vm.Status().BootID
+
+	tUp := time.Now()
+	id := vm.Upgrade(v2, true)
+	st := vm.WaitUpgrade(id, 10*time.Minute)
+	mustState(t, st, upgrade.Done, "kn-v2", boot.SlotB)
+	if preStop.Load() == 0 {
+		t.Error("the evicted pod's preStop hook never reported")
+	}
+	n, err := c.cs.CoreV1().Nodes().Get(context.Background(), "worker-1", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	newBoot := vm.Status().BootID
+	if ok, why := kube.ReadyFor(n, newBoot); !ok || newBoot == oldBoot {
+		t.Errorf("after the commit: %s (boot %s, was %s)", why, newBoot, oldBoot)
+	}
+	// The record reached done only after the new boot's kubelet reported the node Ready.
+	if code, b, err := vm.Call("reader", "GET", "/v1/events?tail=2000", nil); err != nil || code != 200 {
+		t.Fatalf("events: %d %v", code, err)
+	} else if ev := string(b); !strings.Contains(ev, `"source":"kubernetes-ready","message":"gate passed"`) ||
+		strings.Index(ev, `"source":"kubernetes-ready","message":"gate passed"`) > strings.Index(ev, `"message":"done"`) {
+		t.Errorf("no kubernetes-ready gate before the commit in this boot's events:\n%s", ev)
+	}
+	deadline = time.Now().Add(time.Minute)
+	for n.Spec.Unschedulable {
+		if time.Now().After(deadline) {
+			t.Fatal("node still cordoned a minute after the commit")
+		}
+		time.Sleep(time.Second)
+		n, _ = c.cs.CoreV1().Nodes().Get(context.Background(), "worker-1", metav1.GetOptions{})
+	}
+	t.Logf("upgrade request → done (Ready, committed) %.1f s, → uncordoned %.1f s", st.Upgrade.FinishedAt.Sub(st.Upgrade.RequestedAt).Seconds(), time.Since(tUp).Seconds())
+	c.podsRunning(t, "app=agent", 1, 3*time.Minute)
+	c.podsRunning(t, "app=web", 1, 3*time.Minute)
 }
+
+// podsRunning waits for want Running pods matching selector.
+func (c *kubeCluster) podsRunning(t *testing.T, selector string, want int, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		pods, err := c.cs.CoreV1().Pods("default").List(context.Background(), metav1.ListOptions{LabelSelector: selector})
+		running := 0
+		if err == nil {
+			for _, p := range pods.Items {
+				if p.Status.Phase == corev1.PodRunning && p.DeletionTimestamp == nil {
+					running++
+				}
+			}
+		}
+		if running == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pods %s: %d running, want %d (%v)", selector, running, want, err)
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
 
 // dumpKubeLogs logs the tail of the node's containerd and kubelet logs if the test fails.
 func dumpKubeLogs(t *testing.T, vm *vmtest.VM) {

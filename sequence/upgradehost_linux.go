@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"sync"
 	"time"
 
+	"keel/host"
 	"keel/internal/fault"
 	"keel/machine"
 )
@@ -16,13 +18,21 @@ import (
 // STATE and EPHEMERAL before the slot is written, and the trial of a new slot.
 type upgradeHost struct{ n *Node }
 
-// Stop implements upgrade.Host: the services stop (dependents first), whatever else holds STATE
-// or EPHEMERAL is killed, both are unmounted. An unmount that still fails is the upgrade's
-// failure (it aborts and reboots into the current slot).
+// Stop implements upgrade.Host: the services stop (dependents first); every process left
+// (containers and their shims outlive containerd) and whatever else holds STATE or EPHEMERAL
+// is killed; the mounts that pin them (container roots, pod volumes, network namespaces) come
+// down; then both are unmounted. An unmount that still fails is the upgrade's failure (it
+// aborts and reboots into the current slot) and names the mount.
 func (h upgradeHost) Stop(context.Context) error {
 	n := h.n
 	n.stopServices()
+	if k := machine.KillAll(10*time.Second, n.Reaper.ReapOnce); k > 0 {
+		n.log.Warn("upgrade: leftover processes needed SIGKILL", "count", k)
+	}
 	mounts := []string{MountEphemeral, MountState}
+	if err := releaseMounts(mounts); err != nil {
+		return err
+	}
 	if k := machine.KillHolders(5*time.Second, n.Reaper.ReapOnce, mounts...); k > 0 {
 		n.log.Warn("upgrade: processes needed SIGKILL", "count", k)
 	}
@@ -32,6 +42,21 @@ func (h upgradeHost) Stop(context.Context) error {
 			return fmt.Errorf("%w (still in use after killing every process holding it)", err)
 		}
 		n.mounts.drop(m)
+	}
+	return nil
+}
+
+// releaseMounts unmounts what pins the filesystems at roots (host.ReleaseOrder), deepest
+// first.
+func releaseMounts(roots []string) error {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return err
+	}
+	for _, m := range host.ReleaseOrder(string(b), roots) {
+		if err := machine.Unmount(m, 2*time.Second); err != nil {
+			return fmt.Errorf("container mount: %w", err)
+		}
 	}
 	return nil
 }
@@ -74,7 +99,11 @@ func (h upgradeHost) Trial(ctx context.Context, rejoin bool, rejoined func(strin
 		wd.Hang()
 		select {} // the watchdog resets the machine
 	}
-	ctx, cancel := context.WithTimeout(ctx, time.Duration(cfg.TrialTimeout())*time.Second)
+	timeout := time.Duration(cfg.TrialTimeout()) * time.Second
+	if k := n.config().Kubernetes; k != nil && k.Kubelet != nil {
+		timeout += time.Duration(k.ReadyTimeout()) * time.Second // the kubernetes-ready gate's own
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	for _, g := range h.gates(rejoin, rejoined) {
 		if err := g.check(ctx); err != nil {
@@ -82,6 +111,7 @@ func (h upgradeHost) Trial(ctx context.Context, rejoin bool, rejoined func(strin
 			return fmt.Errorf("%s: %w", g.name, err)
 		}
 		n.log.Info("upgrade: health gate passed", "gate", g.name)
+		n.publish("upgrade", g.name, "gate passed", nil)
 	}
 	return nil
 }
@@ -118,8 +148,12 @@ func (h upgradeHost) gates(rejoin bool, rejoined func(string)) []gate {
 		// it, and the services gate waits for etcd's health.
 		g = append(g, gate{"etcd", func(ctx context.Context) error { return n.etcd.Gate(ctx, rejoin, rejoined) }})
 	}
+	g = append(g, gate{"services", n.servicesUp})
+	if k := n.config().Kubernetes; k != nil && k.Kubelet != nil && n.kube != nil {
+		// This boot's kubelet reports the node Ready (not the status the last boot left).
+		g = append(g, gate{"kubernetes-ready", func(ctx context.Context) error { return n.kube.WaitReady(ctx, n.bootID) }})
+	}
 	g = append(g,
-		gate{"services", n.servicesUp},
 		gate{"api", func(ctx context.Context) error {
 			var d net.Dialer
 			c, err := d.DialContext(ctx, "tcp", fmt.Sprintf("127.0.0.1:%d", n.config().APIPort()))
