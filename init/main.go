@@ -43,6 +43,13 @@ func main() {
 		fmt.Fprintln(os.Stderr, "keel init: must run as PID 1")
 		os.Exit(2)
 	}
+	// A real root before anything else: the re-executed init starts over from here.
+	if first, err := machine.MoveRoot("/init"); err != nil {
+		log.Warn("staying on the initramfs root: containers cannot pivot_root into theirs", "err", err)
+	} else if first > 0 {
+		log.Info("root moved to a tmpfs", "took", (initAt - first).Round(time.Millisecond))
+		initAt = first
+	}
 	// Signal handler first: Ctrl-Alt-Del (SIGINT once CAD is off) or a `kill 1` may come at any
 	// moment of the boot, and an unhandled one would be lost.
 	sigs := make(chan os.Signal, 4)

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 
+	"keel/internal/fault"
 	"keel/supervisor"
 )
 
@@ -26,6 +27,14 @@ func (n *Node) kubeletServices() ([]supervisor.Spec, error) {
 	plan, err := cfg.KubeletPlan(n.nodeIP())
 	if err != nil {
 		return nil, err
+	}
+	if n.opts.Fault == fault.KubeletNoRegister {
+		bad := "/run/keel/kubelet/unreachable.kubeconfig"
+		kc := "apiVersion: v1\nkind: Config\nclusters:\n- name: x\n  cluster: {server: \"https://127.0.0.1:1\"}\nusers:\n- name: x\n  user: {token: x}\ncontexts:\n- name: x\n  context: {cluster: x, user: x}\ncurrent-context: x\n"
+		if err := os.MkdirAll(filepath.Dir(bad), 0o755); err == nil && os.WriteFile(bad, []byte(kc), 0o600) == nil {
+			n.log.Warn("fault injected: the kubelet's API server does not answer")
+			plan.Kubeconfig = bad
+		}
 	}
 	files, err := plan.Files()
 	if err != nil {

@@ -2,13 +2,11 @@ package kube
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,7 +18,8 @@ import (
 )
 
 // One API server for the package's tests (started in TestMain); each test uses its own node
-// and namespace (deleted namespaces stay Terminating without a controller-manager).
+// and namespace. What needs pods to go away — a drain — needs a real kubelet: those tests are
+// in e2e (TestKubernetesWorkers), against keel nodes in QEMU.
 var api *kubetest.APIServer
 
 func TestMain(m *testing.M) {
@@ -59,39 +58,6 @@ func setup(t *testing.T, name string) *env {
 	return e
 }
 
-func TestCordonDrainUncordon(t *testing.T) {
-	e := setup(t, "drain")
-	e.Kubelet(t)
-	rs := e.ReplicaSet(t, "web")
-	e.Pod(t, "web-1", map[string]string{"app": "web"}, rs)
-	e.Pod(t, "web-2", map[string]string{"app": "web"}, rs)
-	e.Pod(t, "ds-1", map[string]string{"app": "ds"}, e.DaemonSet(t, "ds"))
-	ctx := context.Background()
-
-	ours, err := e.c.Cordon(ctx)
-	if err != nil || !ours {
-		t.Fatalf("cordon: ours %v, %v", ours, err)
-	}
-	var progress []Progress
-	var mu sync.Mutex
-	err = e.c.Drain(ctx, DrainOptions{Timeout: 60 * time.Second, Progress: func(p Progress) { mu.Lock(); progress = append(progress, p); mu.Unlock() }})
-	if err != nil {
-		t.Fatalf("drain: %v", err)
-	}
-	if got := strings.Join(e.PodNames(t), ","); got != "ds-1" {
-		t.Errorf("pods left after drain: %s, want only the DaemonSet pod", got)
-	}
-	if len(progress) < 3 || progress[0].Left != 2 || progress[len(progress)-1].Left != 0 {
-		t.Errorf("progress = %+v", progress)
-	}
-	if err := e.c.Uncordon(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if c, _, _ := e.c.Cordoned(ctx); c {
-		t.Error("still cordoned after our uncordon")
-	}
-}
-
 func TestCordonedBySomeoneElseStaysCordoned(t *testing.T) {
 	e := setup(t, "theirs")
 	ctx := context.Background()
@@ -109,32 +75,6 @@ func TestCordonedBySomeoneElseStaysCordoned(t *testing.T) {
 	}
 	if c, _, _ := e.c.Cordoned(ctx); !c {
 		t.Error("uncordoned a cordon that was not ours")
-	}
-}
-
-// TestDrainBlockedByPDB: a budget that allows no disruption blocks the eviction; the drain
-// gives up at its timeout (not client-go's retry horizon) and names the budget.
-func TestDrainBlockedByPDB(t *testing.T) {
-	e := setup(t, "pdb")
-	e.Kubelet(t)
-	ctx := context.Background()
-	e.Pod(t, "db-0", map[string]string{"app": "db"}, e.ReplicaSet(t, "db"))
-	e.BlockingPDB(t, "db-pdb", "db")
-	e.c.Cordon(ctx)
-	t0 := time.Now()
-	err := e.c.Drain(ctx, DrainOptions{Timeout: 8 * time.Second})
-	took := time.Since(t0)
-	if !errors.Is(err, ErrDrainBlocked) || !strings.Contains(err.Error(), e.NS+"/db-pdb") {
-		t.Fatalf("err = %v, want ErrDrainBlocked naming %s/db-pdb", err, e.NS)
-	}
-	if took > 30*time.Second {
-		t.Errorf("drain gave up after %s with an 8 s timeout", took)
-	}
-	if got := strings.Join(e.PodNames(t), ","); got != "db-0" {
-		t.Errorf("pods = %s", got)
-	}
-	if err := e.c.Uncordon(ctx); err != nil {
-		t.Fatal(err)
 	}
 }
 

@@ -163,9 +163,8 @@ func (p Plan) sandbox() string {
 	return p.SandboxImage
 }
 
-// containerdConfig is containerd 2.x's version-3 config. runc cannot pivot_root out of the
-// node's root, an initramfs (rootfs), so it enters containers' roots by MS_MOVE and chroot
-// (NoPivotRoot) until the init moves itself to a tmpfs root. AppArmor is off: the node has no
+// containerdConfig is containerd 2.x's version-3 config. runc pivots into containers' roots
+// (the init moved its own root off the initramfs: machine.MoveRoot). AppArmor is off: the node has no
 // apparmor_parser to load containerd's default profile with, and Debian's kernel enables the
 // LSM. The plugins the node cannot use are disabled so they do not fail at every start.
 func (p Plan) containerdConfig() string {
@@ -198,7 +197,6 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
     BinaryName = %q
     SystemdCgroup = false
-    NoPivotRoot = true
   [plugins.'io.containerd.cri.v1.runtime'.cni]
     bin_dirs = [%q]
     conf_dir = %q

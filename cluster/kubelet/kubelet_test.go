@@ -23,7 +23,7 @@ func TestFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	cd := string(files[ContainerdConfig])
-	for _, want := range []string{`sandbox = "10.0.2.2:5000/pause:test"`, `BinaryName = "/system/bin/runc"`, "NoPivotRoot = true",
+	for _, want := range []string{`sandbox = "10.0.2.2:5000/pause:test"`, `BinaryName = "/system/bin/runc"`,
 		"disable_apparmor = true", `bin_dirs = ["/system/libexec/cni"]`, `config_path = "/etc/containerd/certs.d"`, `address = "127.0.0.1:1338"`} {
 		if !strings.Contains(cd, want) {
 			t.Errorf("containerd config lacks %s:\n%s", want, cd)
@@ -36,6 +36,9 @@ func TestFiles(t *testing.T) {
 	h := string(files[ContainerdCerts+"/docker.io/hosts.toml"])
 	if !strings.Contains(h, `server = "https://registry-1.docker.io"`) || strings.Index(h, `[host."http://10.0.2.2:5000"]`) > strings.Index(h, `[host."https://mirror.example"]`) {
 		t.Errorf("hosts.toml for docker.io must list both mirrors in order, then fall back to Docker Hub:\n%s", h)
+	}
+	if strings.Contains(cd, "NoPivotRoot") {
+		t.Error("runc must pivot_root into containers (the init's root is a tmpfs)")
 	}
 	var cni struct {
 		Plugins []struct {

@@ -22,4 +22,7 @@ const (
 	// HangInReboot: after the ordered shutdown, hang instead of calling reboot(2), as a
 	// kernel that locks up on its way down (seen under TCG: soft lockups after reboot(2)).
 	HangInReboot Fault = "hang-in-reboot"
+	// KubeletNoRegister: the kubelet runs (healthy) but with a kubeconfig whose API server does
+	// not answer, so it never registers: the new slot's Ready gate must fail.
+	KubeletNoRegister Fault = "kubelet-no-register"
 )
