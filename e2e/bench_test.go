@@ -28,6 +28,9 @@ func BenchmarkColdBoot(b *testing.B) {
 	}{
 		{"worker", vmtest.ImageOptions{VersionA: "e2e-v1"}},
 		{"control-plane", vmtest.ImageOptions{VersionA: "cp-v1", Etcd: true, Config: config.Config{Hostname: "bench", Etcd: solo}}},
+		// The whole system image (etcd, kubelet, containerd, runc, CNI): what the endpoint
+		// pays for mounting it. No kubelet configured: the endpoint never waits for one.
+		{"kube-image", vmtest.ImageOptions{VersionA: "kb-v1", Etcd: true, Kube: true}},
 	} {
 		b.Run(tc.name, func(b *testing.B) { coldBoot(b, tc.o) })
 	}

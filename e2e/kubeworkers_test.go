@@ -291,8 +291,10 @@ func (c *kubeCluster) webDeployment(t *testing.T, hookPort int) {
 					TopologySpreadConstraints: []corev1.TopologySpreadConstraint{{MaxSkew: 1, TopologyKey: "kubernetes.io/hostname",
 						WhenUnsatisfiable: corev1.DoNotSchedule, LabelSelector: &metav1.LabelSelector{MatchLabels: labels}, NodeTaintsPolicy: &honor}},
 					Containers: []corev1.Container{{Name: "web", Image: c.busybox,
-						Command:        []string{"/bin/sh", "-c", "exec sleep 3600"},
-						ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"true"}}}, PeriodSeconds: 2},
+						// No readiness probe: an exec probe's 1 s timeout is not TCG's pace (a
+						// runc exec took longer while the other guest wrote its slot), and
+						// "ready" here means the container runs.
+						Command: []string{"/bin/sh", "-c", "exec sleep 3600"},
 						Lifecycle: &corev1.Lifecycle{PreStop: &corev1.LifecycleHandler{Exec: &corev1.ExecAction{
 							Command: []string{"/bin/sh", "-c", fmt.Sprintf("wget -q -O- http://10.0.2.2:%d/prestop", hookPort)}}}},
 					}}},
@@ -326,10 +328,11 @@ func (c *kubeCluster) podNodes(t *testing.T, selector string) map[string]int {
 }
 
 // watchReadyReplicas polls the Deployment's ready replicas every 250 ms until the test ends;
-// the returned func gives the minimum seen so far.
+// the returned func gives the minimum seen so far. A drop below 1 is logged with the pods.
 func (c *kubeCluster) watchReadyReplicas(t *testing.T, name string) func() int32 {
 	var mu sync.Mutex
 	low := int32(1 << 30)
+	logged := false
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -338,7 +341,18 @@ func (c *kubeCluster) watchReadyReplicas(t *testing.T, name string) func() int32
 			if d, err := c.cs.AppsV1().Deployments("default").Get(ctx, name, metav1.GetOptions{}); err == nil {
 				mu.Lock()
 				low = min(low, d.Status.ReadyReplicas)
+				first := d.Status.ReadyReplicas < 1 && !logged
+				logged = logged || first
 				mu.Unlock()
+				if first {
+					var where []string
+					if pods, err := c.cs.CoreV1().Pods("default").List(ctx, metav1.ListOptions{LabelSelector: "app=" + name}); err == nil {
+						for _, p := range pods.Items {
+							where = append(where, fmt.Sprintf("%s on %s: %s deleting=%v %+v", p.Name, p.Spec.NodeName, p.Status.Phase, p.DeletionTimestamp != nil, p.Status.Conditions))
+						}
+					}
+					t.Logf("%s: no ready replica at %s: %s", name, time.Now().Format(time.TimeOnly), strings.Join(where, "; "))
+				}
 			}
 			select {
 			case <-ctx.Done():

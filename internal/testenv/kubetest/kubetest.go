@@ -186,23 +186,7 @@ func (a *APIServer) NodeKubeconfig(host, node string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return []byte(fmt.Sprintf(`apiVersion: v1
-kind: Config
-clusters:
-- name: test
-  cluster:
-    server: %s
-    certificate-authority-data: %s
-users:
-- name: node
-  user:
-    client-certificate-data: %s
-    client-key-data: %s
-contexts:
-- name: test
-  context: {cluster: test, user: node}
-current-context: test
-`, a.URL(host), b64(a.CAPEM), b64(c.CertPEM), b64(c.KeyPEM))), nil
+	return a.kubeconfig(host, "node", fmt.Sprintf("client-certificate-data: %s\n    client-key-data: %s", b64(c.CertPEM), b64(c.KeyPEM))), nil
 }
 
 // Stop kills the API server and etcd and waits for them.
@@ -225,6 +209,11 @@ func (a *APIServer) URL(host string) string { return "https://" + host + ":" + s
 
 // Kubeconfig is an admin kubeconfig reaching the server as host.
 func (a *APIServer) Kubeconfig(host string) []byte {
+	return a.kubeconfig(host, "admin", "token: "+a.Token)
+}
+
+// kubeconfig reaches the server as host with user's credentials (YAML lines under user:).
+func (a *APIServer) kubeconfig(host, user, creds string) []byte {
 	return []byte(fmt.Sprintf(`apiVersion: v1
 kind: Config
 clusters:
@@ -233,14 +222,14 @@ clusters:
     server: %s
     certificate-authority-data: %s
 users:
-- name: admin
+- name: %s
   user:
-    token: %s
+    %s
 contexts:
 - name: test
-  context: {cluster: test, user: admin}
+  context: {cluster: test, user: %s}
 current-context: test
-`, a.URL(host), b64(a.CAPEM), a.Token))
+`, a.URL(host), b64(a.CAPEM), user, creds, user))
 }
 
 func (a *APIServer) waitReady() error {
