@@ -14,6 +14,7 @@ import (
 	"keel/config"
 	"keel/internal/testenv/kubetest"
 	"keel/internal/testenv/vmtest"
+	"keel/netapi"
 )
 
 // kubeCluster is a real control plane on the host (kube-apiserver, controller-manager,
@@ -136,7 +137,16 @@ func TestKubernetesNode(t *testing.T) {
 		t.Fatalf("agent pod: %v %+v", err, pods)
 	}
 	t.Logf("DaemonSet pod running (IP %s) %.1f s after its creation", pods.Items[0].Status.PodIP, time.Since(t1).Seconds())
-	if st := vm.Status(); len(st.Warnings) > 0 {
+	st := vm.Status()
+	if len(st.Warnings) > 0 {
 		t.Errorf("warnings: %v", st.Warnings)
 	}
+	t.Logf("guest memory: %s", memInUse(st))
+}
+
+// memInUse is what the guest's memory is used for beyond what it could reclaim.
+func memInUse(st netapi.Status) string {
+	const mib = 1 << 20
+	return fmt.Sprintf("%d MiB in use (MemTotal − MemAvailable) of %d MiB; init RSS %d MiB",
+		(st.MemTotalBytes-st.MemAvailableBytes)/mib, st.MemTotalBytes/mib, st.InitRSSBytes/mib)
 }

@@ -90,6 +90,7 @@ func TestKubernetesWorkers(t *testing.T) {
 	w1 := vms[0]
 	var sawOnW2 atomic.Bool
 	var cordoned time.Time
+	tUp := time.Now()
 	st, seen := waitUpgradeTimed(t, w1, w1.Upgrade(v2, true), 12*time.Minute, func() {
 		if n, err := c.cs.CoreV1().Nodes().Get(context.Background(), "worker-1", metav1.GetOptions{}); err == nil && n.Spec.Unschedulable && cordoned.IsZero() {
 			cordoned = time.Now()
@@ -107,6 +108,9 @@ func TestKubernetesWorkers(t *testing.T) {
 		t.Error("the evicted web pod's replacement never ran on worker-2")
 	}
 	c.readyGateBeforeCommit(t, w1)
+	if !strings.Contains(st.Upgrade.Kubernetes, "Ready as reported by this boot's kubelet") {
+		t.Errorf("the record does not say the node was Ready before the commit: %q", st.Upgrade.Kubernetes)
+	}
 	uncordoned := c.uncordoned(t, "worker-1", time.Minute)
 	drain := seen[upgrade.Stopping].Sub(seen[upgrade.Draining])
 	out := uncordoned.Sub(cordoned)
@@ -114,6 +118,7 @@ func TestKubernetesWorkers(t *testing.T) {
 		st.Upgrade.FinishedAt.Sub(st.Upgrade.RequestedAt).Seconds(), out.Seconds(), drain.Seconds(), rebootToReady.Seconds(),
 		(drain + rebootToReady).Seconds(), out.Seconds()/(drain+rebootToReady).Seconds())
 	c.podsRunning(t, "app=agent", 2, 3*time.Minute)
+	c.pulledAfter(t, "worker-1", tUp, "already present") // preserve=true kept the image store
 
 	// 2. worker-2 to a slot whose kubelet never registers: rolled back by the Ready gate.
 	w2 := vms[1]
@@ -132,7 +137,7 @@ func TestKubernetesWorkers(t *testing.T) {
 	mustState(t, st, upgrade.Done, "kw-v3", boot.SlotA)
 	c.uncordoned(t, "worker-1", time.Minute)
 	c.podsRunning(t, "app=agent", 2, 3*time.Minute)
-	c.pulledAfter(t, "worker-1", since)
+	c.pulledAfter(t, "worker-1", since, "Successfully pulled")
 
 	c.podsRunning(t, "app=web", 2, 3*time.Minute)
 
@@ -164,6 +169,9 @@ func TestKubernetesWorkers(t *testing.T) {
 		t.Error("the node rebooted for an upgrade aborted in the drain")
 	}
 
+	for i, vm := range vms {
+		t.Logf("worker-%d memory: %s", i+1, memInUse(vm.Status()))
+	}
 	if m := minReady(); m < 1 {
 		t.Errorf("the web Deployment had %d ready replicas at some point (want always ≥ 1)", m)
 	} else {
@@ -364,10 +372,10 @@ func (c *kubeCluster) watchReadyReplicas(t *testing.T, name string) func() int32
 	return func() int32 { mu.Lock(); defer mu.Unlock(); return low }
 }
 
-// pulledAfter: the kubelet on node pulled an image after since (its store was empty), as the
-// Pulled events say, rather than finding it present. The new boot's kubelet may take a while
-// to restart the node's pods: waits up to 3 minutes.
-func (c *kubeCluster) pulledAfter(t *testing.T, node string, since time.Time) {
+// pulledAfter: the kubelet on node reported a Pulled event saying want after since:
+// "Successfully pulled" (its image store was empty) or "already present" (it was kept). The
+// new boot's kubelet may take a while to restart the node's pods: waits up to 3 minutes.
+func (c *kubeCluster) pulledAfter(t *testing.T, node string, since time.Time, want string) {
 	t.Helper()
 	deadline := time.Now().Add(3 * time.Minute)
 	var msgs []string
@@ -382,14 +390,14 @@ func (c *kubeCluster) pulledAfter(t *testing.T, node string, since time.Time) {
 			if at.IsZero() {
 				at = e.EventTime.Time
 			}
-			if e.Source.Host == node && !at.Before(since.Add(-time.Second)) && strings.Contains(e.Message, "Successfully pulled") {
+			if e.Source.Host == node && !at.Before(since.Add(-time.Second)) && strings.Contains(e.Message, want) {
 				return
 			}
 			msgs = append(msgs, fmt.Sprintf("%s %s: %s", at.Format(time.TimeOnly), e.Source.Host, e.Message))
 		}
 		time.Sleep(2 * time.Second)
 	}
-	t.Errorf("no image pulled on %s after its preserve=false upgrade (since %s); Pulled events: %q", node, since.Format(time.TimeOnly), msgs)
+	t.Errorf("no Pulled event %q on %s since %s; Pulled events: %q", want, node, since.Format(time.TimeOnly), msgs)
 }
 
 // guardedDeployment is a one-replica Deployment with a PDB minAvailable=1 of the same name.

@@ -124,3 +124,18 @@ func SelfRSS() int64 {
 	}
 	return 0
 }
+
+// MemInfo is one /proc/meminfo field in bytes ("MemTotal", "MemAvailable"; 0 if absent).
+func MemInfo(key string) int64 {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, key+":"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb * 1024
+		}
+	}
+	return 0
+}

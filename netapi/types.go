@@ -23,8 +23,11 @@ type Status struct {
 	NextSlot      string  `json:"next_slot,omitempty"`
 	UptimeS       float64 `json:"uptime_s"`
 	// InitRSSBytes is PID 1's resident memory (VmRSS).
-	InitRSSBytes int64  `json:"init_rss_bytes"`
-	BootID       string `json:"boot_id"`
+	InitRSSBytes int64 `json:"init_rss_bytes"`
+	// MemTotalBytes and MemAvailableBytes are the machine's (/proc/meminfo).
+	MemTotalBytes     int64  `json:"mem_total_bytes"`
+	MemAvailableBytes int64  `json:"mem_available_bytes"`
+	BootID            string `json:"boot_id"`
 	// BootCount is how many earlier boots /var/log/keel/boots.log records: it survives a
 	// clean shutdown and is lost with EPHEMERAL.
 	BootCount  int         `json:"boot_count"`

@@ -1,7 +1,6 @@
 package sequence
 
 import (
-	"bufio"
 	"bytes"
 	"fmt"
 	"io"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"keel/disk"
+	"keel/machine"
 	"keel/upgrade"
 )
 
@@ -53,22 +53,7 @@ func startMemWatch() {
 	})
 }
 
-func memAvailable() int64 { return meminfo("MemAvailable:") }
-
-func meminfo(key string) int64 {
-	b, err := os.ReadFile("/proc/meminfo")
-	if err != nil {
-		return 0
-	}
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		if f := strings.Fields(sc.Text()); len(f) >= 2 && f[0] == key {
-			kb, _ := strconv.ParseInt(f[1], 10, 64)
-			return kb << 10
-		}
-	}
-	return 0
-}
+func memAvailable() int64 { return machine.MemInfo("MemAvailable") }
 
 func selfHWM() int64 {
 	b, _ := os.ReadFile("/proc/self/status")

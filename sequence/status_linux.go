@@ -17,12 +17,13 @@ func (n *Node) status() netapi.Status {
 	rec := n.exec.Record()
 	n.mu.Lock()
 	st := netapi.Status{
-		Version:      n.opts.Version,
-		BootedSlot:   string(n.booted),
-		UptimeS:      machine.Uptime().Seconds(),
-		InitRSSBytes: machine.SelfRSS(),
-		BootID:       n.bootID,
-		BootCount:    n.bootCount,
+		Version:       n.opts.Version,
+		BootedSlot:    string(n.booted),
+		UptimeS:       machine.Uptime().Seconds(),
+		InitRSSBytes:  machine.SelfRSS(),
+		MemTotalBytes: machine.MemInfo("MemTotal"), MemAvailableBytes: machine.MemInfo("MemAvailable"),
+		BootID:    n.bootID,
+		BootCount: n.bootCount,
 		Boot: netapi.BootTiming{
 			KernelAtInitS: n.initAt.Seconds(), KernelAtReadyS: n.readyAt.Seconds(),
 			InitToReadyS: (n.readyAt - n.initAt).Seconds(),

@@ -12,6 +12,7 @@ import (
 	"keel/host"
 	"keel/internal/fault"
 	"keel/machine"
+	"keel/upgrade"
 )
 
 // upgradeHost is the running node as the upgrade executor sees it (upgrade.Host): stopping what uses
@@ -84,7 +85,7 @@ func (t *trialWatchdog) take() *machine.Watchdog {
 
 // Trial implements upgrade.Host: arm the watchdog, then run the health gates in order within
 // the trial's time.
-func (h upgradeHost) Trial(ctx context.Context, rejoin bool, rejoined func(string)) error {
+func (h upgradeHost) Trial(ctx context.Context, rejoin bool, notes upgrade.TrialNotes) error {
 	n := h.n
 	cfg := n.config().Upgrade
 	wd, err := machine.ArmWatchdog("/dev/watchdog", time.Duration(cfg.WatchdogTimeout())*time.Second)
@@ -105,7 +106,7 @@ func (h upgradeHost) Trial(ctx context.Context, rejoin bool, rejoined func(strin
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	for _, g := range h.gates(rejoin, rejoined) {
+	for _, g := range h.gates(rejoin, notes) {
 		if err := g.check(ctx); err != nil {
 			n.log.Error("upgrade: health gate failed", "gate", g.name, "err", err)
 			return fmt.Errorf("%s: %w", g.name, err)
@@ -131,7 +132,7 @@ type gate struct {
 }
 
 // gates are the trial's health checks, in order.
-func (h upgradeHost) gates(rejoin bool, rejoined func(string)) []gate {
+func (h upgradeHost) gates(rejoin bool, notes upgrade.TrialNotes) []gate {
 	n := h.n
 	g := []gate{
 		{"mounts", func(context.Context) error {
@@ -146,12 +147,18 @@ func (h upgradeHost) gates(rejoin bool, rejoined func(string)) []gate {
 	if n.etcd != nil {
 		// Before the services gate: a rejoining member is a learner until this gate promotes
 		// it, and the services gate waits for etcd's health.
-		g = append(g, gate{"etcd", func(ctx context.Context) error { return n.etcd.Gate(ctx, rejoin, rejoined) }})
+		g = append(g, gate{"etcd", func(ctx context.Context) error { return n.etcd.Gate(ctx, rejoin, notes.Rejoined) }})
 	}
 	g = append(g, gate{"services", n.servicesUp})
 	if k := n.config().Kubernetes; k != nil && k.Kubelet != nil && n.kube != nil {
 		// This boot's kubelet reports the node Ready (not the status the last boot left).
-		g = append(g, gate{"kubernetes-ready", func(ctx context.Context) error { return n.kube.WaitReady(ctx, n.bootID) }})
+		g = append(g, gate{"kubernetes-ready", func(ctx context.Context) error {
+			if err := n.kube.WaitReady(ctx, n.bootID); err != nil {
+				return err
+			}
+			notes.KubeReady("Ready as reported by this boot's kubelet")
+			return nil
+		}})
 	}
 	g = append(g,
 		gate{"api", func(ctx context.Context) error {

@@ -55,13 +55,21 @@ type Bootloader interface {
 	Commit(slot boot.Slot) error // saved_entry = slot, next_entry cleared
 }
 
+// TrialNotes are how the trial's gates write into the record while they run (each posts an
+// event; the executor steps it before the trial's outcome).
+type TrialNotes struct {
+	Rejoined  func(note string) // the etcd member is a voter again
+	KubeReady func(note string) // this boot's kubelet reported the node Ready
+}
+
 // Host is the running node: its services and mounts, and the trial's health gates.
 type Host interface {
 	// Stop stops the services and whatever else holds STATE and EPHEMERAL, and unmounts them.
 	Stop(ctx context.Context) error
 	// Trial arms the watchdog and runs the health gates. With rejoin, the etcd gate promotes
-	// this member first and reports it through rejoined.
-	Trial(ctx context.Context, rejoin bool, rejoined func(note string)) error
+	// this member first and reports it through notes.Rejoined; the Kubernetes gate reports the
+	// node Ready through notes.KubeReady.
+	Trial(ctx context.Context, rejoin bool, notes TrialNotes) error
 	// Finish disarms the trial's watchdog: the upgrade is done.
 	Finish()
 }

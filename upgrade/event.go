@@ -45,6 +45,12 @@ type Checked struct {
 	Now    time.Time
 }
 
+// KubeReady reports, during a trial, that this boot's kubelet has the node Ready.
+type KubeReady struct {
+	Note string
+	Now  time.Time
+}
+
 // Rejoined reports that this node's etcd member is a voter again (or never left).
 type Rejoined struct {
 	Note string
@@ -170,6 +176,7 @@ func (LeaseGranted) isEvent()      {}
 func (LockWaiting) isEvent()       {}
 func (Checked) isEvent()           {}
 func (Rejoined) isEvent()          {}
+func (KubeReady) isEvent()         {}
 func (Released) isEvent()          {}
 func (LeaseLost) isEvent()         {}
 func (Cancel) isEvent()            {}

@@ -76,12 +76,12 @@ func (s *stub) Commit(slot boot.Slot) error {
 	s.mu.Unlock()
 	return nil
 }
-func (s *stub) Stop(context.Context) error                      { s.note("stop"); return nil }
-func (s *stub) Trial(context.Context, bool, func(string)) error { return nil }
-func (s *stub) Finish()                                         {}
-func (s *stub) Cordon(context.Context) (bool, bool, error)      { s.note("cordon"); return true, false, nil }
-func (s *stub) Drain(context.Context, ActDrain) error           { return nil }
-func (s *stub) Uncordon(context.Context) error                  { s.note("uncordon"); return nil }
+func (s *stub) Stop(context.Context) error                    { s.note("stop"); return nil }
+func (s *stub) Trial(context.Context, bool, TrialNotes) error { return nil }
+func (s *stub) Finish()                                       {}
+func (s *stub) Cordon(context.Context) (bool, bool, error)    { s.note("cordon"); return true, false, nil }
+func (s *stub) Drain(context.Context, ActDrain) error         { return nil }
+func (s *stub) Uncordon(context.Context) error                { s.note("uncordon"); return nil }
 func (s *stub) Reboot(reason string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()

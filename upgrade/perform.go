@@ -134,7 +134,10 @@ func (e *Executor) perform(ctx context.Context, a Action, post func(Event)) outc
 		return outcome{}
 
 	case ActTrial:
-		err := fx.Host.Trial(ctx, a.Rejoin, func(note string) { post(Rejoined{Note: note, Now: now()}) })
+		err := fx.Host.Trial(ctx, a.Rejoin, TrialNotes{
+			Rejoined:  func(note string) { post(Rejoined{Note: note, Now: now()}) },
+			KubeReady: func(note string) { post(KubeReady{Note: note, Now: now()}) },
+		})
 		if err != nil {
 			return outcome{ev: Health{OK: false, Reason: err.Error(), Now: now()}}
 		}

@@ -74,6 +74,14 @@ func Step(r Record, ev Event) (Record, []Action, error) {
 		u.UpdatedAt = e.Now
 		return n, nil, nil
 
+	case KubeReady:
+		if u == nil || u.State != Trial {
+			return r, nil, fmt.Errorf("%w: kubernetes-ready outside a trial", ErrUnexpected)
+		}
+		u.Kubernetes = appendNote(u.Kubernetes, e.Note)
+		u.UpdatedAt = e.Now
+		return n, nil, nil
+
 	case Rejoined:
 		if u == nil || !u.Rejoin {
 			return r, nil, fmt.Errorf("%w: rejoined with no rejoin pending", ErrUnexpected)

@@ -162,6 +162,15 @@ func TestLeaseLostAndRejoin(t *testing.T) {
 	if r.Current.Rejoin || !strings.Contains(r.Current.Etcd, "still a voter") {
 		t.Errorf("after rejoined: %+v", r.Current)
 	}
+	// The Kubernetes gate's note lands in the record during the trial, and only then.
+	r, _, _ = Step(r, KubeReady{Note: "Ready as reported by this boot's kubelet", Now: now})
+	if !strings.Contains(r.Current.Kubernetes, "Ready as reported by this boot's kubelet") || r.Current.State != Trial {
+		t.Errorf("after kubernetes ready: %+v", r.Current)
+	}
+	r, _, _ = Step(r, Health{OK: true, Now: now})
+	if _, _, err := Step(r, KubeReady{Note: "late", Now: now}); !errors.Is(err, ErrUnexpected) || r.Current.State == Trial {
+		t.Errorf("kubernetes ready after the trial (%s): %v", r.Current.State, err)
+	}
 }
 
 // TestLeaseLostBeforeStopping: the lease watch reports a lost lease while the upgrade still

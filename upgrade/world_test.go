@@ -382,7 +382,7 @@ func (f *fx) Stop(ctx context.Context) error {
 	return err
 }
 
-func (f *fx) Trial(ctx context.Context, rejoin bool, rejoined func(string)) error {
+func (f *fx) Trial(ctx context.Context, rejoin bool, notes TrialNotes) error {
 	w := f.w
 	promoted := false
 	if f.do("trial", func(string) bool {
@@ -399,7 +399,7 @@ func (f *fx) Trial(ctx context.Context, rejoin bool, rejoined func(string)) erro
 		return ctx.Err()
 	}
 	if promoted {
-		rejoined("promoted")
+		notes.Rejoined("promoted")
 	}
 	if w.unhealthy {
 		return errors.New("gate api: refused")
