@@ -296,9 +296,12 @@ func (c Config) Validate() error {
 	if _, err := supervisor.Order(append([]supervisor.Spec(nil), c.Services...)); err != nil {
 		return fmt.Errorf("%w: services: %w", ErrInvalid, err)
 	}
+	// A service may not take the name of one the node generates from a section it has: the
+	// two would fight over one name (a config without the section keeps its own services).
 	for _, s := range c.Services {
-		if kubelet.Reserved(s.Name) || s.Name == "etcd" {
-			return fmt.Errorf("%w: services: %q is reserved: the node runs it from its own configuration section", ErrInvalid, s.Name)
+		kube := c.Kubernetes != nil && c.Kubernetes.Kubelet != nil && kubelet.Reserved(s.Name)
+		if kube || (c.Etcd != nil && s.Name == "etcd") {
+			return fmt.Errorf("%w: services: %q is the node's own (from its kubernetes.kubelet or etcd section): rename it or drop the section", ErrInvalid, s.Name)
 		}
 	}
 	if k := c.Kubernetes; k != nil {

@@ -80,6 +80,10 @@ func TestKubeletSection(t *testing.T) {
 	if p, err := c.KubeletPlan(netip.MustParseAddr("10.0.2.15")); err != nil || p.Kubeconfig != "/state/kc" || p.NodeIP.String() != "192.168.1.5" {
 		t.Fatalf("defaults: %+v, %v", p, err)
 	}
+	// Without the sections, services of those names are the config's own (as before them).
+	if _, err := Parse([]byte(`{"services": [{"name": "kubelet", "command": ["/bin/x"]}, {"name": "etcd", "command": ["/bin/y"]}]}`)); err != nil {
+		t.Errorf("own kubelet and etcd services without the sections: %v", err)
+	}
 	for _, bad := range []string{
 		`{"kubernetes": {"node_name": "w1", "kubelet": {}}}`,
 		`{"kubernetes": {"node_name": "w1", "kubelet": {"pod_cidr": "10.244.1.0/33"}}}`,
@@ -89,8 +93,8 @@ func TestKubeletSection(t *testing.T) {
 		`{"kubernetes": {"node_name": "w1", "kubelet": {"pod_cidr": "10.244.1.0/24", "cluster_dns": ["x"]}}}`,
 		`{"kubernetes": {"node_name": "w1", "kubelet": {"pod_cidr": "10.244.1.0/24", "typo": 1}}}`,
 		`{"kubernetes": {"node_name": "w1", "ready_timeout_s": -1}}`,
-		`{"services": [{"name": "kubelet", "command": ["/bin/x"]}]}`,
-		`{"services": [{"name": "etcd", "command": ["/bin/x"]}]}`,
+		`{"kubernetes": {"node_name": "w1", "kubelet": {"pod_cidr": "10.244.1.0/24"}}, "services": [{"name": "kubelet", "command": ["/bin/x"]}]}`,
+		`{"etcd": {"client_url": "http://a:1", "peer_url": "http://a:2", "initial_cluster": "n=http://a:2", "endpoints": ["http://a:1"]}, "services": [{"name": "etcd", "command": ["/bin/x"]}]}`,
 	} {
 		if _, err := Parse([]byte(bad)); !errors.Is(err, ErrInvalid) {
 			t.Errorf("Parse(%s) = %v, want ErrInvalid", bad, err)

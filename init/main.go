@@ -45,9 +45,9 @@ func main() {
 	}
 	// A real root before anything else: the re-executed init starts over from here.
 	if first, err := machine.MoveRoot("/init"); err != nil {
-		log.Warn("staying on the initramfs root: containers cannot pivot_root into theirs", "err", err)
+		log.Warn("the root could not be made an ordinary mount: containers may fail to pivot_root into theirs", "err", err)
 	} else if first > 0 {
-		log.Info("root moved to a tmpfs", "took", (initAt - first).Round(time.Millisecond))
+		log.Info("root is a bind mount of the initramfs", "took", (initAt - first).Round(time.Millisecond))
 		initAt = first
 	}
 	// Signal handler first: Ctrl-Alt-Del (SIGINT once CAD is off) or a `kill 1` may come at any

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -48,16 +50,31 @@ func (h upgradeHost) Stop(context.Context) error {
 }
 
 // releaseMounts unmounts what pins the filesystems at roots (host.ReleaseOrder), deepest
-// first.
+// first, trying every one and going over the table again while that makes progress (a mount
+// hidden under another comes out once the one above it is gone). What is left is the error,
+// named.
 func releaseMounts(roots []string) error {
+	var left []string
+	for range 5 {
+		b, err := os.ReadFile("/proc/self/mountinfo")
+		if err != nil {
+			return err
+		}
+		order := host.ReleaseOrder(string(b), roots)
+		if len(order) == 0 || slices.Equal(order, left) {
+			break
+		}
+		left = order
+		for _, m := range order {
+			_ = machine.Unmount(m, 2*time.Second)
+		}
+	}
 	b, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
 		return err
 	}
-	for _, m := range host.ReleaseOrder(string(b), roots) {
-		if err := machine.Unmount(m, 2*time.Second); err != nil {
-			return fmt.Errorf("container mount: %w", err)
-		}
+	if order := host.ReleaseOrder(string(b), roots); len(order) > 0 {
+		return fmt.Errorf("container mounts still busy: %s", strings.Join(order, ", "))
 	}
 	return nil
 }

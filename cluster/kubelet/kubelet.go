@@ -62,7 +62,9 @@ type Plan struct {
 	// path on STATE.
 	Kubeconfig string
 	// ClientCA, if set, is the CA file (absolute path) whose client certificates the kubelet's
-	// own API accepts; without it that API refuses every client (anonymous access is off).
+	// own API authenticates (the API server's, typically). Bearer tokens are checked with the
+	// API server (TokenReview) and every request is authorized by it (SubjectAccessReview):
+	// a certificate from this CA identifies a client, it does not admit it.
 	ClientCA string
 	// SandboxImage is the pause image (default DefaultSandboxImage). A cluster with no
 	// internet access names one in its own registry.
@@ -88,7 +90,33 @@ var ErrPlan = errors.New("kubelet")
 
 var labelKey = regexp.MustCompile(`^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$`)
 var labelValue = regexp.MustCompile(`^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$`)
-var hostRE = regexp.MustCompile(`^[A-Za-z0-9.-]+(:[0-9]{1,5})?$`)
+var hostRE = regexp.MustCompile(`^(_default|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?)$`)
+
+// imageRE is a container image reference, loosely: what it must not contain matters here
+// (it goes into containerd's TOML).
+var imageRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,510}$`)
+
+var domainRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$`)
+
+// kubeletLabel reports whether the kubelet lets a node set label key on itself: outside the
+// kubernetes.io and k8s.io namespaces anything goes; inside them only these (NodeRestriction).
+func kubeletLabel(key string) bool {
+	prefix, _, ok := strings.Cut(key, "/")
+	if !ok {
+		return true
+	}
+	if !(prefix == "kubernetes.io" || prefix == "k8s.io" || strings.HasSuffix(prefix, ".kubernetes.io") || strings.HasSuffix(prefix, ".k8s.io")) {
+		return true
+	}
+	if prefix == "kubelet.kubernetes.io" || prefix == "node.kubernetes.io" ||
+		strings.HasSuffix(prefix, ".kubelet.kubernetes.io") || strings.HasSuffix(prefix, ".node.kubernetes.io") {
+		return true
+	}
+	return slices.Contains([]string{"kubernetes.io/hostname", "kubernetes.io/arch", "kubernetes.io/os",
+		"beta.kubernetes.io/instance-type", "beta.kubernetes.io/arch", "beta.kubernetes.io/os",
+		"failure-domain.beta.kubernetes.io/region", "failure-domain.beta.kubernetes.io/zone",
+		"topology.kubernetes.io/region", "topology.kubernetes.io/zone"}, key)
+}
 
 // Validate checks what the generated files rely on.
 func (p Plan) Validate() error {
@@ -115,12 +143,18 @@ func (p Plan) Validate() error {
 			}
 		}
 	}
-	if strings.ContainsAny(p.SandboxImage, "'\"\n\\ ") {
-		return fmt.Errorf("%w: sandbox_image %q", ErrPlan, p.SandboxImage)
+	if p.SandboxImage != "" && !imageRE.MatchString(p.SandboxImage) {
+		return fmt.Errorf("%w: sandbox_image %q is not an image reference", ErrPlan, p.SandboxImage)
+	}
+	if p.ClusterDomain != "" && (len(p.ClusterDomain) > 253 || !domainRE.MatchString(p.ClusterDomain)) {
+		return fmt.Errorf("%w: cluster_domain %q is not a DNS domain", ErrPlan, p.ClusterDomain)
 	}
 	for k, v := range p.Labels {
 		if !labelKey.MatchString(k) || !labelValue.MatchString(v) {
 			return fmt.Errorf("%w: node label %q=%q is not a valid label", ErrPlan, k, v)
+		}
+		if !kubeletLabel(k) {
+			return fmt.Errorf("%w: node label %q: a kubelet may not set labels in the kubernetes.io and k8s.io namespaces but a few (NodeRestriction)", ErrPlan, k)
 		}
 	}
 	if p.MaxPods < 0 || p.MaxPods > 1000 {
@@ -251,7 +285,9 @@ func (p Plan) cniConfig() ([]byte, error) {
 }
 
 // kubeletConfig is a KubeletConfiguration (JSON is YAML). cgroupfs: the init, not systemd,
-// owns the cgroup tree. Eviction thresholds suit small disks and guests.
+// owns the cgroup tree. Its API (10250: exec, logs, metrics) lets nobody in on its own say:
+// no anonymous access, and the API server authenticates tokens and authorizes every request
+// (the Node authorizer lets a node's credentials ask). Eviction thresholds suit small disks and guests.
 func (p Plan) kubeletConfig() ([]byte, error) {
 	maxPods := p.MaxPods
 	if maxPods == 0 {
@@ -276,10 +312,10 @@ func (p Plan) kubeletConfig() ([]byte, error) {
 		"containerRuntimeEndpoint": "unix://" + ContainerdSocket,
 		"authentication": map[string]any{
 			"anonymous": map[string]any{"enabled": false},
-			"webhook":   map[string]any{"enabled": false},
+			"webhook":   map[string]any{"enabled": true, "cacheTTL": "2m0s"},
 			"x509":      x509,
 		},
-		"authorization":       map[string]any{"mode": "AlwaysAllow"},
+		"authorization":       map[string]any{"mode": "Webhook"},
 		"failSwapOn":          false,
 		"resolvConf":          "/etc/resolv.conf",
 		"clusterDomain":       domain,

@@ -14,7 +14,7 @@ func plan() Plan {
 	return Plan{NodeName: "w1", NodeIP: netip.MustParseAddr("10.0.2.15"), PodCIDR: netip.MustParsePrefix("10.244.1.0/24"),
 		Kubeconfig: "/state/kubelet.kubeconfig", SandboxImage: "10.0.2.2:5000/pause:test",
 		Mirrors: map[string][]string{"10.0.2.2:5000": {"http://10.0.2.2:5000"}, "docker.io": {"http://10.0.2.2:5000/", "https://mirror.example"}},
-		Labels:  map[string]string{"keel.dev/pool": "a", "role": ""}}
+		Labels:  map[string]string{"keel.dev/pool": "a", "role": "", "node.kubernetes.io/pool": "x", "topology.kubernetes.io/zone": "z1"}}
 }
 
 func TestFiles(t *testing.T) {
@@ -52,6 +52,9 @@ func TestFiles(t *testing.T) {
 		t.Errorf("CNI config %s: %v", files[CNIConfig], err)
 	}
 	var kc map[string]any
+	if s := string(files[KubeletConfig]); !strings.Contains(s, `"mode": "Webhook"`) || strings.Contains(s, "AlwaysAllow") {
+		t.Errorf("the kubelet's API must be authorized by the API server:\n%s", s)
+	}
 	if err := json.Unmarshal(files[KubeletConfig], &kc); err != nil || kc["cgroupDriver"] != "cgroupfs" || kc["podCIDR"] != "10.244.1.0/24" || kc["containerRuntimeEndpoint"] != "unix:///run/containerd/containerd.sock" {
 		t.Errorf("kubelet config %s: %v", files[KubeletConfig], err)
 	}
@@ -70,10 +73,13 @@ func TestServices(t *testing.T) {
 		t.Fatalf("order: %+v", ordered)
 	}
 	args := strings.Join(ordered[1].Command, " ")
-	for _, want := range []string{"/system/bin/kubelet ", "--kubeconfig=/state/kubelet.kubeconfig", "--hostname-override=w1", "--node-ip=10.0.2.15", "--node-labels=keel.dev/pool=a,role="} {
+	for _, want := range []string{"/system/bin/kubelet ", "--kubeconfig=/state/kubelet.kubeconfig", "--hostname-override=w1", "--node-ip=10.0.2.15", "--node-labels=keel.dev/pool=a,node.kubernetes.io/pool=x,role=,topology.kubernetes.io/zone=z1"} {
 		if !strings.Contains(args, want) {
 			t.Errorf("kubelet command lacks %q: %s", want, args)
 		}
+	}
+	if _, err := (Plan{NodeName: "w", PodCIDR: netip.MustParsePrefix("10.244.0.0/24"), Kubeconfig: "/k", Mirrors: map[string][]string{"_default": {"http://m"}}}).Files(); err != nil {
+		t.Errorf("containerd's _default hosts dir refused: %v", err)
 	}
 	if !Reserved("kubelet") || !Reserved("containerd") || Reserved("web") {
 		t.Error("Reserved")
@@ -93,6 +99,10 @@ func TestValidate(t *testing.T) {
 		"mirror quote":         func(p *Plan) { p.Mirrors = map[string][]string{"docker.io": {`http://x"]`}} },
 		"no mirrors":           func(p *Plan) { p.Mirrors = map[string][]string{"docker.io": nil} },
 		"sandbox with a quote": func(p *Plan) { p.SandboxImage = `x"` },
+		"sandbox control char": func(p *Plan) { p.SandboxImage = "pause\x01" },
+		"mirror host dots":     func(p *Plan) { p.Mirrors = map[string][]string{"..": {"http://x"}} },
+		"cluster domain":       func(p *Plan) { p.ClusterDomain = "Bad Domain" },
+		"restricted label":     func(p *Plan) { p.Labels = map[string]string{"node-role.kubernetes.io/worker": ""} },
 		"label":                func(p *Plan) { p.Labels = map[string]string{"bad key!": "v"} },
 		"max pods":             func(p *Plan) { p.MaxPods = 5000 },
 	}
