@@ -5,10 +5,9 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"slices"
 
+	"keel/host"
 	"keel/internal/fault"
 	"keel/supervisor"
 )
@@ -29,11 +28,9 @@ func (n *Node) kubeletServices() ([]supervisor.Spec, error) {
 		return nil, err
 	}
 	if n.opts.Fault == fault.KubeletNoRegister {
-		bad := "/run/keel/kubelet/unreachable.kubeconfig"
-		kc := "apiVersion: v1\nkind: Config\nclusters:\n- name: x\n  cluster: {server: \"https://127.0.0.1:1\"}\nusers:\n- name: x\n  user: {token: x}\ncontexts:\n- name: x\n  context: {cluster: x, user: x}\ncurrent-context: x\n"
-		if err := os.MkdirAll(filepath.Dir(bad), 0o755); err == nil && os.WriteFile(bad, []byte(kc), 0o600) == nil {
+		if err := host.WriteFile(unreachableKubeconfig, []byte(unreachableAPI), 0o600); err == nil {
 			n.log.Warn("fault injected: the kubelet's API server does not answer")
-			plan.Kubeconfig = bad
+			plan.Kubeconfig = unreachableKubeconfig
 		}
 	}
 	files, err := plan.Files()
@@ -41,10 +38,7 @@ func (n *Node) kubeletServices() ([]supervisor.Spec, error) {
 		return nil, err
 	}
 	for _, p := range slices.Sorted(maps.Keys(files)) {
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			return nil, err
-		}
-		if err := os.WriteFile(p, files[p], 0o644); err != nil {
+		if err := host.WriteFile(p, files[p], 0o644); err != nil {
 			return nil, fmt.Errorf("kubelet: %w", err)
 		}
 	}
@@ -62,3 +56,21 @@ func (n *Node) nodeIP() netip.Addr {
 	}
 	return netip.Addr{}
 }
+
+// The fault kubelet-no-register's kubeconfig: a server nothing listens on.
+const (
+	unreachableKubeconfig = "/run/keel/kubelet/unreachable.kubeconfig"
+	unreachableAPI        = `apiVersion: v1
+kind: Config
+clusters:
+- name: x
+  cluster: {server: "https://127.0.0.1:1"}
+users:
+- name: x
+  user: {token: x}
+contexts:
+- name: x
+  context: {cluster: x, user: x}
+current-context: x
+`
+)
