@@ -3,6 +3,7 @@ package kubetest
 import (
 	"archive/tar"
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -18,6 +19,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
+	"keel/initramfs/nodeimage"
 	"keel/internal/testenv"
 )
 
@@ -37,11 +39,8 @@ func PushPause(t testing.TB, ref string) {
 		t.Fatal(err)
 	}
 	bin := filepath.Join(t.TempDir(), "pause")
-	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, "./internal/testenv/kubetest/pause")
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build pause: %v\n%s", err, out)
+	if err := nodeimage.BuildStatic(context.Background(), root, "./internal/testenv/kubetest/pause", bin); err != nil {
+		t.Fatal(err)
 	}
 	b, err := os.ReadFile(bin)
 	if err != nil {
