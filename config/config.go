@@ -127,6 +127,14 @@ type Etcd struct {
 	// ClientPort and PeerPort are where etcd listens (default 2379, 2380), on all addresses.
 	ClientPort int `json:"client_port,omitempty"`
 	PeerPort   int `json:"peer_port,omitempty"`
+	// MetricsPort serves etcd's /health and /metrics over plain HTTP on loopback only
+	// (default 2381): the supervisor's health check reads it without a client certificate.
+	MetricsPort int `json:"metrics_port,omitempty"`
+	// Insecure allows http:// URLs: etcd without TLS and without client certificates, open to
+	// anyone who reaches its ports (every key, the upgrade lock, the member list). Without it,
+	// every URL must be https:// and the node's PKI directory on STATE must hold the member's
+	// certificates (pki/etcd/: ca.crt, server.crt/key, peer.crt/key, client.crt/key).
+	Insecure bool `json:"insecure,omitempty"`
 	// LeaseTTLS is the upgrade lease's TTL (default 300): it must outlast a reboot — firmware,
 	// GRUB, kernel, init, network — or the lock passes on while this node is down. A node
 	// that dies holding it frees it after this long.
@@ -159,6 +167,9 @@ func orDefault(v, d int) int {
 // Defaults of the etcd section.
 func (e Etcd) ClientPortOr() int { return orDefault(e.ClientPort, 2379) }
 func (e Etcd) PeerPortOr() int   { return orDefault(e.PeerPort, 2380) }
+func (e Etcd) MetricsPortOr() int {
+	return orDefault(e.MetricsPort, 2381)
+}
 func (e Etcd) LeaseTTL() int     { return orDefault(e.LeaseTTLS, 300) }
 func (e Etcd) ProbeTimeout() int { return orDefault(e.ProbeTimeoutS, 5) }
 func (e Etcd) CheckWait() int    { return orDefault(e.CheckWaitS, 600) }
@@ -337,24 +348,50 @@ func (c Config) Validate() error {
 	return nil
 }
 
+// TLS reports whether etcd is served over TLS with client certificates (https:// URLs).
+func (e Etcd) TLS() bool { return strings.HasPrefix(e.ClientURL, "https://") }
+
+// Scheme is the URL scheme of every etcd URL: "https", or "http" when Insecure.
+func (e Etcd) Scheme() string {
+	if e.TLS() {
+		return "https"
+	}
+	return "http"
+}
+
 func (e Etcd) validate() error {
-	for _, u := range append([]string{e.ClientURL, e.PeerURL}, e.Endpoints...) {
+	if len(e.Endpoints) == 0 {
+		return errors.New("endpoints must list the cluster's client URLs")
+	}
+	urls := append([]string{e.ClientURL, e.PeerURL}, e.Endpoints...)
+	for _, m := range strings.Split(e.InitialCluster, ",") {
+		name, u, ok := strings.Cut(m, "=")
+		if !ok || name == "" {
+			return errors.New(`initial_cluster must be "name=peer-url,..."`)
+		}
+		urls = append(urls, u)
+	}
+	want := "https"
+	if e.Insecure {
+		want = "http"
+	}
+	for _, u := range urls {
 		p, err := url.Parse(u)
 		if err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
 			return fmt.Errorf("%q is not an http(s) URL", u)
 		}
-	}
-	if len(e.Endpoints) == 0 {
-		return errors.New("endpoints must list the cluster's client URLs")
-	}
-	if !strings.Contains(e.InitialCluster, "=") {
-		return errors.New(`initial_cluster must be "name=peer-url,..."`)
+		if p.Scheme != want {
+			if e.Insecure {
+				return fmt.Errorf("%q: insecure is set, so every URL must be http:// (a mix of http and https is refused)", u)
+			}
+			return fmt.Errorf("%q: etcd URLs must be https:// (mTLS from the node's PKI); plain http needs \"insecure\": true and leaves etcd open to anyone who reaches it", u)
+		}
 	}
 	if e.LeaseTTLS < 0 || (e.LeaseTTLS > 0 && e.LeaseTTLS < 10) || e.LeaseTTLS > 3600 {
 		return errors.New("lease_ttl_s must be 10-3600 (it must outlast a reboot)")
 	}
-	if e.ClientPort < 0 || e.ClientPort > 65535 || e.PeerPort < 0 || e.PeerPort > 65535 {
-		return errors.New("client_port and peer_port must be 1-65535")
+	if e.ClientPort < 0 || e.ClientPort > 65535 || e.PeerPort < 0 || e.PeerPort > 65535 || e.MetricsPort < 0 || e.MetricsPort > 65535 {
+		return errors.New("client_port, peer_port and metrics_port must be 1-65535")
 	}
 	if e.ProbeTimeoutS < 0 || e.ProbeTimeoutS > 60 || e.CheckWaitS < 0 || e.CheckWaitS > 86400 {
 		return errors.New("probe_timeout_s must be 0-60, check_wait_s 0-86400")

@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 )
@@ -31,10 +32,26 @@ func TestParse(t *testing.T) {
 }
 
 func TestEtcd(t *testing.T) {
-	c, err := Parse([]byte(`{"hostname":"cp1","etcd":{"client_url":"http://10.0.2.2:32379","peer_url":"http://10.0.2.2:32380",
-		"initial_cluster":"cp1=http://10.0.2.2:32380","endpoints":["http://10.0.2.2:32379"]}}`))
-	if err != nil || c.MemberName() != "cp1" || c.Etcd.LeaseTTL() != 300 || c.Etcd.ClientPortOr() != 2379 || c.Etcd.PeerPortOr() != 2380 {
+	c, err := Parse([]byte(`{"hostname":"cp1","etcd":{"client_url":"https://10.0.2.2:32379","peer_url":"https://10.0.2.2:32380",
+		"initial_cluster":"cp1=https://10.0.2.2:32380","endpoints":["https://10.0.2.2:32379"]}}`))
+	if err != nil || c.MemberName() != "cp1" || c.Etcd.LeaseTTL() != 300 || c.Etcd.ClientPortOr() != 2379 || c.Etcd.PeerPortOr() != 2380 || c.Etcd.MetricsPortOr() != 2381 || !c.Etcd.TLS() {
 		t.Fatalf("%+v %v", c.Etcd, err)
+	}
+	// Plain HTTP only when asked for, and then everywhere.
+	if c, err := Parse([]byte(`{"etcd":{"insecure":true,"client_url":"http://a:2","peer_url":"http://a:1","initial_cluster":"a=http://a:1","endpoints":["http://a:2"]}}`)); err != nil || c.Etcd.TLS() || c.Etcd.Scheme() != "http" {
+		t.Errorf("insecure: %v", err)
+	}
+	for bad, why := range map[string]string{
+		`{"etcd":{"client_url":"http://a:2","peer_url":"http://a:1","initial_cluster":"a=http://a:1","endpoints":["http://a:2"]}}`:                       `must be https://`,
+		`{"etcd":{"client_url":"https://a:2","peer_url":"https://a:1","initial_cluster":"a=http://a:1","endpoints":["https://a:2"]}}`:                    `"http://a:1": etcd URLs must be https://`,
+		`{"etcd":{"client_url":"https://a:2","peer_url":"https://a:1","initial_cluster":"a=https://a:1","endpoints":["https://a:2","http://b:2"]}}`:      `"http://b:2"`,
+		`{"etcd":{"insecure":true,"client_url":"http://a:2","peer_url":"https://a:1","initial_cluster":"a=http://a:1","endpoints":["http://a:2"]}}`:      `a mix of http and https is refused`,
+		`{"etcd":{"client_url":"https://a:2","peer_url":"https://a:1","initial_cluster":"https://a:1","endpoints":["https://a:2"]}}`:                     `initial_cluster must be`,
+		`{"etcd":{"client_url":"https://a:2","peer_url":"https://a:1","initial_cluster":"a=https://a:1","endpoints":["https://a:2"],"metrics_port":-1}}`: `metrics_port`,
+	} {
+		if _, err := Parse([]byte(bad)); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), why) {
+			t.Errorf("Parse(%s) = %v, want ErrInvalid saying %s", bad, err, why)
+		}
 	}
 }
 
@@ -94,10 +111,15 @@ func TestKubeletSection(t *testing.T) {
 		`{"kubernetes": {"node_name": "w1", "kubelet": {"pod_cidr": "10.244.1.0/24", "typo": 1}}}`,
 		`{"kubernetes": {"node_name": "w1", "ready_timeout_s": -1}}`,
 		`{"kubernetes": {"node_name": "w1", "kubelet": {"pod_cidr": "10.244.1.0/24"}}, "services": [{"name": "kubelet", "command": ["/bin/x"]}]}`,
-		`{"etcd": {"client_url": "http://a:1", "peer_url": "http://a:2", "initial_cluster": "n=http://a:2", "endpoints": ["http://a:1"]}, "services": [{"name": "etcd", "command": ["/bin/x"]}]}`,
 	} {
 		if _, err := Parse([]byte(bad)); !errors.Is(err, ErrInvalid) {
 			t.Errorf("Parse(%s) = %v, want ErrInvalid", bad, err)
 		}
+	}
+	// A control-plane node's etcd is its own service: a configured one of that name is refused
+	// (before, it passed validation and then no service started at all).
+	_, err = Parse([]byte(`{"etcd": {"client_url": "https://a:1", "peer_url": "https://a:2", "initial_cluster": "n=https://a:2", "endpoints": ["https://a:1"]}, "services": [{"name": "etcd", "command": ["/bin/x"]}]}`))
+	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), `"etcd" is the node's own`) {
+		t.Errorf("a service named etcd on a control-plane node: %v", err)
 	}
 }

@@ -171,35 +171,20 @@ func EnsureDev(dir string, serverIPs []net.IP, serverNames []string, now time.Ti
 	p := func(n string) string { return filepath.Join(dir, n) }
 	var written []string
 	write := func(name string, b []byte, mode os.FileMode) error {
+		if err := os.MkdirAll(filepath.Dir(p(name)), 0o700); err != nil {
+			return fmt.Errorf("pki: %w", err)
+		}
 		if err := os.WriteFile(p(name), b, mode); err != nil {
 			return fmt.Errorf("pki: %w", err)
 		}
 		written = append(written, p(name))
 		return nil
 	}
-	var ca *CA
-	cb, cerr := os.ReadFile(p(FileCA))
-	kb, kerr := os.ReadFile(p(FileCAKey))
-	if cerr == nil && kerr == nil {
-		var err error
-		if ca, err = LoadCA(cb, kb); err != nil {
-			return nil, err
-		}
-	} else {
-		var err error
-		if ca, err = NewCA("keel development CA", now, 10*365*24*time.Hour); err != nil {
-			return nil, err
-		}
-		keyPEM, err := ca.KeyPEM()
-		if err != nil {
-			return nil, err
-		}
-		if err := write(FileCAKey, keyPEM, 0o600); err != nil {
-			return nil, err
-		}
-		if err := write(FileCA, ca.CertPEM, 0o644); err != nil {
-			return nil, err
-		}
+	ca, created, err := ensureCA(dir, FileCA, FileCAKey, "keel development CA", now, write)
+	if err != nil {
+		return nil, err
+	}
+	if created {
 		// A new CA invalidates everything it did not sign.
 		for _, n := range []string{FileServer, FileServerKey} {
 			os.Remove(p(n))
@@ -210,20 +195,7 @@ func EnsureDev(dir string, serverIPs []net.IP, serverNames []string, now time.Ti
 		}
 	}
 	issue := func(certName, keyName string, r Request) error {
-		if _, err := os.Stat(p(certName)); err == nil {
-			if _, err := os.Stat(p(keyName)); err == nil {
-				return nil
-			}
-		}
-		r.Now, r.Validity = now, 5*365*24*time.Hour
-		pair, err := ca.Issue(r)
-		if err != nil {
-			return err
-		}
-		if err := write(keyName, pair.KeyPEM, 0o600); err != nil {
-			return err
-		}
-		return write(certName, pair.CertPEM, 0o644)
+		return ensureIssued(ca, dir, certName, keyName, r, now, write)
 	}
 	if err := issue(FileServer, FileServerKey, Request{CommonName: "keel node", DNSNames: serverNames, IPs: serverIPs, Server: true}); err != nil {
 		return nil, err
@@ -234,5 +206,50 @@ func EnsureDev(dir string, serverIPs []net.IP, serverNames []string, now time.Ti
 			return nil, err
 		}
 	}
+	if err := ensureEtcdDev(dir, now, write); err != nil {
+		return nil, err
+	}
 	return written, nil
+}
+
+// ensureCA loads the CA in dir/certName, dir/keyName, or makes one (created) and writes it.
+func ensureCA(dir, certName, keyName, cn string, now time.Time, write func(string, []byte, os.FileMode) error) (ca *CA, created bool, err error) {
+	cb, cerr := os.ReadFile(filepath.Join(dir, certName))
+	kb, kerr := os.ReadFile(filepath.Join(dir, keyName))
+	if cerr == nil && kerr == nil {
+		ca, err = LoadCA(cb, kb)
+		return ca, false, err
+	}
+	if ca, err = NewCA(cn, now, 10*365*24*time.Hour); err != nil {
+		return nil, false, err
+	}
+	keyPEM, err := ca.KeyPEM()
+	if err != nil {
+		return nil, false, err
+	}
+	if err := write(keyName, keyPEM, 0o600); err != nil {
+		return nil, false, err
+	}
+	if err := write(certName, ca.CertPEM, 0o644); err != nil {
+		return nil, false, err
+	}
+	return ca, true, nil
+}
+
+// ensureIssued issues r into dir/certName, dir/keyName unless both exist.
+func ensureIssued(ca *CA, dir, certName, keyName string, r Request, now time.Time, write func(string, []byte, os.FileMode) error) error {
+	if _, err := os.Stat(filepath.Join(dir, certName)); err == nil {
+		if _, err := os.Stat(filepath.Join(dir, keyName)); err == nil {
+			return nil
+		}
+	}
+	r.Now, r.Validity = now, 5*365*24*time.Hour
+	pair, err := ca.Issue(r)
+	if err != nil {
+		return err
+	}
+	if err := write(keyName, pair.KeyPEM, 0o600); err != nil {
+		return err
+	}
+	return write(certName, pair.CertPEM, 0o644)
 }

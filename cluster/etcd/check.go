@@ -19,7 +19,7 @@ func Check(ctx context.Context, cli *clientv3.Client, self string, op quorum.Op,
 	if err != nil {
 		return quorum.Decision{}, nil, err
 	}
-	ms, err = probe(ctx, ms, probeTimeout)
+	ms, err = probe(ctx, cli, ms, probeTimeout)
 	if err != nil {
 		return quorum.Decision{}, nil, err
 	}

@@ -6,27 +6,34 @@ package etcd
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"slices"
 	"sort"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"keel/cluster/etcd/quorum"
 )
 
-// Connect returns a client for the given client URLs. It does not dial: the first call does,
+// Connect returns a client for the given client URLs, with TLS (a client certificate) for
+// https:// ones; tlsCfg is nil for an insecure cluster. It does not dial: the first call does,
 // bounded by its context.
-func Connect(endpoints []string) (*clientv3.Client, error) {
+func Connect(endpoints []string, tlsCfg *tls.Config) (*clientv3.Client, error) {
 	if len(endpoints) == 0 {
 		return nil, errors.New("etcd: no endpoints")
 	}
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints:   endpoints,
+		TLS:         tlsCfg,
 		DialTimeout: 3 * time.Second,
 		Logger:      zap.NewNop(), // errors come back to the caller, who logs them with context
 		// The default keep-alive timeout is DialTimeout+1s: a lease keep-alive that stalls
@@ -78,16 +85,16 @@ func Probe(ctx context.Context, cli *clientv3.Client, timeout time.Duration) ([]
 	if err != nil {
 		return nil, err
 	}
-	return probe(ctx, ms, timeout)
+	return probe(ctx, cli, ms, timeout)
 }
 
-func probe(ctx context.Context, ms []Member, timeout time.Duration) ([]Member, error) {
+func probe(ctx context.Context, cli *clientv3.Client, ms []Member, timeout time.Duration) ([]Member, error) {
 	errs := make([]error, len(ms))
 	done := make(chan struct{})
 	for i := range ms {
 		go func() {
 			defer func() { done <- struct{}{} }()
-			errs[i] = probeOne(ctx, ms[i], timeout)
+			errs[i] = probeOne(ctx, cli, ms[i], timeout)
 		}()
 	}
 	for range ms {
@@ -102,21 +109,23 @@ func probe(ctx context.Context, ms []Member, timeout time.Duration) ([]Member, e
 	return ms, ctx.Err()
 }
 
-func probeOne(ctx context.Context, m Member, timeout time.Duration) error {
+func probeOne(ctx context.Context, cli *clientv3.Client, m Member, timeout time.Duration) error {
 	if len(m.ClientURLs) == 0 {
 		return errors.New("not started (no client URL)")
 	}
-	c, err := Connect(m.ClientURLs)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	var err error
 	if m.Learner {
-		_, err = c.Status(ctx, m.ClientURLs[0])
+		_, err = cli.Status(ctx, m.ClientURLs[0])
 	} else {
-		_, err = c.Get(ctx, "/keel/health-probe") // linearizable: goes through the leader's ReadIndex
+		var conn *grpc.ClientConn
+		if conn, err = cli.Dial(m.ClientURLs[0]); err != nil {
+			return err
+		}
+		defer conn.Close()
+		// Linearizable: goes through the leader's ReadIndex.
+		_, err = clientv3.NewKVFromKVClient(pb.NewKVClient(conn), nil).Get(ctx, "/keel/health-probe")
 	}
 	if err != nil {
 		return fmt.Errorf("no answer within %v: %w", timeout, err)
@@ -224,16 +233,22 @@ func removeOnce(ctx context.Context, cli *clientv3.Client, name string) error {
 			others = append(others, m.ClientURLs...)
 		}
 	}
-	via := cli
-	if len(others) > 0 {
-		c, err := Connect(others)
-		if err != nil {
+	if len(others) == 0 {
+		_, err = cli.MemberRemove(lctx, me.ID)
+		return err
+	}
+	// The first other member that answers decides (one that is down is skipped).
+	for _, ep := range others {
+		var conn *grpc.ClientConn
+		if conn, err = cli.Dial(ep); err != nil {
+			continue
+		}
+		_, err = clientv3.NewClusterFromClusterClient(pb.NewClusterClient(conn), nil).MemberRemove(lctx, me.ID)
+		conn.Close()
+		if status.Code(err) != codes.Unavailable || lctx.Err() != nil {
 			return err
 		}
-		defer c.Close()
-		via = c
 	}
-	_, err = via.MemberRemove(lctx, me.ID)
 	return err
 }
 
@@ -314,8 +329,8 @@ func Promote(ctx context.Context, cli *clientv3.Client, name, peerURL string) er
 // linearizable read through it answers. etcd serves such a read only after the member has
 // applied everything the leader had committed when the read arrived (ReadIndex), so an answer
 // means caught up, not merely running.
-func WaitHealthy(ctx context.Context, endpoint string) error {
-	c, err := Connect([]string{endpoint})
+func WaitHealthy(ctx context.Context, endpoint string, tlsCfg *tls.Config) error {
+	c, err := Connect([]string{endpoint}, tlsCfg)
 	if err != nil {
 		return err
 	}

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -20,6 +21,7 @@ import (
 	etcdnode "keel/cluster/etcd"
 	"keel/cluster/etcd/quorum"
 	"keel/internal/testenv/etcdtest"
+	"keel/pki"
 )
 
 const probeTimeout = 2 * time.Second
@@ -27,13 +29,18 @@ const probeTimeout = 2 * time.Second
 func TestMain(m *testing.M) {
 	// Re-executed as a lock holder that a test kills (see TestHolderKilled).
 	if eps := os.Getenv("ETCDNODE_HOLD"); eps != "" {
-		os.Exit(hold(strings.Split(eps, ","), os.Getenv("ETCDNODE_TTL")))
+		os.Exit(hold(strings.Split(eps, ","), os.Getenv("ETCDNODE_TTL"), os.Getenv("ETCDNODE_PKI")))
 	}
 	os.Exit(m.Run())
 }
 
-func hold(endpoints []string, ttl string) int {
-	cli, err := etcdnode.Connect(endpoints)
+func hold(endpoints []string, ttl, pkiDir string) int {
+	t, err := etcdnode.ClientTLS(filepath.Join(pkiDir, pki.EtcdCA), filepath.Join(pkiDir, pki.EtcdAdmin), filepath.Join(pkiDir, pki.EtcdAdminKey))
+	if err != nil {
+		fmt.Println("error", err)
+		return 1
+	}
+	cli, err := etcdnode.Connect(endpoints, t)
 	if err != nil {
 		fmt.Println("error", err)
 		return 1
@@ -230,7 +237,7 @@ func TestHolderKilled(t *testing.T) {
 	c := etcdtest.Start(t, 3)
 	const ttl = 3
 	cmd := exec.Command(os.Args[0], "-test.run", "^$")
-	cmd.Env = append(os.Environ(), "ETCDNODE_HOLD="+strings.Join(c.Endpoints(), ","), "ETCDNODE_TTL="+strconv.Itoa(ttl))
+	cmd.Env = append(os.Environ(), "ETCDNODE_HOLD="+strings.Join(c.Endpoints(), ","), "ETCDNODE_TTL="+strconv.Itoa(ttl), "ETCDNODE_PKI="+c.PKIDir)
 	out, _ := cmd.StdoutPipe()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -350,7 +357,7 @@ func TestLeaveAndRejoin(t *testing.T) {
 		t.Fatalf("%v\n%s", err, c.Log(m2))
 	}
 	promoted := time.Since(t1)
-	if err := etcdnode.WaitHealthy(ctx, m2.ClientURL); err != nil {
+	if err := etcdnode.WaitHealthy(ctx, m2.ClientURL, c.TLS); err != nil {
 		t.Fatal(err)
 	}
 	ms, _ = etcdnode.List(ctx, cli)

@@ -2,6 +2,7 @@ package etcd
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"os"
@@ -34,6 +35,9 @@ type Node struct {
 type NodeOptions struct {
 	Config config.Etcd
 	Name   string // the member's name
+	// Files are the member's certificates (NodeFiles of the PKI directory on STATE); unused
+	// when the config is insecure.
+	Files Files
 	cluster.Report
 }
 
@@ -49,12 +53,34 @@ func (n *Node) client() (*clientv3.Client, error) {
 	if n.cli != nil {
 		return n.cli, nil
 	}
-	c, err := Connect(n.o.Config.Endpoints)
+	t, err := n.tls()
+	if err != nil {
+		return nil, err
+	}
+	c, err := Connect(n.o.Config.Endpoints, t)
 	if err != nil {
 		return nil, err
 	}
 	n.cli = c
 	return c, nil
+}
+
+// tls is the init's client TLS configuration (nil when the config is insecure), read from the
+// files each time: a rotated client certificate is picked up by the next client.
+func (n *Node) tls() (*tls.Config, error) {
+	if !n.o.Config.TLS() {
+		return nil, nil
+	}
+	return NodeClientTLS(n.o.Files)
+}
+
+// waitLocal waits until this node's member answers a quorum read (WaitHealthy).
+func (n *Node) waitLocal(ctx context.Context) error {
+	t, err := n.tls()
+	if err != nil {
+		return err
+	}
+	return WaitHealthy(ctx, LocalEndpoint(n.o.Config), t)
 }
 
 func op(preserve bool) quorum.Op {
@@ -244,7 +270,7 @@ func (n *Node) Gate(ctx context.Context, rejoin bool, rejoined func(string)) err
 		}
 		rejoined(note)
 	}
-	return WaitHealthy(ctx, LocalEndpoint(n.o.Config))
+	return n.waitLocal(ctx)
 }
 
 // Release implements upgrade.Cluster: once this node's member is back, healthy and caught up
@@ -253,7 +279,7 @@ func (n *Node) Gate(ctx context.Context, rejoin bool, rejoined func(string)) err
 // by id: after a reboot there is no session, only the id on META.
 func (n *Node) Release(ctx context.Context, lease int64) error {
 	wctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-	if err := WaitHealthy(wctx, LocalEndpoint(n.o.Config)); err != nil {
+	if err := n.waitLocal(wctx); err != nil {
 		n.o.Warn("upgrade: releasing the upgrade lease although this member is not healthy: %v", err)
 	}
 	cancel()
@@ -292,9 +318,14 @@ func (n *Node) Detach() {
 // has its data wiped and is added back as a learner (promoted later, once caught up).
 func (n *Node) ServiceSpec(ctx context.Context, rejoinPending bool) (spec supervisor.Spec, rejoined string, err error) {
 	e := n.o.Config
+	if e.TLS() {
+		if m := n.o.Files.Missing(); len(m) > 0 {
+			return supervisor.Spec{}, "", fmt.Errorf("etcd is not started: the config asks for TLS (https:// URLs) but the member's certificates are missing: %v", m)
+		}
+	}
 	st := Start{InitialCluster: e.InitialCluster, State: "new"}
 	if !rejoinPending {
-		return ServiceSpec(e, n.o.Name, st), "", nil
+		return ServiceSpec(e, n.o.Name, st, n.o.Files), "", nil
 	}
 	cli, err := n.client()
 	if err != nil {
@@ -315,13 +346,13 @@ func (n *Node) ServiceSpec(ctx context.Context, rejoinPending bool) (spec superv
 	if err != nil {
 		// Start etcd as it is; the rejoin stays pending and is retried.
 		n.o.Warn("etcd: cannot settle the pending rejoin (the cluster does not answer): %v", err)
-		return ServiceSpec(e, n.o.Name, st), "", nil
+		return ServiceSpec(e, n.o.Name, st, n.o.Files), "", nil
 	}
 	_, how := Find(ms, n.o.Name, e.PeerURL)
 	n.o.Log.Info("etcd: rejoin pending", "member", n.o.Name, "membership", how.String())
 	switch how {
 	case Voter:
-		return ServiceSpec(e, n.o.Name, st), "still a voting member: it never left", nil
+		return ServiceSpec(e, n.o.Name, st, n.o.Files), "still a voting member: it never left", nil
 	case Absent:
 		if err := os.RemoveAll(DataDir); err != nil {
 			return supervisor.Spec{}, "", fmt.Errorf("etcd: wipe %s: %w", DataDir, err)
@@ -333,5 +364,5 @@ func (n *Node) ServiceSpec(ctx context.Context, rejoinPending bool) (spec superv
 	}
 	n.o.Log.Info("etcd: joining as a learner", "initial_cluster", initial)
 	n.o.Event("etcd", n.o.Name, "joining the cluster as a learner", map[string]any{"initial_cluster": initial})
-	return ServiceSpec(e, n.o.Name, Start{InitialCluster: initial, State: "existing"}), "", nil
+	return ServiceSpec(e, n.o.Name, Start{InitialCluster: initial, State: "existing"}, n.o.Files), "", nil
 }

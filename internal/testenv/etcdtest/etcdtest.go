@@ -1,10 +1,13 @@
 // Package etcdtest runs real etcd clusters on 127.0.0.1 for tests: each member a separate
 // process of the etcd binary the node image carries (build/bin/etcd, from `make k8s-bins`), so
-// a test can stop, kill, pause and restart members. Only tests import it.
+// a test can stop, kill, pause and restart members. Members run with the node's own mutual-TLS
+// flags (etcd.TLSArgs) and certificates issued as the image build issues them, from a PKI of
+// the cluster's own. Only tests import it.
 package etcdtest
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"os"
 	"os/exec"
@@ -19,7 +22,9 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"keel/cluster/etcd"
 	"keel/internal/testenv"
+	"keel/pki"
 )
 
 // Cluster is a running cluster.
@@ -28,6 +33,10 @@ type Cluster struct {
 	bin     string
 	dir     string
 	Members []*Member
+	// PKIDir is the cluster's development PKI (package pki's layout: etcd/ca.crt, etcd/ca.key,
+	// etcd/admin.crt, ...); TLS is a client configuration with its etcd admin certificate.
+	PKIDir string
+	TLS    *tls.Config
 }
 
 // Member is one etcd process.
@@ -37,6 +46,9 @@ type Member struct {
 	PeerURL   string
 	dataDir   string
 	logPath   string
+	// Files are the member's certificates, as a node keeps them.
+	Files    etcd.Files
+	insecure bool
 	mu        sync.Mutex
 	cmd       *exec.Cmd
 	done      chan struct{}
@@ -46,18 +58,62 @@ type Member struct {
 // Members are named m0, m1, ...; everything stops when the test ends.
 func Start(t testing.TB, n int) *Cluster {
 	t.Helper()
+	return StartWith(t, n, Options{})
+}
+
+// Options vary a cluster.
+type Options struct {
+	// Insecure runs the members over plain HTTP without client certificates (etcd's own
+	// default; a node does so only with etcd.insecure): for comparisons with TLS.
+	Insecure bool
+}
+
+// StartWith is Start with options.
+func StartWith(t testing.TB, n int, o Options) *Cluster {
+	t.Helper()
 	bin, err := testenv.Bin("etcd")
 	if err != nil {
 		t.Fatal(err)
 	}
 	c := &Cluster{t: t, bin: bin, dir: t.TempDir()}
+	c.PKIDir = filepath.Join(c.dir, "pki")
+	if _, err := pki.EnsureDev(c.PKIDir, nil, nil, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	ca, err := pki.LoadEtcdCA(c.PKIDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.TLS, err = etcd.ClientTLS(filepath.Join(c.PKIDir, pki.EtcdCA), filepath.Join(c.PKIDir, pki.EtcdAdmin), filepath.Join(c.PKIDir, pki.EtcdAdminKey)); err != nil {
+		t.Fatal(err)
+	}
+	scheme := "https"
+	if o.Insecure {
+		scheme, c.TLS = "http", nil
+	}
 	var initial []string
 	for i := 0; i < n; i++ {
 		m := &Member{Name: fmt.Sprintf("m%d", i),
-			ClientURL: "http://127.0.0.1:" + strconv.Itoa(testenv.FreePort()),
-			PeerURL:   "http://127.0.0.1:" + strconv.Itoa(testenv.FreePort())}
+			ClientURL: scheme + "://127.0.0.1:" + strconv.Itoa(testenv.FreePort()),
+			PeerURL:   scheme + "://127.0.0.1:" + strconv.Itoa(testenv.FreePort())}
+		m.insecure = o.Insecure
 		m.dataDir = filepath.Join(c.dir, m.Name)
 		m.logPath = filepath.Join(c.dir, m.Name+".log")
+		nodePKI := filepath.Join(c.dir, m.Name+"-pki")
+		files, err := pki.EtcdMember(ca, m.Name, []string{"127.0.0.1"}, []string{"127.0.0.1"}, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for name, b := range files {
+			p := filepath.Join(nodePKI, name)
+			if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(p, b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		m.Files = etcd.NodeFiles(nodePKI)
 		c.Members = append(c.Members, m)
 		initial = append(initial, m.Name+"="+m.PeerURL)
 	}
@@ -73,13 +129,21 @@ func Start(t testing.TB, n int) *Cluster {
 	return c
 }
 
-// Args are the flags a member runs with: timings as etcd's defaults, logs at warn.
+// Args are the flags a member runs with: timings as etcd's defaults, logs at warn, the node's
+// TLS flags.
 func (c *Cluster) args(m *Member, initial, state string) []string {
-	return []string{"--name", m.Name, "--data-dir", m.dataDir,
+	return append([]string{"--name", m.Name, "--data-dir", m.dataDir,
 		"--listen-client-urls", m.ClientURL, "--advertise-client-urls", m.ClientURL,
 		"--listen-peer-urls", m.PeerURL, "--initial-advertise-peer-urls", m.PeerURL,
 		"--initial-cluster", initial, "--initial-cluster-state", state,
-		"--initial-cluster-token", "keel-test", "--log-level", "warn"}
+		"--initial-cluster-token", "keel-test", "--log-level", "warn"}, c.tlsArgs(m)...)
+}
+
+func (c *Cluster) tlsArgs(m *Member) []string {
+	if m.insecure {
+		return nil
+	}
+	return etcd.TLSArgs(m.Files)
 }
 
 func (c *Cluster) run(m *Member, initial, state string) error {
@@ -117,7 +181,7 @@ func (c *Cluster) Client() *clientv3.Client {
 
 // ClientFor returns a client for the given endpoints, closed when the test ends.
 func (c *Cluster) ClientFor(endpoints ...string) *clientv3.Client {
-	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 3 * time.Second, Logger: zap.NewNop()})
+	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, TLS: c.TLS, DialTimeout: 3 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		c.t.Fatal(err)
 	}
