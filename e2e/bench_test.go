@@ -20,8 +20,8 @@ import (
 //
 //	go test -run XXX -bench ColdBoot -benchtime 3x ./e2e
 func BenchmarkColdBoot(b *testing.B) {
-	solo := &config.Etcd{ClientURL: "http://10.0.2.2:2379", PeerURL: "http://10.0.2.2:2380",
-		InitialCluster: "bench=http://10.0.2.2:2380", Endpoints: []string{"http://10.0.2.2:2379"}}
+	solo := &config.Etcd{ClientURL: "https://10.0.2.2:2379", PeerURL: "https://10.0.2.2:2380",
+		InitialCluster: "bench=https://10.0.2.2:2380", Endpoints: []string{"https://10.0.2.2:2379"}}
 	for _, tc := range []struct {
 		name string
 		o    vmtest.ImageOptions

@@ -137,15 +137,15 @@ func TestControlPlaneRollingUpgrade(t *testing.T) {
 	var initial, endpoints, hostEndpoints []string
 	for i := range nodes {
 		nodes[i] = &cpNode{name: fmt.Sprintf("cp%d", i), cport: testenv.FreePort(), pport: testenv.FreePort()}
-		initial = append(initial, fmt.Sprintf("%s=http://10.0.2.2:%d", nodes[i].name, nodes[i].pport))
-		endpoints = append(endpoints, fmt.Sprintf("http://10.0.2.2:%d", nodes[i].cport))
-		hostEndpoints = append(hostEndpoints, fmt.Sprintf("http://127.0.0.1:%d", nodes[i].cport))
+		initial = append(initial, fmt.Sprintf("%s=https://10.0.2.2:%d", nodes[i].name, nodes[i].pport))
+		endpoints = append(endpoints, fmt.Sprintf("https://10.0.2.2:%d", nodes[i].cport))
+		hostEndpoints = append(hostEndpoints, fmt.Sprintf("https://127.0.0.1:%d", nodes[i].cport))
 	}
 	for _, n := range nodes {
 		cfg := config.Config{Hostname: n.name, Role: "control-plane",
 			Upgrade: config.Upgrade{TrialS: 300, WatchdogS: 120},
 			Etcd: &config.Etcd{
-				ClientURL: fmt.Sprintf("http://10.0.2.2:%d", n.cport), PeerURL: fmt.Sprintf("http://10.0.2.2:%d", n.pport),
+				ClientURL: fmt.Sprintf("https://10.0.2.2:%d", n.cport), PeerURL: fmt.Sprintf("https://10.0.2.2:%d", n.pport),
 				InitialCluster: strings.Join(initial, ","), Endpoints: endpoints,
 				// Long enough to outlast a reboot of a TCG guest sharing two cores with two others.
 				LeaseTTLS: 180,
@@ -165,7 +165,7 @@ func TestControlPlaneRollingUpgrade(t *testing.T) {
 		n.vm.WaitReady(bootTimeout)
 	}
 
-	cli, err := etcdnode.Connect(hostEndpoints)
+	cli, err := etcdnode.Connect(hostEndpoints, nodes[0].vm.EtcdTLS())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -546,8 +546,8 @@ func TestControlPlaneSingleMember(t *testing.T) {
 	cport, pport := testenv.FreePort(), testenv.FreePort()
 	cfg := config.Config{Hostname: "solo", Role: "control-plane",
 		Etcd: &config.Etcd{
-			ClientURL: fmt.Sprintf("http://10.0.2.2:%d", cport), PeerURL: fmt.Sprintf("http://10.0.2.2:%d", pport),
-			InitialCluster: fmt.Sprintf("solo=http://10.0.2.2:%d", pport), Endpoints: []string{fmt.Sprintf("http://10.0.2.2:%d", cport)},
+			ClientURL: fmt.Sprintf("https://10.0.2.2:%d", cport), PeerURL: fmt.Sprintf("https://10.0.2.2:%d", pport),
+			InitialCluster: fmt.Sprintf("solo=https://10.0.2.2:%d", pport), Endpoints: []string{fmt.Sprintf("https://10.0.2.2:%d", cport)},
 			LeaseTTLS: 180,
 		}}
 	vm := vmtest.New(t, image(t, vmtest.ImageOptions{VersionA: "cp-v1", Etcd: true, Config: cfg}))
@@ -570,14 +570,14 @@ func TestControlPlaneSingleMember(t *testing.T) {
 	if st.Upgrade.State != upgrade.Done || st.Version != "cp-v2" || u.Warning != "" {
 		t.Fatalf("single-member upgrade: %+v (warning %q)", st.Upgrade, u.Warning)
 	}
-	cli, err := etcdnode.Connect([]string{fmt.Sprintf("http://127.0.0.1:%d", cport)})
+	cli, err := etcdnode.Connect([]string{fmt.Sprintf("https://127.0.0.1:%d", cport)}, vm.EtcdTLS())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer cli.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := etcdnode.WaitHealthy(ctx, fmt.Sprintf("http://127.0.0.1:%d", cport)); err != nil {
+	if err := etcdnode.WaitHealthy(ctx, fmt.Sprintf("https://127.0.0.1:%d", cport), vm.EtcdTLS()); err != nil {
 		t.Fatal(err)
 	}
 	if resp, err := cli.Get(ctx, etcdnode.LockPrefix+"/", clientv3.WithPrefix()); err != nil || len(resp.Kvs) != 0 {

@@ -10,11 +10,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"keel/boot"
 	"keel/config"
@@ -23,6 +25,7 @@ import (
 	"keel/initramfs"
 	"keel/initramfs/diskimage"
 	"keel/machine"
+	"keel/pki"
 )
 
 // DefaultKernelArgs go on every slot's kernel command line (after slot= and panic=).
@@ -307,6 +310,21 @@ func BuildDisk(ctx context.Context, o DiskOptions) error {
 			return err
 		}
 	}
+	if e := o.Config.Etcd; e != nil && e.TLS() {
+		files, err := etcdMemberFiles(o.PKIDir, o.Config)
+		if err != nil {
+			return err
+		}
+		for name, b := range files {
+			p := filepath.Join(state, "pki", name)
+			if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+				return err
+			}
+			if err := os.WriteFile(p, b, 0o600); err != nil {
+				return err
+			}
+		}
+	}
 	for name, b := range o.StateFiles {
 		p := filepath.Join(state, filepath.Clean("/"+name))
 		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
@@ -344,3 +362,20 @@ func BuildDisk(ctx context.Context, o DiskOptions) error {
 }
 
 func sortedKeys(m map[string]string) []string { return slices.Sorted(maps.Keys(m)) }
+
+// etcdMemberFiles issues a control-plane node's etcd certificates (package pki's names) from
+// the etcd CA in pkiDir: for the hosts of its client and peer URLs, named after its member.
+func etcdMemberFiles(pkiDir string, c config.Config) (map[string][]byte, error) {
+	ca, err := pki.LoadEtcdCA(pkiDir)
+	if err != nil {
+		return nil, err
+	}
+	host := func(u string) []string {
+		p, err := url.Parse(u)
+		if err != nil {
+			return nil
+		}
+		return []string{p.Hostname()}
+	}
+	return pki.EtcdMember(ca, c.MemberName(), host(c.Etcd.ClientURL), host(c.Etcd.PeerURL), time.Now())
+}

@@ -25,6 +25,7 @@ import (
 
 	"k8s.io/client-go/rest"
 
+	"keel/cluster/etcd"
 	"keel/internal/testenv"
 	"keel/pki"
 )
@@ -82,13 +83,20 @@ func Run(dir string, opts ...Options) (_ *APIServer, err error) {
 		}
 	}()
 
+	// etcd as a control-plane node runs it (mutual TLS, the node's flags and certificates);
+	// the API server is its client with the kube-apiserver certificate `make pki` makes.
 	cport, pport := testenv.FreePort(), testenv.FreePort()
-	etcdURL := "http://127.0.0.1:" + strconv.Itoa(cport)
-	peerURL := "http://127.0.0.1:" + strconv.Itoa(pport)
-	if err := a.run("etcd", etcdBin, "--name", "default", "--data-dir", filepath.Join(dir, "etcd"),
+	etcdURL := "https://127.0.0.1:" + strconv.Itoa(cport)
+	peerURL := "https://127.0.0.1:" + strconv.Itoa(pport)
+	pkiDir := filepath.Join(dir, "pki")
+	files, err := etcdPKI(pkiDir)
+	if err != nil {
+		return nil, err
+	}
+	if err := a.run("etcd", etcdBin, append([]string{"--name", "default", "--data-dir", filepath.Join(dir, "etcd"),
 		"--listen-client-urls", etcdURL, "--advertise-client-urls", etcdURL,
 		"--listen-peer-urls", peerURL, "--initial-advertise-peer-urls", peerURL,
-		"--initial-cluster", "default="+peerURL, "--log-level", "warn"); err != nil {
+		"--initial-cluster", "default=" + peerURL, "--log-level", "warn"}, etcd.TLSArgs(files)...)...); err != nil {
 		return nil, err
 	}
 
@@ -123,7 +131,8 @@ func Run(dir string, opts ...Options) (_ *APIServer, err error) {
 	saKeyFile := write("sa.key", pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}))
 	caFile := write("ca.crt", ca.CertPEM)
 	if err := a.run("kube-apiserver", apiBin, append(admission,
-		"--etcd-servers", etcdURL,
+		"--etcd-servers", etcdURL, "--etcd-cafile", files.CA,
+		"--etcd-certfile", filepath.Join(pkiDir, pki.EtcdAPIServer), "--etcd-keyfile", filepath.Join(pkiDir, pki.EtcdAPIServerK),
 		"--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1", "--secure-port", strconv.Itoa(a.Port),
 		"--tls-cert-file", write("apiserver.crt", srv.CertPEM), "--tls-private-key-file", write("apiserver.key", srv.KeyPEM),
 		"--token-auth-file", write("tokens.csv", []byte(a.Token+",admin,admin-uid,system:masters\n")),
@@ -277,3 +286,25 @@ func tail(b []byte, n int) []byte {
 }
 
 func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
+
+// etcdPKI makes a development PKI in dir with one etcd member's certificates for loopback.
+func etcdPKI(dir string) (etcd.Files, error) {
+	now := time.Now()
+	if _, err := pki.EnsureDev(dir, nil, nil, now); err != nil {
+		return etcd.Files{}, err
+	}
+	ca, err := pki.LoadEtcdCA(dir)
+	if err != nil {
+		return etcd.Files{}, err
+	}
+	m, err := pki.EtcdMember(ca, "default", nil, nil, now)
+	if err != nil {
+		return etcd.Files{}, err
+	}
+	for name, b := range m {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			return etcd.Files{}, err
+		}
+	}
+	return etcd.NodeFiles(dir), nil
+}

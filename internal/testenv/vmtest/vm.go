@@ -21,11 +21,13 @@ import (
 	"time"
 
 	"keel/boot"
+	"keel/cluster/etcd"
 	"keel/config"
 	"keel/disk"
 	"keel/initramfs/diskimage"
 	"keel/internal/testenv"
 	"keel/netapi"
+	"keel/pki"
 	"keel/sequence"
 )
 
@@ -269,6 +271,17 @@ func (vm *VM) kill() {
 	}
 	cmd.Process.Kill()
 	<-exited
+}
+
+// EtcdTLS is a client configuration for the VM's etcd member (and its cluster): the image's
+// etcd CA and its etcd admin certificate, as an operator's etcdctl would use them.
+func (vm *VM) EtcdTLS() *tls.Config {
+	p := func(n string) string { return filepath.Join(vm.img.PKIDir, n) }
+	t, err := etcd.ClientTLS(p(pki.EtcdCA), p(pki.EtcdAdmin), p(pki.EtcdAdminKey))
+	if err != nil {
+		vm.t.Fatal(err)
+	}
+	return t
 }
 
 // client returns an HTTPS client presenting the certificate of role ("" for none).
