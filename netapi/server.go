@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -83,6 +84,9 @@ type Node interface {
 	Dmesg(ctx context.Context, follow bool, emit func(any) error) error
 	// Reset wipes the named partitions and reboots.
 	Reset(wipe []string) error
+	// EtcdSnapshot opens a saved etcd snapshot by its file name (as Status lists it);
+	// ErrNotFound for any other name.
+	EtcdSnapshot(name string) (*os.File, error)
 }
 
 // ResetRequest is the body of POST /v1/reset.
@@ -136,6 +140,8 @@ func New(o Options) *Server {
 	s.route("GET /v1/logs/{name}", RoleReader, s.logs)
 	s.route("GET /v1/events", RoleReader, s.events)
 	s.route("GET /v1/dmesg", RoleReader, s.dmesg)
+	// A snapshot holds every key of the cluster, Kubernetes Secrets included: admin only.
+	s.route("GET /v1/etcd/snapshots/{name}", RoleAdmin, s.etcdSnapshot)
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no route %s %s", r.Method, r.URL.Path))
 	})
@@ -347,6 +353,25 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.follow(w, r, ring, 100, func(l string) any { return LogLine{Line: l} })
+}
+
+// etcdSnapshot sends a saved snapshot, for `etcdutl snapshot restore` elsewhere.
+func (s *Server) etcdSnapshot(w http.ResponseWriter, r *http.Request) {
+	f, err := s.node.EtcdSnapshot(r.PathValue("name"))
+	if err != nil {
+		writeNodeError(w, err)
+		return
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		writeNodeError(w, err)
+		return
+	}
+	// A database of gigabytes takes longer than the usual 30 s to send.
+	http.NewResponseController(w).SetWriteDeadline(time.Now().Add(time.Hour))
+	w.Header().Set("Content-Type", "application/octet-stream")
+	http.ServeContent(w, r, st.Name(), st.ModTime(), f)
 }
 
 func (s *Server) events(w http.ResponseWriter, r *http.Request) {

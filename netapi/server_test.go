@@ -2,6 +2,7 @@ package netapi
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -12,6 +13,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -28,6 +31,7 @@ type fakeNode struct {
 	events  *events.Ring
 	initLog *events.Ring
 	resets  [][]string
+	snapDir string
 }
 
 func (f *fakeNode) Services() []supervisor.Status {
@@ -54,6 +58,14 @@ func (f *fakeNode) Reset(wipe []string) error {
 	defer f.mu.Unlock()
 	f.resets = append(f.resets, wipe)
 	return nil
+}
+
+// EtcdSnapshot serves one file, named "etcd-n1.db", from the test's directory.
+func (f *fakeNode) EtcdSnapshot(name string) (*os.File, error) {
+	if name != "etcd-n1.db" || f.snapDir == "" {
+		return nil, fmt.Errorf("%w: no etcd snapshot %q", ErrNotFound, name)
+	}
+	return os.Open(filepath.Join(f.snapDir, name))
 }
 
 func (f *fakeNode) Status() Status   { return Status{Version: "v9", BootedSlot: "A"} }
@@ -343,5 +355,27 @@ func TestServicesAndReset(t *testing.T) {
 	}
 	if len(e.node.resets) != 2 {
 		t.Errorf("resets = %v", e.node.resets)
+	}
+}
+
+// TestEtcdSnapshotDownload: a saved snapshot is sent to an admin whole, and to nobody else; a
+// name that is not a snapshot is 404.
+func TestEtcdSnapshotDownload(t *testing.T) {
+	e := newEnv(t)
+	e.node.snapDir = t.TempDir()
+	body := bytes.Repeat([]byte("bolt"), 100000)
+	os.WriteFile(filepath.Join(e.node.snapDir, "etcd-n1.db"), body, 0o600)
+	admin := e.client(t, e.ca, "admin")
+	code, _, b := do(t, admin, "GET", e.url+"/v1/etcd/snapshots/etcd-n1.db")
+	if code != http.StatusOK || !bytes.Equal(b, body) {
+		t.Errorf("admin: %d, %d bytes", code, len(b))
+	}
+	if code, eb, _ := do(t, e.client(t, e.ca, "operator"), "GET", e.url+"/v1/etcd/snapshots/etcd-n1.db"); code != http.StatusForbidden || eb.Error.Code != "forbidden" {
+		t.Errorf("operator: %d %+v", code, eb)
+	}
+	for _, name := range []string{"nope.db", "..%2Fconfig.json"} {
+		if code, eb, _ := do(t, admin, "GET", e.url+"/v1/etcd/snapshots/"+name); code != http.StatusNotFound {
+			t.Errorf("%s: %d %+v", name, code, eb)
+		}
 	}
 }

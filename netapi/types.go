@@ -4,6 +4,7 @@ import (
 	"keel/boot"
 	"keel/supervisor"
 	"keel/upgrade"
+	"time"
 )
 
 // The endpoint's JSON bodies. Field names are the API: renaming one breaks every curl script.
@@ -43,6 +44,9 @@ type Status struct {
 	Drain *DrainProgress `json:"drain,omitempty"`
 	// Host is how the node prepared its system for containers.
 	Host *HostStatus `json:"host,omitempty"`
+	// EtcdSnapshots are the etcd snapshots a control-plane node saved before its upgrades,
+	// newest first (GET /v1/etcd/snapshots/NAME sends one).
+	EtcdSnapshots []EtcdSnapshot `json:"etcd_snapshots,omitempty"`
 	// Services is GET /v1/services in short.
 	Services []supervisor.Status `json:"services,omitempty"`
 	// Upgrade is the upgrade in flight, or the last one; History the ones before it,
@@ -143,4 +147,19 @@ type DrainProgress struct {
 	UpgradeID   string `json:"upgrade_id"`
 	PodsLeft    int    `json:"pods_left"`
 	LastEvicted string `json:"last_evicted,omitempty"`
+}
+
+// EtcdSnapshot describes a saved etcd snapshot: its file on the node (on STATE, or on
+// EPHEMERAL when STATE had no room and the upgrade kept EPHEMERAL), the member and the upgrade
+// it was taken for, its revision, etcd's version, its size and its SHA-256.
+type EtcdSnapshot struct {
+	Name        string    `json:"name"`
+	File        string    `json:"file"`
+	Member      string    `json:"member"`
+	UpgradeID   string    `json:"upgrade_id,omitempty"`
+	Revision    int64     `json:"revision"`
+	EtcdVersion string    `json:"etcd_version,omitempty"`
+	Size        int64     `json:"size"`
+	SHA256      string    `json:"sha256"`
+	TakenAt     time.Time `json:"taken_at"`
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds, from the Go module proxy, into build/bin:
 #   - what the tests run on the host: kube-apiserver, kube-controller-manager, kube-scheduler,
-#     etcd and etcdctl (tools/k8s);
+#     etcd, etcdctl and etcdutl (tools/k8s);
 #   - what a node's system image carries: etcd, the kubelet (tools/k8s, the same Kubernetes
 #     version as the control plane), containerd 2.x with its runc shim, runc (static, with
 #     seccomp) and the CNI plugins (tools/node), the plugins under build/bin/cni.
@@ -9,7 +9,7 @@
 # Cold: ~4 min and ~3 GB of RAM for kube-apiserver on this machine kind, 2-3 min for each
 # other Kubernetes command; cached: <2 s.
 #   k8s-bins.sh        everything
-#   k8s-bins.sh etcd   only etcd and etcdctl (seconds)
+#   k8s-bins.sh etcd   only etcd, etcdctl and etcdutl (seconds)
 #   k8s-bins.sh node   only what node images carry
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -41,6 +41,7 @@ build() { # module name package [ldflags [cgo-tags]]
 
 build k8s etcd go.etcd.io/etcd/server/v3
 build k8s etcdctl go.etcd.io/etcd/etcdctl/v3
+build k8s etcdutl go.etcd.io/etcd/etcdutl/v3
 [ "${1:-}" = etcd ] && exit 0
 
 build k8s kubelet k8s.io/kubernetes/cmd/kubelet "$k8sld"

@@ -6,6 +6,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"time"
 
 	"keel/cluster/etcd"
@@ -140,6 +142,18 @@ func (a *api) Reset(wipe []string) error {
 		return fmt.Errorf("%w: %v", netapi.ErrConflict, err)
 	}
 	return nil
+}
+
+// EtcdSnapshot implements netapi.Node: only a snapshot the node lists can be opened.
+func (a *api) EtcdSnapshot(name string) (*os.File, error) {
+	if a.n.etcd != nil {
+		for _, s := range a.n.etcd.Snapshots() {
+			if filepath.Base(s.File) == name {
+				return os.Open(s.File)
+			}
+		}
+	}
+	return nil, fmt.Errorf("%w: no etcd snapshot %q (status lists them)", netapi.ErrNotFound, name)
 }
 
 // Services implements netapi.Node.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"keel/cluster/etcd"
 	"keel/supervisor"
 	"keel/upgrade"
 )
@@ -68,9 +69,20 @@ func (n *Node) supervisor() *supervisor.Supervisor {
 
 // stopServices stops every service, dependents first (each: its stop signal, grace, SIGKILL).
 func (n *Node) stopServices() {
-	if sup := n.supervisor(); sup != nil {
-		sup.Stop()
+	sup := n.supervisor()
+	if sup == nil {
+		return
 	}
+	// A leading etcd member that stops leaves the cluster without a leader for an election
+	// timeout: it hands leadership over first (an upgrade did so already while preparing).
+	if n.etcd != nil {
+		for _, s := range sup.Status() {
+			if s.Name == etcd.ServiceName && (s.State == supervisor.Healthy || s.State == supervisor.Running) {
+				n.etcd.HandOver(context.Background())
+			}
+		}
+	}
+	sup.Stop()
 }
 
 // servicesUp waits until every service is up (the trial's services gate).

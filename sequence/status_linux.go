@@ -1,6 +1,7 @@
 package sequence
 
 import (
+	"path/filepath"
 	"runtime"
 
 	"golang.org/x/sys/unix"
@@ -52,6 +53,12 @@ func (n *Node) status() netapi.Status {
 	if n.esp != nil {
 		e := n.esp.Entries()
 		st.CommittedSlot, st.NextSlot = string(e.Committed), string(e.Next)
+	}
+	if n.etcd != nil {
+		for _, s := range n.etcd.Snapshots() {
+			st.EtcdSnapshots = append(st.EtcdSnapshots, netapi.EtcdSnapshot{Name: filepath.Base(s.File), File: s.File, Member: s.Member,
+				UpgradeID: s.UpgradeID, Revision: s.Revision, EtcdVersion: s.EtcdVersion, Size: s.Size, SHA256: s.SHA256, TakenAt: s.TakenAt})
+		}
 	}
 	if n.kube != nil {
 		if d := n.kube.Drained(); d != nil {

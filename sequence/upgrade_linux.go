@@ -26,7 +26,8 @@ func (n *Node) bootMeta(ctx context.Context) error {
 	report := cluster.Report{Log: n.log, Event: n.publish, Warn: n.warn}
 	n.kube = kube.NewNode(kube.NodeOptions{Config: cfg.Kubernetes, Kubeconfig: kubeconfig(cfg.Kubernetes), Report: report})
 	if cfg.Etcd != nil {
-		n.etcd = etcd.NewNode(etcd.NodeOptions{Config: *cfg.Etcd, Name: cfg.MemberName(), Files: etcd.NodeFiles(PKIDir), Report: report})
+		n.etcd = etcd.NewNode(etcd.NodeOptions{Config: *cfg.Etcd, Name: cfg.MemberName(), Files: etcd.NodeFiles(PKIDir),
+			SnapshotDirs: []string{MountState + "/etcd-snapshots", MountEphemeral + "/lib/keel/etcd-snapshots"}, Report: report})
 	}
 	rec, metaErr := n.openMeta()
 	eff := upgrade.Effects{Slots: slotIO{n}, Host: upgradeHost{n}, Kube: n.kube, Power: powerFx{n}}

@@ -40,6 +40,11 @@ type (
 		TimeoutS int // 0: the node's configured timeout
 		Force    bool
 	}
+	// ActPrepare saves a snapshot of this etcd member and hands its leadership over.
+	ActPrepare struct {
+		ID       string
+		Preserve bool
+	}
 	// ActLeave removes this etcd member from the cluster.
 	ActLeave struct{}
 	// ActStop stops the services, kills what holds STATE and EPHEMERAL, unmounts them.
@@ -113,6 +118,7 @@ func (ActCheck) String() string          { return "check" }
 func (ActCordon) String() string         { return "cordon" }
 func (ActDrain) String() string          { return "drain" }
 func (ActLeave) String() string          { return "leave-cluster" }
+func (ActPrepare) String() string        { return "prepare-member" }
 func (ActStop) String() string           { return "stop" }
 func (ActWriteSlot) String() string      { return "write-slot" }
 func (ActWipe) String() string           { return "wipe-ephemeral" }
@@ -137,6 +143,7 @@ func (ActCheck) isAction()          {}
 func (ActCordon) isAction()         {}
 func (ActDrain) isAction()          {}
 func (ActLeave) isAction()          {}
+func (ActPrepare) isAction()        {}
 func (ActStop) isAction()           {}
 func (ActWriteSlot) isAction()      {}
 func (ActWipe) isAction()           {}

@@ -96,6 +96,10 @@ type Cluster interface {
 	// Check runs the quorum check until it passes (or its wait runs out); it returns the
 	// verdict with its numbers.
 	Check(ctx context.Context, preserve bool) (string, error)
+	// Prepare readies this member to stop or leave: a snapshot saved where the upgrade keeps it
+	// (preserve says whether EPHEMERAL survives), then leadership handed over if it leads; each
+	// step told through note. An error (no snapshot) ends the upgrade before anything stops.
+	Prepare(ctx context.Context, id string, preserve bool, note func(string)) error
 	// Leave removes this member from the cluster.
 	Leave(ctx context.Context) error
 	// Rejoin makes this member a voter again (promotes it once caught up); it returns a note.

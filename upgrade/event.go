@@ -51,6 +51,13 @@ type KubeReady struct {
 	Now  time.Time
 }
 
+// EtcdNoted reports, while the node prepares its etcd member, a step taken (the snapshot
+// saved, leadership handed over): it goes into the record's Etcd.
+type EtcdNoted struct {
+	Note string
+	Now  time.Time
+}
+
 // Rejoined reports that this node's etcd member is a voter again (or never left).
 type Rejoined struct {
 	Note string
@@ -176,6 +183,7 @@ func (LeaseGranted) isEvent()      {}
 func (LockWaiting) isEvent()       {}
 func (Checked) isEvent()           {}
 func (Rejoined) isEvent()          {}
+func (EtcdNoted) isEvent()         {}
 func (KubeReady) isEvent()         {}
 func (Released) isEvent()          {}
 func (LeaseLost) isEvent()         {}

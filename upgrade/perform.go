@@ -80,6 +80,15 @@ func (e *Executor) perform(ctx context.Context, a Action, post func(Event)) outc
 		}
 		return outcome{ev: Completed{Now: now()}}
 
+	case ActPrepare:
+		if fx.Cluster == nil {
+			return fail("prepare the etcd member: no etcd configured")
+		}
+		if err := fx.Cluster.Prepare(ctx, a.ID, a.Preserve, func(note string) { post(EtcdNoted{Note: note, Now: now()}) }); err != nil {
+			return fail("%v", err)
+		}
+		return outcome{ev: Completed{Now: now()}}
+
 	case ActLeave:
 		if fx.Cluster == nil {
 			return fail("leave the etcd cluster: no etcd configured")

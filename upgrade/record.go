@@ -29,6 +29,9 @@ const (
 	Checking  State = "checking"
 	Cordoning State = "cordoning" // mark the Kubernetes node unschedulable (skipped without config)
 	Draining  State = "draining"  // evict its pods, honouring PodDisruptionBudgets
+	// Preparing: control-plane only: save a snapshot of the etcd member's database, then hand
+	// leadership over if it leads, so that its stop or leave costs the cluster no election.
+	Preparing State = "preparing"
 	// Leaving: control-plane, preserve=false: remove this etcd member from the cluster.
 	Leaving    State = "leaving"
 	Stopping   State = "stopping"   // stop services, kill what holds STATE/EPHEMERAL, unmount
@@ -212,7 +215,7 @@ func Decode(b []byte) (Record, error) {
 
 func validState(s State) bool {
 	switch s {
-	case Pulling, Locking, Checking, Cordoning, Draining, Leaving, Stopping, Writing, Wiping, Arming, Rebooting, Trial, Committing, Done, Aborted, RolledBack:
+	case Pulling, Locking, Checking, Cordoning, Draining, Preparing, Leaving, Stopping, Writing, Wiping, Arming, Rebooting, Trial, Committing, Done, Aborted, RolledBack:
 		return true
 	}
 	return false

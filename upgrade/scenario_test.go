@@ -22,7 +22,7 @@ import (
 //	cordoned ours|foreign|skipped                    completed            failed reason=R
 //	health ok | health reason=R                      boot slot=S committed=S
 //	cancel                     lease-lost [lease=N] reason=R              persist-failed reason=R
-//	uncordoned  released  rejoined [note=N]  wiped   progress written=N total=N
+//	uncordoned  released  rejoined [note=N]  noted [note=N]  wiped   progress written=N total=N
 //	rollback booted=S   rollback-verified [version=V]   rollback-refused reason=R
 //	rollback-committed  rollback-failed reason=R
 func TestScenarios(t *testing.T) {
@@ -99,6 +99,8 @@ func scenarioEvent(d *datadriven.TestData, now time.Time) (Event, error) {
 		return Released{Now: now}, nil
 	case "rejoined":
 		return Rejoined{Note: arg("note", "promoted"), Now: now}, nil
+	case "noted":
+		return EtcdNoted{Note: arg("note", "snapshot saved"), Now: now}, nil
 	case "progress":
 		return Progressed{Written: num("written"), Total: num("total"), Now: now}, nil
 	case "rollback":

@@ -21,7 +21,7 @@ type scenario struct {
 	broken, unhealthy, pullFails, stopFails bool
 	noKube, foreign, drainFails, force      bool
 	cp, wipe, lockBusy, checkFails          bool
-	leaveFails, commitFails                 bool
+	leaveFails, commitFails, snapFails      bool
 }
 
 var scenarios = []scenario{
@@ -43,6 +43,8 @@ var scenarios = []scenario{
 	{name: "control plane, new slot unhealthy", cp: true, unhealthy: true},
 	{name: "control plane, check refuses", cp: true, checkFails: true},
 	{name: "control plane, leave answer lost", cp: true, wipe: true, leaveFails: true},
+	{name: "control plane, snapshot fails", cp: true, snapFails: true},
+	{name: "control plane, leave, snapshot fails", cp: true, wipe: true, snapFails: true},
 	{name: "control plane, leave, unmount fails", cp: true, wipe: true, stopFails: true},
 	{name: "control plane, commit fails", cp: true, commitFails: true},
 }
@@ -51,7 +53,7 @@ func newWorld(t testing.TB, s scenario) *world {
 	return &world{t: t, bootable: map[boot.Slot]bool{boot.SlotA: true}, newBroken: s.broken, unhealthy: s.unhealthy,
 		pullFails: s.pullFails, stopFails: s.stopFails, commitFails: s.commitFails, booted: boot.SlotA,
 		noKube: s.noKube, foreign: s.foreign, drainFails: s.drainFails, force: s.force,
-		cp: s.cp, wipe: s.wipe, lockBusy: s.lockBusy, checkFails: s.checkFails, leaveFails: s.leaveFails,
+		cp: s.cp, wipe: s.wipe, lockBusy: s.lockBusy, checkFails: s.checkFails, leaveFails: s.leaveFails, snapFails: s.snapFails,
 		member: "voter", etcdRunning: s.cp}
 }
 
@@ -195,7 +197,7 @@ func check(t testing.TB, s scenario, w *world, r Record, desc string) {
 		if w.booted != boot.SlotB || w.committed() != boot.SlotB {
 			t.Fatalf("%s: done but running %s, committed %s", desc, w.booted, w.committed())
 		}
-		if s.broken || s.unhealthy || s.pullFails || s.stopFails || (s.drainFails && !s.force) || s.checkFails || s.leaveFails {
+		if s.broken || s.unhealthy || s.pullFails || s.stopFails || (s.drainFails && !s.force) || s.checkFails || s.leaveFails || s.snapFails {
 			t.Fatalf("%s: done although the scenario cannot succeed", desc)
 		}
 	case Aborted, RolledBack:

@@ -108,7 +108,7 @@ func Step(r Record, ev Event) (Record, []Action, error) {
 		u.Lock = bound("lost: " + e.Reason)
 		u.UpdatedAt = e.Now
 		switch u.State {
-		case Locking, Checking, Cordoning, Draining, Leaving:
+		case Locking, Checking, Cordoning, Draining, Preparing, Leaving:
 			// The lock may pass to another node at any moment: going on could stop two
 			// members at once. Nothing of ours is stopped yet: end here.
 			return failed(n, "upgrade lease lost: "+e.Reason, e.Now)
@@ -184,6 +184,14 @@ func Step(r Record, ev Event) (Record, []Action, error) {
 		}
 		return enter(n, Draining, e.Now)
 
+	case EtcdNoted:
+		if u.State != Preparing {
+			return r, nil, fmt.Errorf("%w: etcd note in %s", ErrUnexpected, u.State)
+		}
+		u.Etcd = appendNote(u.Etcd, e.Note)
+		u.UpdatedAt = e.Now
+		return n, nil, nil
+
 	case Progressed:
 		if u.State != Writing {
 			return r, nil, fmt.Errorf("%w: progress in %s", ErrUnexpected, u.State)
@@ -203,6 +211,11 @@ func Step(r Record, ev Event) (Record, []Action, error) {
 		case Draining:
 			u.Kubernetes = appendNote(u.Kubernetes, "drained")
 			return afterDrain(n, e.Now)
+		case Preparing:
+			if !u.Preserve {
+				return enter(n, Leaving, e.Now)
+			}
+			return enter(n, Stopping, e.Now)
 		case Leaving:
 			u.Etcd = appendNote(u.Etcd, "left the cluster")
 			return enter(n, Stopping, e.Now)
@@ -261,8 +274,9 @@ func Step(r Record, ev Event) (Record, []Action, error) {
 // failed ends an upgrade whose current effect failed, before the point of no return.
 func failed(n Record, reason string, now time.Time) (Record, []Action, error) {
 	switch n.Current.State {
-	case Pulling, Locking, Checking, Cordoning, Draining:
-		// Nothing was changed but (perhaps) the cordon: the node keeps running.
+	case Pulling, Locking, Checking, Cordoning, Draining, Preparing:
+		// Nothing was changed but (perhaps) the cordon, a snapshot saved and the leadership
+		// moved: the node keeps running.
 		return finish(n, Aborted, reason, now)
 	}
 	// Leaving, Stopping, Writing, Wiping, Arming: services are stopped and filesystems
@@ -393,7 +407,7 @@ func stepBoot(n Record, e Booted) (Record, []Action, error) {
 		return finish(n, st, reason, e.Now)
 	}
 	switch u.State {
-	case Pulling, Locking, Checking, Cordoning, Draining, Leaving, Stopping, Writing, Wiping:
+	case Pulling, Locking, Checking, Cordoning, Draining, Preparing, Leaving, Stopping, Writing, Wiping:
 		was := u.State // finish changes u
 		reason := fmt.Sprintf("interrupted by a reboot while %s", was)
 		if was == Writing {
@@ -459,6 +473,8 @@ func effect(u *Upgrade, s State) Action {
 		return ActCordon{}
 	case Draining:
 		return ActDrain{ID: u.ID, TimeoutS: u.DrainTimeoutS, Force: u.Force}
+	case Preparing:
+		return ActPrepare{ID: u.ID, Preserve: u.Preserve}
 	case Leaving:
 		return ActLeave{}
 	case Stopping:
@@ -519,11 +535,12 @@ func enter(n Record, s State, now time.Time) (Record, []Action, error) {
 	return n, acts, nil
 }
 
-// afterDrain is where a drained (or never cordoned) node goes: a control-plane node asked not
-// to preserve its data leaves the etcd cluster first.
+// afterDrain is where a drained (or never cordoned) node goes: a control-plane node prepares
+// its member (a snapshot, leadership handed over), then stops it or (preserve=false) leaves
+// the etcd cluster first.
 func afterDrain(n Record, now time.Time) (Record, []Action, error) {
-	if n.Current.ControlPlane && !n.Current.Preserve {
-		return enter(n, Leaving, now)
+	if n.Current.ControlPlane {
+		return enter(n, Preparing, now)
 	}
 	return enter(n, Stopping, now)
 }

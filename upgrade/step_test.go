@@ -107,11 +107,11 @@ func TestCancel(t *testing.T) {
 	r, _, _ = Step(r, Completed{Now: now})
 	r, _, _ = Step(r, Checked{Reason: "ok", Now: now})
 	r, _, _ = Step(r, Cordoned{Skipped: true, Now: now})
-	if r.Current.State != Stopping {
+	if r.Current.State != Preparing {
 		t.Fatalf("state %s", r.Current.State)
 	}
 	if _, _, err := Step(r, Cancel{Now: now}); !errors.Is(err, ErrTooLate) {
-		t.Errorf("cancel while stopping: %v, want ErrTooLate", err)
+		t.Errorf("cancel while preparing: %v, want ErrTooLate", err)
 	}
 	// An ended upgrade that still holds its lease (or owes an uncordon, a rejoin) refuses a
 	// new request until that is done.
@@ -141,6 +141,10 @@ func TestLeaseLostAndRejoin(t *testing.T) {
 	r, _, _ = Step(r, Completed{Now: now})
 	r, _, _ = Step(r, Checked{Reason: "ok", Now: now})
 	r, acts, _ := Step(r, Cordoned{Skipped: true, Now: now})
+	if r.Current.State != Preparing || r.Current.Rejoin || fmt.Sprint(acts) != "[prepare-member]" {
+		t.Fatalf("after the cordon: %s rejoin=%v %v", r.Current.State, r.Current.Rejoin, acts)
+	}
+	r, acts, _ = Step(r, Completed{Now: now})
 	if r.Current.State != Leaving || !r.Current.Rejoin || fmt.Sprint(acts) != "[leave-cluster]" {
 		t.Fatalf("after the cordon: %s rejoin=%v %v", r.Current.State, r.Current.Rejoin, acts)
 	}

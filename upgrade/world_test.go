@@ -40,6 +40,8 @@ type world struct {
 	lockBusy    bool   // another node holds the lock when this one asks
 	checkFails  bool   // the quorum check refuses
 	leaveFails  bool   // the member removal is applied but its answer is lost
+	snapFails   bool   // the snapshot before the member stops cannot be saved
+	prepared    bool   // a snapshot of our member was saved for this upgrade
 	leaseAlive  bool   // our lease exists in etcd
 	lockHeld    bool   // and holds the upgrade lock
 	member      string // how the cluster knows our member: voter, absent, learner
@@ -371,6 +373,9 @@ func (f *fx) Stop(ctx context.Context) error {
 		if w.cp && !w.lockHeld {
 			w.fatalf("stopping etcd for the upgrade without the lock")
 		}
+		if w.cp && w.member == "voter" && !w.prepared {
+			w.fatalf("stopping the etcd member without a snapshot")
+		}
 		w.etcdRunning = false
 		if w.stopFails {
 			err = errors.New("unmount /var: busy")
@@ -504,11 +509,35 @@ func (f *fx) Check(ctx context.Context, preserve bool) (string, error) {
 	return "ok", nil
 }
 
+func (f *fx) Prepare(ctx context.Context, id string, preserve bool, note func(string)) error {
+	w := f.w
+	if f.do("prepare-member", func(string) bool {
+		if !w.lockHeld {
+			w.fatalf("preparing the member without the lock")
+		}
+		if !w.etcdRunning || w.member != "voter" {
+			w.fatalf("preparing a member that is %s (running %v)", w.member, w.etcdRunning)
+		}
+		w.prepared = !w.snapFails
+		return true
+	}) {
+		return ctx.Err()
+	}
+	if w.snapFails {
+		return errors.New("etcd: snapshot does not fit in /state/etcd-snapshots: 90 MiB needed, 12 MiB free")
+	}
+	note("snapshot saved")
+	return nil
+}
+
 func (f *fx) Leave(ctx context.Context) error {
 	w := f.w
 	if f.do("leave-cluster", func(string) bool {
 		if !w.lockHeld {
 			w.fatalf("leaving the cluster without the lock")
+		}
+		if !w.prepared {
+			w.fatalf("leaving the cluster without a snapshot")
 		}
 		w.member = "absent"
 		return true

@@ -38,6 +38,9 @@ type NodeOptions struct {
 	// Files are the member's certificates (NodeFiles of the PKI directory on STATE); unused
 	// when the config is insecure.
 	Files Files
+	// SnapshotDirs are where the snapshot before an upgrade goes: the first (STATE: it
+	// survives preserve=false) when it fits, else, for preserve=true only, the second.
+	SnapshotDirs []string
 	cluster.Report
 }
 
