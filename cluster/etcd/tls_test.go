@@ -89,9 +89,12 @@ func TestMutualTLS(t *testing.T) {
 			defer cli.Close()
 			ms, _ := etcdnode.List(ctx, good)
 			ops := map[string]func(context.Context) error{
-				"read":         func(ctx context.Context) error { _, err := cli.Get(ctx, "/app/key"); return err },
-				"write":        func(ctx context.Context) error { _, err := cli.Put(ctx, "/app/key", "evil"); return err },
-				"delete lock":  func(ctx context.Context) error { _, err := cli.Delete(ctx, etcdnode.LockPrefix+"/", clientv3.WithPrefix()); return err },
+				"read":  func(ctx context.Context) error { _, err := cli.Get(ctx, "/app/key"); return err },
+				"write": func(ctx context.Context) error { _, err := cli.Put(ctx, "/app/key", "evil"); return err },
+				"delete lock": func(ctx context.Context) error {
+					_, err := cli.Delete(ctx, etcdnode.LockPrefix+"/", clientv3.WithPrefix())
+					return err
+				},
 				"revoke lease": func(ctx context.Context) error { _, err := cli.Revoke(ctx, clientv3.LeaseID(lease)); return err },
 				"member list":  func(ctx context.Context) error { _, err := cli.MemberList(ctx); return err },
 				"remove m2":    func(ctx context.Context) error { _, err := cli.MemberRemove(ctx, ms[2].ID); return err },

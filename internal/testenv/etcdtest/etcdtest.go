@@ -49,9 +49,9 @@ type Member struct {
 	// Files are the member's certificates, as a node keeps them.
 	Files    etcd.Files
 	insecure bool
-	mu        sync.Mutex
-	cmd       *exec.Cmd
-	done      chan struct{}
+	mu       sync.Mutex
+	cmd      *exec.Cmd
+	done     chan struct{}
 }
 
 // Start runs an n-member cluster and waits until every member answers a linearizable read.
