@@ -335,7 +335,7 @@ func (c Config) Validate() error {
 		}
 	}
 	if e := c.Etcd; e != nil {
-		if err := e.validate(); err != nil {
+		if err := e.Validate(); err != nil {
 			return fmt.Errorf("%w: etcd: %w", ErrInvalid, err)
 		}
 	}
@@ -348,8 +348,12 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// TLS reports whether etcd is served over TLS with client certificates (https:// URLs).
-func (e Etcd) TLS() bool { return strings.HasPrefix(e.ClientURL, "https://") }
+// TLS reports whether etcd is served over TLS with client certificates (https:// URLs, the
+// scheme in any case, as url.Parse reads it).
+func (e Etcd) TLS() bool {
+	u, err := url.Parse(e.ClientURL)
+	return err == nil && u.Scheme == "https"
+}
 
 // Scheme is the URL scheme of every etcd URL: "https", or "http" when Insecure.
 func (e Etcd) Scheme() string {
@@ -359,7 +363,8 @@ func (e Etcd) Scheme() string {
 	return "http"
 }
 
-func (e Etcd) validate() error {
+// Validate checks the etcd section alone (Config.Validate calls it).
+func (e Etcd) Validate() error {
 	if len(e.Endpoints) == 0 {
 		return errors.New("endpoints must list the cluster's client URLs")
 	}

@@ -37,6 +37,10 @@ func TestEtcd(t *testing.T) {
 	if err != nil || c.MemberName() != "cp1" || c.Etcd.LeaseTTL() != 300 || c.Etcd.ClientPortOr() != 2379 || c.Etcd.PeerPortOr() != 2380 || c.Etcd.MetricsPortOr() != 2381 || !c.Etcd.TLS() {
 		t.Fatalf("%+v %v", c.Etcd, err)
 	}
+	// The scheme in capitals is still TLS (as url.Parse reads it).
+	if c, err := Parse([]byte(`{"etcd":{"client_url":"HTTPS://a:2","peer_url":"https://a:1","initial_cluster":"a=https://a:1","endpoints":["https://a:2"]}}`)); err != nil || !c.Etcd.TLS() {
+		t.Errorf("HTTPS in capitals: TLS %v, %v", c.Etcd != nil && c.Etcd.TLS(), err)
+	}
 	// Plain HTTP only when asked for, and then everywhere.
 	if c, err := Parse([]byte(`{"etcd":{"insecure":true,"client_url":"http://a:2","peer_url":"http://a:1","initial_cluster":"a=http://a:1","endpoints":["http://a:2"]}}`)); err != nil || c.Etcd.TLS() || c.Etcd.Scheme() != "http" {
 		t.Errorf("insecure: %v", err)

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -86,7 +87,13 @@ type Node interface {
 	Reset(wipe []string) error
 	// EtcdSnapshot opens a saved etcd snapshot by its file name (as Status lists it);
 	// ErrNotFound for any other name.
-	EtcdSnapshot(name string) (*os.File, error)
+	EtcdSnapshot(name string) (File, error)
+}
+
+// File is a file the node sends (an *os.File does).
+type File interface {
+	io.ReadSeekCloser
+	Stat() (os.FileInfo, error)
 }
 
 // ResetRequest is the body of POST /v1/reset.

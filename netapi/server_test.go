@@ -61,7 +61,7 @@ func (f *fakeNode) Reset(wipe []string) error {
 }
 
 // EtcdSnapshot serves one file, named "etcd-n1.db", from the test's directory.
-func (f *fakeNode) EtcdSnapshot(name string) (*os.File, error) {
+func (f *fakeNode) EtcdSnapshot(name string) (File, error) {
 	if name != "etcd-n1.db" || f.snapDir == "" {
 		return nil, fmt.Errorf("%w: no etcd snapshot %q", ErrNotFound, name)
 	}

@@ -151,7 +151,8 @@ type DrainProgress struct {
 
 // EtcdSnapshot describes a saved etcd snapshot: its file on the node (on STATE, or on
 // EPHEMERAL when STATE had no room and the upgrade kept EPHEMERAL), the member and the upgrade
-// it was taken for, its revision, etcd's version, its size and its SHA-256.
+// it was taken for, its revision, its storage version (the etcd version to restore it with),
+// its size and its SHA-256.
 type EtcdSnapshot struct {
 	Name        string    `json:"name"`
 	File        string    `json:"file"`

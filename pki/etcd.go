@@ -62,7 +62,8 @@ func LoadEtcdCA(dir string) (*CA, error) {
 // EtcdMember issues what one member keeps in its node's PKI directory (names as above → PEM):
 // the CA certificate, a server certificate for the hosts of its client URL, a peer certificate
 // for the hosts of its peer URL (both also for loopback and "localhost", which the node itself
-// dials), and the init's client certificate, named after the member.
+// dials; for client use too, as etcd's gateway presents it to itself), and the init's client
+// certificate, named after the member.
 func EtcdMember(ca *CA, member string, clientHosts, peerHosts []string, now time.Time) (map[string][]byte, error) {
 	const validity = 5 * 365 * 24 * time.Hour
 	out := map[string][]byte{EtcdCA: ca.CertPEM}
@@ -76,7 +77,8 @@ func EtcdMember(ca *CA, member string, clientHosts, peerHosts []string, now time
 		return nil
 	}
 	ips, names := splitHosts(clientHosts)
-	if err := issue(EtcdServer, EtcdServerKey, Request{CommonName: member, DNSNames: names, IPs: ips, Server: true}); err != nil {
+	// Client use too: etcd's gRPC gateway dials the member itself with this certificate.
+	if err := issue(EtcdServer, EtcdServerKey, Request{CommonName: member, DNSNames: names, IPs: ips, Server: true, Client: true}); err != nil {
 		return nil, err
 	}
 	ips, names = splitHosts(peerHosts)

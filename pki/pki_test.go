@@ -103,7 +103,7 @@ func TestEtcdMember(t *testing.T) {
 		{EtcdServer, "127.0.0.1", server, true},
 		{EtcdServer, "localhost", server, true},
 		{EtcdServer, "10.0.0.5", server, false}, // the peer's address, not the client URL's
-		{EtcdServer, "", client, false},
+		{EtcdServer, "", client, true},          // etcd's gateway presents it to its own member
 		{EtcdPeer, "10.0.0.5", server, true},
 		{EtcdPeer, "10.0.0.5", client, true},
 		{EtcdPeer, "10.0.2.2", server, false},

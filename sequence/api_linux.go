@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -144,12 +143,21 @@ func (a *api) Reset(wipe []string) error {
 	return nil
 }
 
-// EtcdSnapshot implements netapi.Node: only a snapshot the node lists can be opened.
-func (a *api) EtcdSnapshot(name string) (*os.File, error) {
+// EtcdSnapshot implements netapi.Node: only a snapshot the node lists can be opened. The file
+// is registered so that stopping the services closes it: a download in flight must not keep
+// STATE (or /var) from being unmounted for an upgrade or a shutdown.
+func (a *api) EtcdSnapshot(name string) (netapi.File, error) {
 	if a.n.etcd != nil {
 		for _, s := range a.n.etcd.Snapshots() {
 			if filepath.Base(s.File) == name {
-				return os.Open(s.File)
+				f, err := a.n.downloads.open(s.File)
+				if errors.Is(err, errStopping) {
+					return nil, fmt.Errorf("%w: %v", netapi.ErrConflict, err)
+				}
+				if err != nil {
+					return nil, err
+				}
+				return f, nil
 			}
 		}
 	}

@@ -89,8 +89,10 @@ type Node struct {
 	exec  *upgrade.Executor
 	sup   *supervisor.Supervisor
 	etcd  *etcd.Node // nil on a worker
-	kube  *kube.Node
-	trial trialWatchdog
+	// downloads are the files the endpoint is sending (closed when the services stop).
+	downloads openFiles
+	kube      *kube.Node
+	trial     trialWatchdog
 }
 
 // New returns a Node; initAt is the kernel uptime at which the init started.

@@ -242,8 +242,14 @@ func (n *Node) mountState(context.Context) error {
 	}
 	cfg, err := config.Parse(b)
 	if err != nil {
-		// A broken config must not make the node unreachable: defaults, loudly.
-		n.warn("%s: %v; using defaults", config.FileName, err)
+		// A broken config must not make the node unreachable: what could be read (defaults
+		// where the JSON did not decode), loudly. An etcd section that fails its own checks
+		// is dropped: etcd not running beats etcd running open (http without insecure).
+		if cfg.Etcd != nil && cfg.Etcd.Validate() != nil {
+			cfg.Etcd = nil
+			n.warn("%s: the etcd section is invalid: this node does not run etcd until it is fixed", config.FileName)
+		}
+		n.warn("%s: %v; booting with what could be read, defaults for the rest", config.FileName, err)
 	}
 	n.mu.Lock()
 	n.cfg = cfg

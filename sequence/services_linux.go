@@ -69,6 +69,7 @@ func (n *Node) supervisor() *supervisor.Supervisor {
 
 // stopServices stops every service, dependents first (each: its stop signal, grace, SIGKILL).
 func (n *Node) stopServices() {
+	n.downloads.closeAll() // the filesystems they read are about to be unmounted
 	sup := n.supervisor()
 	if sup == nil {
 		return

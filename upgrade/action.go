@@ -41,9 +41,12 @@ type (
 		Force    bool
 	}
 	// ActPrepare saves a snapshot of this etcd member and hands its leadership over.
+	// With Force, a snapshot that fails is a note, not the end (a node whose own member is
+	// broken may still be upgraded, as force skips the quorum check).
 	ActPrepare struct {
 		ID       string
 		Preserve bool
+		Force    bool
 	}
 	// ActLeave removes this etcd member from the cluster.
 	ActLeave struct{}

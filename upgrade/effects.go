@@ -98,8 +98,9 @@ type Cluster interface {
 	Check(ctx context.Context, preserve bool) (string, error)
 	// Prepare readies this member to stop or leave: a snapshot saved where the upgrade keeps it
 	// (preserve says whether EPHEMERAL survives), then leadership handed over if it leads; each
-	// step told through note. An error (no snapshot) ends the upgrade before anything stops.
-	Prepare(ctx context.Context, id string, preserve bool, note func(string)) error
+	// step told through note. An error (no snapshot) ends the upgrade before anything stops,
+	// unless force: then it is a note and the upgrade goes on.
+	Prepare(ctx context.Context, id string, preserve, force bool, note func(string)) error
 	// Leave removes this member from the cluster.
 	Leave(ctx context.Context) error
 	// Rejoin makes this member a voter again (promotes it once caught up); it returns a note.

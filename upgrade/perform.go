@@ -84,7 +84,7 @@ func (e *Executor) perform(ctx context.Context, a Action, post func(Event)) outc
 		if fx.Cluster == nil {
 			return fail("prepare the etcd member: no etcd configured")
 		}
-		if err := fx.Cluster.Prepare(ctx, a.ID, a.Preserve, func(note string) { post(EtcdNoted{Note: note, Now: now()}) }); err != nil {
+		if err := fx.Cluster.Prepare(ctx, a.ID, a.Preserve, a.Force, func(note string) { post(EtcdNoted{Note: note, Now: now()}) }); err != nil {
 			return fail("%v", err)
 		}
 		return outcome{ev: Completed{Now: now()}}

@@ -45,6 +45,7 @@ var scenarios = []scenario{
 	{name: "control plane, leave answer lost", cp: true, wipe: true, leaveFails: true},
 	{name: "control plane, snapshot fails", cp: true, snapFails: true},
 	{name: "control plane, leave, snapshot fails", cp: true, wipe: true, snapFails: true},
+	{name: "control plane, snapshot fails, forced", cp: true, snapFails: true, force: true},
 	{name: "control plane, leave, unmount fails", cp: true, wipe: true, stopFails: true},
 	{name: "control plane, commit fails", cp: true, commitFails: true},
 }
@@ -197,7 +198,7 @@ func check(t testing.TB, s scenario, w *world, r Record, desc string) {
 		if w.booted != boot.SlotB || w.committed() != boot.SlotB {
 			t.Fatalf("%s: done but running %s, committed %s", desc, w.booted, w.committed())
 		}
-		if s.broken || s.unhealthy || s.pullFails || s.stopFails || (s.drainFails && !s.force) || s.checkFails || s.leaveFails || s.snapFails {
+		if s.broken || s.unhealthy || s.pullFails || s.stopFails || (s.drainFails && !s.force) || s.checkFails || s.leaveFails || (s.snapFails && !s.force) {
 			t.Fatalf("%s: done although the scenario cannot succeed", desc)
 		}
 	case Aborted, RolledBack:

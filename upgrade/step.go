@@ -474,7 +474,7 @@ func effect(u *Upgrade, s State) Action {
 	case Draining:
 		return ActDrain{ID: u.ID, TimeoutS: u.DrainTimeoutS, Force: u.Force}
 	case Preparing:
-		return ActPrepare{ID: u.ID, Preserve: u.Preserve}
+		return ActPrepare{ID: u.ID, Preserve: u.Preserve, Force: u.Force}
 	case Leaving:
 		return ActLeave{}
 	case Stopping:

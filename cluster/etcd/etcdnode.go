@@ -237,18 +237,25 @@ func removeOnce(ctx context.Context, cli *clientv3.Client, name string) error {
 		_, err = cli.MemberRemove(lctx, me.ID)
 		return err
 	}
-	// The first other member that answers decides (one that is down is skipped).
+	// The first other member that answers decides; one that is down, or cannot serve the
+	// change now, gets 3 s and is skipped (the caller retries the round).
 	for _, ep := range others {
-		var conn *grpc.ClientConn
-		if conn, err = cli.Dial(ep); err != nil {
-			continue
-		}
-		_, err = clientv3.NewClusterFromClusterClient(pb.NewClusterClient(conn), nil).MemberRemove(lctx, me.ID)
-		conn.Close()
-		if status.Code(err) != codes.Unavailable || lctx.Err() != nil {
+		if err = removeVia(ctx, cli, ep, me.ID); err == nil || !(retryable(err) || status.Code(err) == codes.Unavailable) {
 			return err
 		}
 	}
+	return err
+}
+
+func removeVia(ctx context.Context, cli *clientv3.Client, ep string, id uint64) error {
+	conn, err := cli.Dial(ep)
+	if err != nil {
+		return transient{err}
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	_, err = clientv3.NewClusterFromClusterClient(pb.NewClusterClient(conn), nil).MemberRemove(ctx, id)
 	return err
 }
 

@@ -53,6 +53,23 @@ func HandOver(ctx context.Context, cli *clientv3.Client, self, local string) (st
 
 func handOverOnce(ctx context.Context, cli *clientv3.Client, self, local string) (note string, retry bool, err error) {
 	t0 := time.Now()
+	if local != "" {
+		// First the member's own view, which needs no quorum: a member that does not answer
+		// or does not lead has nothing to hand over (and a cluster that lost its quorum is
+		// not asked for a member list it cannot give).
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		st, err := cli.Status(sctx, local)
+		cancel()
+		if err != nil {
+			return fmt.Sprintf("leadership: %s does not answer (%v), nothing to hand over", self, err), false, nil
+		}
+		if st.Leader != st.Header.MemberId {
+			lctx, cancel := context.WithTimeout(ctx, time.Second)
+			ms, _ := List(lctx, cli) // only to name the leader
+			cancel()
+			return fmt.Sprintf("leadership: %s does not lead (%s does)", self, nameOf(ms, st.Leader)), false, nil
+		}
+	}
 	lctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	ms, err := List(lctx, cli)
 	cancel()

@@ -69,7 +69,7 @@ func (n *Node) client() (*clientv3.Client, error) {
 }
 
 // tls is the init's client TLS configuration (nil when the config is insecure), read from the
-// files each time: a rotated client certificate is picked up by the next client.
+// files each time it is asked for; the cluster client, made once, keeps its own.
 func (n *Node) tls() (*tls.Config, error) {
 	if !n.o.Config.TLS() {
 		return nil, nil

@@ -13,11 +13,19 @@ import (
 // most caught-up healthy voter. Each step is told through note, for the record. A snapshot
 // that cannot be saved is an error (nothing is stopped yet: the upgrade ends there); a
 // hand-over that fails is a note and a warning (the cluster elects a leader by itself, after
-// an election timeout without one).
-func (n *Node) Prepare(ctx context.Context, id string, preserve bool, note func(string)) error {
+// an election timeout without one). With force, a snapshot that fails is a note and a warning
+// too: a node whose own member is broken can still be upgraded.
+func (n *Node) Prepare(ctx context.Context, id string, preserve, force bool, note func(string)) error {
 	s, err := n.snapshot(ctx, id, preserve)
 	if err != nil {
-		return err
+		if !force {
+			return err
+		}
+		msg := "no snapshot (force): " + short(err.Error())
+		n.o.Warn("etcd: %s", msg)
+		note(msg)
+		note(n.HandOver(ctx))
+		return nil
 	}
 	msg := fmt.Sprintf("snapshot %s (revision %d, %d KiB, sha256 %.12s)", s.File, s.Revision, s.Size>>10, s.SHA256)
 	n.o.Log.Info("etcd: "+msg, "upgrade", id)
@@ -41,9 +49,16 @@ func (n *Node) HandOver(ctx context.Context) string {
 			return note
 		}
 	}
-	msg := fmt.Sprintf("leadership hand-over failed: %v; going on (the cluster elects a new leader after an election timeout)", err)
-	n.o.Warn("etcd: %s", msg)
-	return msg
+	n.o.Warn("etcd: leadership hand-over failed: %v; going on (the cluster elects a new leader after an election timeout)", err)
+	return "leadership hand-over failed: " + short(err.Error())
+}
+
+// short keeps a note for the record short, so that the notes after it still fit.
+func short(s string) string {
+	if len(s) > 160 {
+		return s[:157] + "..."
+	}
+	return s
 }
 
 func (n *Node) snapshot(ctx context.Context, id string, preserve bool) (Snapshot, error) {

@@ -30,7 +30,7 @@ type Snapshot struct {
 	Member      string    `json:"member"`
 	UpgradeID   string    `json:"upgrade_id,omitempty"`
 	Revision    int64     `json:"revision"`
-	EtcdVersion string    `json:"etcd_version,omitempty"`
+	EtcdVersion string    `json:"etcd_version,omitempty"` // its storage version: the etcd to restore it with
 	Size        int64     `json:"size"`
 	SHA256      string    `json:"sha256"` // of the whole file
 	TakenAt     time.Time `json:"taken_at"`
@@ -42,27 +42,41 @@ const SnapshotsKept = 2
 // ErrNoRoom is Save's answer when the snapshot would not fit in the directory.
 var ErrNoRoom = errors.New("etcd: snapshot does not fit")
 
+// Reserve is the room a snapshot leaves free in its directory's filesystem (STATE also holds
+// the config and the PKI).
+const Reserve = 8 << 20
+
 // Save streams a snapshot from the member cli is connected to (one endpoint) into dir, checks
-// etcd's own SHA-256 trailer, syncs it, and keeps the SnapshotsKept newest. Older snapshots
-// are removed before the space check, so a directory that held two can take a third; a
-// snapshot that would not fit (the member's database size, plus 1 MiB) is ErrNoRoom and
-// changes nothing else.
+// etcd's own SHA-256 trailer, syncs it, and keeps the SnapshotsKept newest. A snapshot that
+// would not fit (the member's database size plus Reserve) even once the older snapshots are
+// removed is ErrNoRoom and removes nothing; the older ones are removed first only when that
+// makes the room. A save that fails leaves no partial file behind.
 func Save(ctx context.Context, cli *clientv3.Client, endpoint, dir string, meta Snapshot, now time.Time) (Snapshot, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return Snapshot{}, fmt.Errorf("etcd: snapshot: %w", err)
+	}
+	if err := syncDir(filepath.Dir(dir)); err != nil { // the directory itself, if just made
 		return Snapshot{}, fmt.Errorf("etcd: snapshot: %w", err)
 	}
 	st, err := cli.Status(ctx, endpoint)
 	if err != nil {
 		return Snapshot{}, fmt.Errorf("etcd: snapshot: status of %s: %w", endpoint, err)
 	}
-	prune(dir, SnapshotsKept-1)
-	var fs unix.Statfs_t
-	if err := unix.Statfs(dir, &fs); err != nil {
+	tidy(dir)
+	free, err := freeBytes(dir)
+	if err != nil {
 		return Snapshot{}, fmt.Errorf("etcd: snapshot: %w", err)
 	}
-	free := int64(fs.Bavail) * int64(fs.Bsize)
-	if need := st.DbSize + 1<<20; need > free {
-		return Snapshot{}, fmt.Errorf("%w in %s: %d MiB needed, %d MiB free", ErrNoRoom, dir, need>>20, free>>20)
+	need := st.DbSize + Reserve
+	if need > free {
+		var reclaim int64
+		for _, s := range Snapshots(dir) {
+			reclaim += s.Size
+		}
+		if need > free+reclaim {
+			return Snapshot{}, fmt.Errorf("%w in %s: %d MiB needed, %d MiB free (%d MiB more in older snapshots)", ErrNoRoom, dir, need>>20, free>>20, reclaim>>20)
+		}
+		prune(dir, 0)
 	}
 	resp, err := cli.SnapshotWithVersion(ctx)
 	if err != nil {
@@ -104,7 +118,16 @@ func Save(ctx context.Context, cli *clientv3.Client, endpoint, dir string, meta 
 	if err := writeSynced(s.File+".json", b); err != nil {
 		return Snapshot{}, fmt.Errorf("etcd: snapshot: %w", err)
 	}
+	prune(dir, SnapshotsKept)
 	return s, nil
+}
+
+func freeBytes(dir string) (int64, error) {
+	var fs unix.Statfs_t
+	if err := unix.Statfs(dir, &fs); err != nil {
+		return 0, err
+	}
+	return int64(fs.Bavail) * int64(fs.Bsize), nil
 }
 
 // revision reads a snapshot's revision as `etcdutl snapshot status` does: the newest key of
@@ -149,26 +172,46 @@ func Snapshots(dirs ...string) []Snapshot {
 			out = append(out, s)
 		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].TakenAt.After(out[j].TakenAt) })
+	// Newest first by revision, which only grows within a cluster (a clock that jumps must
+	// not make an old snapshot look new); then by time.
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Revision != out[j].Revision {
+			return out[i].Revision > out[j].Revision
+		}
+		return out[i].TakenAt.After(out[j].TakenAt)
+	})
 	return out
 }
 
-// prune keeps the keep newest snapshots of dir and removes the rest, with what a cut-short
-// save left behind.
+// prune keeps the keep newest snapshots of dir and removes the rest.
 func prune(dir string, keep int) {
-	os.Remove(filepath.Join(dir, ".partial"))
-	all := Snapshots(dir)
-	for i, s := range all {
+	for i, s := range Snapshots(dir) {
 		if i >= keep {
 			os.Remove(s.File + ".json")
 			os.Remove(s.File)
 		}
 	}
-	// Databases whose description was never written (a cut between the two).
+}
+
+// tidy removes what a cut-short save left behind: the partial stream, a description being
+// written, a database whose description was never written, a description whose database is
+// gone.
+func tidy(dir string) {
+	os.Remove(filepath.Join(dir, ".partial"))
+	tmps, _ := filepath.Glob(filepath.Join(dir, "etcd-*.db.json.tmp"))
+	for _, t := range tmps {
+		os.Remove(t)
+	}
 	dbs, _ := filepath.Glob(filepath.Join(dir, "etcd-*.db"))
 	for _, db := range dbs {
 		if _, err := os.Stat(db + ".json"); err != nil {
 			os.Remove(db)
+		}
+	}
+	descs, _ := filepath.Glob(filepath.Join(dir, "etcd-*.db.json"))
+	for _, d := range descs {
+		if _, err := os.Stat(strings.TrimSuffix(d, ".json")); err != nil {
+			os.Remove(d)
 		}
 	}
 }
@@ -193,7 +236,11 @@ func writeSynced(path string, b []byte) error {
 	if err := os.Rename(tmp, path); err != nil {
 		return err
 	}
-	d, err := os.Open(filepath.Dir(path))
+	return syncDir(filepath.Dir(path))
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
 	if err != nil {
 		return err
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/sys/unix"
 
 	etcdnode "keel/cluster/etcd"
 	"keel/internal/testenv"
@@ -91,5 +93,50 @@ func TestSnapshotRestore(t *testing.T) {
 	ms, err := etcdnode.List(ctx, rc)
 	if err != nil || len(ms) != 3 {
 		t.Errorf("restored members %v %v", ms, err)
+	}
+}
+
+// TestSnapshotRoom: on a filesystem too small for the snapshot and its reserve, Save refuses
+// (ErrNoRoom) and removes nothing, not even the older snapshot there; when removing the older
+// one makes the room, it goes and the new one is saved. Real filesystems: tmpfs mounts of a
+// set size (root only).
+func TestSnapshotRoom(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("mounting tmpfs needs root")
+	}
+	c := etcdtest.Start(t, 1)
+	m0 := c.Members[0]
+	cli := c.ClientFor(m0.ClientURL)
+	ctx := context.Background()
+	mount := func(size string) string {
+		dir := t.TempDir()
+		if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size="+size); err != nil {
+			t.Skipf("tmpfs: %v", err)
+		}
+		t.Cleanup(func() { unix.Unmount(dir, 0) })
+		return dir
+	}
+	old := func(dir string, size int) {
+		os.WriteFile(filepath.Join(dir, "etcd-m0-old-rev1.db"), make([]byte, size), 0o600)
+		os.WriteFile(filepath.Join(dir, "etcd-m0-old-rev1.db.json"), []byte(fmt.Sprintf(`{"member":"m0","revision":1,"size":%d}`, size)), 0o600)
+	}
+	small := mount("8m")
+	old(small, 1<<20)
+	_, err := etcdnode.Save(ctx, cli, m0.ClientURL, small, etcdnode.Snapshot{Member: "m0"}, time.Now())
+	if !errors.Is(err, etcdnode.ErrNoRoom) {
+		t.Fatalf("8 MiB filesystem: %v, want ErrNoRoom", err)
+	}
+	t.Log(err)
+	if l := etcdnode.Snapshots(small); len(l) != 1 || l[0].Revision != 1 {
+		t.Errorf("after the refusal: %+v, want the old snapshot untouched", l)
+	}
+	roomy := mount("12m")
+	old(roomy, 4<<20)
+	s, err := etcdnode.Save(ctx, cli, m0.ClientURL, roomy, etcdnode.Snapshot{Member: "m0"}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := etcdnode.Snapshots(roomy); len(l) != 1 || l[0].File != s.File {
+		t.Errorf("after making room: %+v, want only the new snapshot", l)
 	}
 }

@@ -37,7 +37,7 @@ func (f Files) Missing() []string {
 
 // TLSArgs are etcd's flags for mutual TLS on both its client and peer URLs: a client or peer
 // must present a certificate from the etcd CA, and nothing below TLS 1.2 is spoken. etcd reads
-// the files at every handshake, so rotated certificates take effect without a restart.
+// its own certificate at each handshake but the CA only at start: rotate with a restart.
 func TLSArgs(f Files) []string {
 	return []string{
 		"--cert-file", f.Cert, "--key-file", f.Key, "--trusted-ca-file", f.CA, "--client-cert-auth",
