@@ -71,6 +71,21 @@ func TestManifest(t *testing.T) {
 	if _, err := ParseManifest([]byte("{")); !errors.Is(err, ErrManifest) {
 		t.Errorf("bad json: %v", err)
 	}
+	// File names are joined to the slot's mount point: nothing may leave it.
+	for _, name := range []string{"", "../x", "a/../../x", "/etc/passwd", "a//b", "a/./b", "./a", "a/", "..", ".", ManifestName, "a b", "a\\b", strings.Repeat("x", 256)} {
+		bad := m
+		bad.Files = []File{NewFile(name, nil)}
+		if err := bad.Validate(); !errors.Is(err, ErrManifest) {
+			t.Errorf("file name %q: %v, want refused", name, err)
+		}
+	}
+	for _, name := range []string{"vmlinuz", "initramfs.cpio.gz", "system/etc.squashfs", "a..b", ".hidden"} {
+		good := m
+		good.Files = []File{NewFile(name, nil)}
+		if err := good.Validate(); err != nil {
+			t.Errorf("file name %q: %v", name, err)
+		}
+	}
 }
 
 func TestScanPartitions(t *testing.T) {

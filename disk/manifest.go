@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"regexp"
+	"strings"
 )
 
 // ManifestName is the slot manifest's file name at the root of a slot filesystem.
@@ -42,6 +44,23 @@ func ValidVersion(v string) error {
 	return nil
 }
 
+// ValidFileName reports whether name may name a file of a slot: the node joins it to the slot's
+// mount point to read it, so it must stay below it: relative, clean (no "..", "." or empty
+// parts), not the manifest itself, of a plain alphabet, at most 255 bytes.
+func ValidFileName(name string) error {
+	if !fileRE.MatchString(name) || !filepath.IsLocal(name) || filepath.Clean(name) != name || name == ManifestName {
+		return fmt.Errorf("%w: file name %q: want a clean relative path of [A-Za-z0-9._+-/] (no .., no leading /), 1-255 bytes, not %s", ErrManifest, name, ManifestName)
+	}
+	for _, part := range strings.Split(name, "/") {
+		if part == "." || part == ".." {
+			return fmt.Errorf("%w: file name %q: %q is not allowed", ErrManifest, name, part)
+		}
+	}
+	return nil
+}
+
+var fileRE = regexp.MustCompile(`^[A-Za-z0-9._+-][A-Za-z0-9._+/-]{0,254}$`)
+
 // NewFile describes content under name.
 func NewFile(name string, content []byte) File {
 	sum := sha256.Sum256(content)
@@ -67,8 +86,11 @@ func (m Manifest) Validate() error {
 	}
 	seen := map[string]bool{}
 	for _, f := range m.Files {
-		if f.Name == "" || seen[f.Name] {
-			return fmt.Errorf("%w: bad or duplicate file name %q", ErrManifest, f.Name)
+		if err := ValidFileName(f.Name); err != nil {
+			return err
+		}
+		if seen[f.Name] {
+			return fmt.Errorf("%w: duplicate file name %q", ErrManifest, f.Name)
 		}
 		seen[f.Name] = true
 		if f.Size < 0 {
