@@ -9,7 +9,9 @@
 # missing, the Debian kernel package into build/cache). Outputs live in build/ (git-ignored).
 
 SHELL    := /bin/bash
-VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+# A semantic version, so that nodes can order it (a lower one needs "downgrade": true):
+# v0.1.0-dev.<commits>.g<hash>, ordered by the number of commits.
+VERSION  ?= $(shell echo v0.1.0-dev.$$(git rev-list --count HEAD 2>/dev/null || echo 0).g$$(git rev-parse --short HEAD 2>/dev/null || echo 0))
 VERSION_B ?=
 PORT     ?= 50000
 REGISTRY ?= 127.0.0.1:5000
@@ -20,9 +22,9 @@ E2E_PARALLEL ?= 2
 E2E_TIMEOUT  ?= 40m
 
 UNIT_PKGS = $(shell $(GO) list ./... | grep -v -e /e2e -e /internal/testenv -e 'keel/cluster/kube$$' -e 'keel/cluster/etcd$$')
-INTEGRATION_PKGS = ./cluster/kube ./cluster/etcd
+INTEGRATION_PKGS = ./cluster/kube ./cluster/etcd ./internal/testenv/registrytest
 
-.PHONY: all deps k8s-bins etcd-bin node-bins pki key disk image push registry run stop test test-unit test-integration test-e2e bench fuzz vet clean
+.PHONY: all deps k8s-bins etcd-bin node-bins cosign-bin pki key disk image push registry run stop test test-unit test-integration test-e2e bench fuzz vet clean
 
 all: disk
 
@@ -45,22 +47,29 @@ node-bins: deps
 pki:
 	@$(GO) run ./cmd/mkimage pki -dir build/pki
 
-# The ed25519 key that signs installer images; nodes built here trust its public half.
-key:
+# cosign, built from the Go module proxy: it signs installer images.
+cosign-bin:
+	@scripts/k8s-bins.sh cosign
+
+# The cosign key pair that signs installer images (build/keys/cosign.key, password
+# $$COSIGN_PASSWORD, empty unless set); nodes built here trust cosign.pub.
+key: cosign-bin
 	@$(GO) run ./cmd/mkimage key -dir build/keys
 
-# The node's disk image: slot A holds VERSION; VERSION_B, if set, fills slot B.
+# The node's disk image: slot A holds VERSION; VERSION_B, if set, fills slot B. It trusts
+# build/keys/cosign.pub and may reach `make registry` (plain HTTP) as 10.0.2.2:REGISTRY's port.
 disk: deps node-bins pki key
 	@echo "disk: building version $(VERSION)$(if $(VERSION_B), and $(VERSION_B) in slot B)"
-	@$(GO) run ./cmd/mkimage disk -version $(VERSION) $(if $(VERSION_B),-version-b $(VERSION_B)) -out build/disk.img -cache $(CACHE) -pki build/pki
+	@$(GO) run ./cmd/mkimage disk -version $(VERSION) $(if $(VERSION_B),-version-b $(VERSION_B)) -out build/disk.img -cache $(CACHE) -pki build/pki -insecure-registry 10.0.2.2:$(lastword $(subst :, ,$(REGISTRY)))
 
-# A signed installer image for VERSION, as an OCI image layout: build/installer-VERSION/.
-image: deps node-bins key
-	@$(GO) run ./cmd/mkimage image -version $(VERSION) -cache $(CACHE) -keys build/keys
+# An installer image for VERSION, as an OCI image layout: build/installer-VERSION/.
+image: deps node-bins
+	@$(GO) run ./cmd/mkimage image -version $(VERSION) -cache $(CACHE)
 
-# Push that image to REGISTRY as keel:VERSION (start one with `make registry`).
-push: image
-	@$(GO) run ./cmd/mkimage push -image build/installer-$(VERSION) -ref $(REGISTRY)/keel:$(VERSION)
+# Push that image to REGISTRY as keel:VERSION (start one with `make registry`) and sign it
+# there with cosign and build/keys/cosign.key (offline: no transparency log).
+push: image key
+	@$(GO) run ./cmd/mkimage push -image build/installer-$(VERSION) -ref $(REGISTRY)/keel:$(VERSION) -allow-http
 
 # A local OCI registry (in memory) for trying upgrades; a VM reaches it as 10.0.2.2.
 registry:
@@ -90,7 +99,7 @@ test-e2e: deps k8s-bins
 	@KVM=$(KVM) $(GO) test -count=1 -v -parallel $(E2E_PARALLEL) -timeout $(E2E_TIMEOUT) ./e2e 2>&1 | tee build/e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|boot_test.go|vmtest|cluster_test.go:[0-9]+: (rolling|prober|cp[0-9]|leadership|refused|cancelled|power cut|single)' ; exit $${PIPESTATUS[0]}
 
 # Against a real etcd and kube-apiserver on 127.0.0.1.
-test-integration: k8s-bins
+test-integration: deps k8s-bins
 	@echo "test-integration: $(INTEGRATION_PKGS) against a real kube-apiserver and real etcd clusters"
 	@$(GO) test -count=1 $(INTEGRATION_PKGS)
 

@@ -5,7 +5,6 @@ package config
 
 import (
 	"bytes"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -233,13 +232,22 @@ func (k Kubernetes) DrainTimeout() int {
 
 // Upgrade is the node's upgrade policy.
 type Upgrade struct {
-	// TrustedKeys are base64 ed25519 public keys; an installer image must be signed by one.
-	TrustedKeys []string `json:"trusted_keys,omitempty"`
-	// AllowUnsigned accepts images without a (trusted) signature. Off unless said.
+	// TrustedKeys are the cosign public keys installer images must be signed with (trust.go).
+	TrustedKeys []TrustedKey `json:"trusted_keys,omitempty"`
+	// AllowUnsigned accepts images that carry no signature at all. Off unless said; an image
+	// whose signatures do not count (untrusted, revoked, expired, another image's) is refused
+	// anyway.
 	AllowUnsigned bool `json:"allow_unsigned,omitempty"`
-	// InsecureRegistries may be reached over plain HTTP (registries on private or loopback
-	// addresses are anyway, as in go-containerregistry).
+	// InsecureRegistries may be reached over plain HTTP (host, or host:port); every other
+	// registry is HTTPS only, whatever its address.
 	InsecureRegistries []string `json:"insecure_registries,omitempty"`
+	// RegistryCA are PEM certificates registries' certificates are checked against besides
+	// the node's bundle (Debian's ca-certificates): a private registry's CA.
+	RegistryCA []string `json:"registry_ca,omitempty"`
+	// MinVersion is the rollback floor: no installer image below it is installed, and no
+	// rollback to a slot below it is made, "downgrade" or not. The node keeps the highest one
+	// it has seen on META: lowering it here does not lower it.
+	MinVersion string `json:"min_version,omitempty"`
 	// WatchdogS is the hardware watchdog timeout during a trial boot (default 30).
 	WatchdogS int `json:"watchdog_s,omitempty"`
 	// TrialS bounds the health gates of a trial boot (default 60).
@@ -299,10 +307,8 @@ func (c Config) Validate() error {
 	if c.Upgrade.WatchdogS < 0 || c.Upgrade.WatchdogS > 600 || c.Upgrade.TrialS < 0 || c.Upgrade.TrialS > 3600 {
 		return fmt.Errorf("%w: upgrade.watchdog_s must be 0-600, trial_s 0-3600", ErrInvalid)
 	}
-	for _, k := range c.Upgrade.TrustedKeys {
-		if b, err := base64.StdEncoding.DecodeString(k); err != nil || len(b) != 32 {
-			return fmt.Errorf("%w: upgrade.trusted_keys: %q is not a base64 ed25519 public key", ErrInvalid, k)
-		}
+	if err := c.Upgrade.validateTrust(); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	if _, err := supervisor.Order(append([]supervisor.Spec(nil), c.Services...)); err != nil {
 		return fmt.Errorf("%w: services: %w", ErrInvalid, err)

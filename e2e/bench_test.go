@@ -26,11 +26,11 @@ func BenchmarkColdBoot(b *testing.B) {
 		name string
 		o    vmtest.ImageOptions
 	}{
-		{"worker", vmtest.ImageOptions{VersionA: "e2e-v1"}},
-		{"control-plane", vmtest.ImageOptions{VersionA: "cp-v1", Etcd: true, Config: config.Config{Hostname: "bench", Etcd: solo}}},
+		{"worker", vmtest.ImageOptions{VersionA: "v1.0.0-e2e"}},
+		{"control-plane", vmtest.ImageOptions{VersionA: "v1.0.0-cp", Etcd: true, Config: config.Config{Hostname: "bench", Etcd: solo}}},
 		// The whole system image (etcd, kubelet, containerd, runc, CNI): what the endpoint
 		// pays for mounting it. No kubelet configured: the endpoint never waits for one.
-		{"kube-image", vmtest.ImageOptions{VersionA: "kb-v1", Etcd: true, Kube: true}},
+		{"kube-image", vmtest.ImageOptions{VersionA: "v1.0.0-kb", Etcd: true, Kube: true}},
 	} {
 		b.Run(tc.name, func(b *testing.B) { coldBoot(b, tc.o) })
 	}
@@ -71,12 +71,12 @@ func coldBoot(b *testing.B, o vmtest.ImageOptions) {
 //
 //	go test -run XXX -bench SlotWrite -benchtime 3x ./e2e
 func BenchmarkSlotWrite(b *testing.B) {
-	img, err := vmtest.BuildImage(context.Background(), vmtest.ImageOptions{VersionA: "e2e-v1", FaultA: "bench-write"})
+	img, err := vmtest.BuildImage(context.Background(), vmtest.ImageOptions{VersionA: "v1.0.0-e2e", FaultA: "bench-write"})
 	if err != nil {
 		b.Fatal(err)
 	}
 	reg := vmtest.NewRegistry(b)
-	v2 := reg.PushInstaller(b, "keel:e2e-v2", vmtest.InstallerOptions{Version: "e2e-v2"})
+	v2 := reg.PushInstaller(b, "keel:v2.0.0-e2e", vmtest.InstallerOptions{Version: "v2.0.0-e2e"})
 	f := func(s string) float64 { v, _ := strconv.ParseFloat(s, 64); return v }
 	var write, verify, src, hash, dd, sum, cycle, mem, hwm, size float64
 	for b.Loop() {
@@ -125,7 +125,7 @@ func BenchmarkSlotWrite(b *testing.B) {
 //
 //	go test -run XXX -bench StatusLatency -benchtime 1x ./e2e
 func BenchmarkStatusLatency(b *testing.B) {
-	img, err := vmtest.BuildImage(context.Background(), vmtest.ImageOptions{VersionA: "e2e-v1", TestSvc: true, Config: twoServices()})
+	img, err := vmtest.BuildImage(context.Background(), vmtest.ImageOptions{VersionA: "v1.0.0-e2e", TestSvc: true, Config: twoServices()})
 	if err != nil {
 		b.Fatal(err)
 	}

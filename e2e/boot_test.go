@@ -58,17 +58,17 @@ func cleanAtMount(t *testing.T, st netapi.Status, name string) bool {
 // can fail.
 func TestBootStatusShutdown(t *testing.T) {
 	t.Parallel()
-	vm := vmtest.New(t, image(t, vmtest.ImageOptions{VersionA: "e2e-v1"}))
+	vm := vmtest.New(t, image(t, vmtest.ImageOptions{VersionA: "v1.0.0-e2e"}))
 	vm.Start()
 	vm.Expect(`keel: booting slot A`, bootTimeout)
 	r := vm.WaitReady(bootTimeout)
-	if r.Version != "e2e-v1" || r.Slot != "A" || r.KernelAtReadyS <= r.KernelAtInitS {
+	if r.Version != "v1.0.0-e2e" || r.Slot != "A" || r.KernelAtReadyS <= r.KernelAtInitS {
 		t.Fatalf("ready line = %+v", r)
 	}
 	t.Logf("boot 1: kernel at init %.2fs, ready %.2fs (init→ready %.2fs)", r.KernelAtInitS, r.KernelAtReadyS, r.KernelAtReadyS-r.KernelAtInitS)
 
 	st := vm.Status()
-	if st.Version != "e2e-v1" || st.BootedSlot != "A" || st.CommittedSlot != "A" || st.NextSlot != "" {
+	if st.Version != "v1.0.0-e2e" || st.BootedSlot != "A" || st.CommittedSlot != "A" || st.NextSlot != "" {
 		t.Errorf("status = version %q booted %q committed %q next %q", st.Version, st.BootedSlot, st.CommittedSlot, st.NextSlot)
 	}
 	if st.BootCount != 0 || st.BootID != r.BootID {
@@ -87,7 +87,7 @@ func TestBootStatusShutdown(t *testing.T) {
 	if len(st.Addresses) == 0 || !strings.HasPrefix(st.Addresses[0], "10.0.2.15/") {
 		t.Errorf("addresses = %v, want the DHCP lease 10.0.2.15", st.Addresses)
 	}
-	if len(st.Slots) != 2 || st.Slots[0].Version != "e2e-v1" {
+	if len(st.Slots) != 2 || st.Slots[0].Version != "v1.0.0-e2e" {
 		t.Errorf("slots = %+v", st.Slots)
 	}
 	checkHostPrepared(t, st)
@@ -102,7 +102,7 @@ func TestBootStatusShutdown(t *testing.T) {
 		t.Errorf("reader shutdown: %d %v %s, want 403", code, err, b)
 	}
 	var v netapi.Version
-	if code, b, err := vm.Call("reader", "GET", "/v1/version", nil); err != nil || code != 200 || json.Unmarshal(b, &v) != nil || v.Version != "e2e-v1" {
+	if code, b, err := vm.Call("reader", "GET", "/v1/version", nil); err != nil || code != 200 || json.Unmarshal(b, &v) != nil || v.Version != "v1.0.0-e2e" {
 		t.Errorf("version: %d %v %s", code, err, b)
 	}
 
@@ -186,19 +186,19 @@ func checkHostPrepared(t *testing.T, st netapi.Status) {
 // (GRUB clears it before booting), and the following boot is the committed slot A again.
 func TestBootOnce(t *testing.T) {
 	t.Parallel()
-	vm := vmtest.New(t, image(t, vmtest.ImageOptions{VersionA: "e2e-v1", VersionB: "e2e-v2"}))
+	vm := vmtest.New(t, image(t, vmtest.ImageOptions{VersionA: "v1.0.0-e2e", VersionB: "v2.0.0-e2e"}))
 	vm.SetGrubenv(boot.KeyNextEntry, "B")
 	vm.Start()
 	vm.Expect(`keel: booting slot B`, bootTimeout)
 	r := vm.WaitReady(bootTimeout)
-	if r.Slot != "B" || r.Version != "e2e-v2" {
-		t.Fatalf("one-shot boot: ready = %+v, want slot B version e2e-v2", r)
+	if r.Slot != "B" || r.Version != "v2.0.0-e2e" {
+		t.Fatalf("one-shot boot: ready = %+v, want slot B version v2.0.0-e2e", r)
 	}
 	st := vm.Status()
 	if st.BootedSlot != "B" || st.CommittedSlot != "A" || st.NextSlot != "" {
 		t.Errorf("one-shot status: booted %q committed %q next %q, want B, A, none (GRUB clears next_entry)", st.BootedSlot, st.CommittedSlot, st.NextSlot)
 	}
-	if len(st.Slots) != 2 || st.Slots[0].Version != "e2e-v1" || st.Slots[1].Version != "e2e-v2" {
+	if len(st.Slots) != 2 || st.Slots[0].Version != "v1.0.0-e2e" || st.Slots[1].Version != "v2.0.0-e2e" {
 		t.Errorf("slots = %+v", st.Slots)
 	}
 
@@ -207,8 +207,8 @@ func TestBootOnce(t *testing.T) {
 	vm.Expect(`keel-shutdown-done action=reboot errors=0`, downTimeout)
 	vm.Expect(`keel: booting slot A`, bootTimeout)
 	r = vm.WaitReady(bootTimeout)
-	if r.Slot != "A" || r.Version != "e2e-v1" {
-		t.Fatalf("after the one-shot: ready = %+v, want slot A version e2e-v1", r)
+	if r.Slot != "A" || r.Version != "v1.0.0-e2e" {
+		t.Fatalf("after the one-shot: ready = %+v, want slot A version v1.0.0-e2e", r)
 	}
 
 	// GRUB left next_entry empty on disk.
@@ -225,7 +225,7 @@ func TestBootOnce(t *testing.T) {
 // exit, the kernel panic, and panic=1 reboot the machine, rather than hang.
 func TestFatalBootPanicsAndReboots(t *testing.T) {
 	t.Parallel()
-	vm := vmtest.New(t, image(t, vmtest.ImageOptions{VersionA: "e2e-v1"}))
+	vm := vmtest.New(t, image(t, vmtest.ImageOptions{VersionA: "v1.0.0-e2e"}))
 	vm.WritePartition(disk.PartState, make([]byte, 4096)) // no superblock
 	vm.Start()
 	vm.Expect(`boot failed; exiting so the kernel panics`, bootTimeout)
@@ -262,7 +262,7 @@ func TestMain(m *testing.M) {
 // is reset by the reboot watchdog armed just before, and the node comes back by itself.
 func TestRebootWatchdog(t *testing.T) {
 	t.Parallel()
-	vm := vmtest.New(t, image(t, vmtest.ImageOptions{VersionA: "e2e-v1", FaultA: "hang-in-reboot"}))
+	vm := vmtest.New(t, image(t, vmtest.ImageOptions{VersionA: "v1.0.0-e2e", FaultA: "hang-in-reboot"}))
 	vm.Start()
 	r1 := vm.WaitReady(bootTimeout)
 	if code, b, err := vm.Call("operator", "POST", "/v1/reboot", nil); err != nil || code != http.StatusAccepted {

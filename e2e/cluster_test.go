@@ -40,8 +40,8 @@ type cpNode struct {
 // TCG guests already share the two cores.
 func TestControlPlaneRollingUpgrade(t *testing.T) {
 	reg := vmtest.NewRegistry(t)
-	v2 := reg.PushInstaller(t, "keel:cp-v2", vmtest.InstallerOptions{Version: "cp-v2", Etcd: true})
-	v3 := reg.PushInstaller(t, "keel:cp-v3", vmtest.InstallerOptions{Version: "cp-v3", Etcd: true})
+	v2 := reg.PushInstaller(t, "keel:v2.0.0-cp", vmtest.InstallerOptions{Version: "v2.0.0-cp", Etcd: true})
+	v3 := reg.PushInstaller(t, "keel:v3.0.0-cp", vmtest.InstallerOptions{Version: "v3.0.0-cp", Etcd: true})
 
 	nodes := make([]*cpNode, 3)
 	var initial, endpoints, hostEndpoints []string
@@ -65,7 +65,7 @@ func TestControlPlaneRollingUpgrade(t *testing.T) {
 				// cores miss heartbeats and hold needless elections.
 				HeartbeatMS: 300, ElectionMS: 3000,
 			}}
-		n.vm = vmtest.New(t, image(t, vmtest.ImageOptions{VersionA: "cp-v1", Etcd: true, Config: cfg}))
+		n.vm = vmtest.New(t, image(t, vmtest.ImageOptions{VersionA: "v1.0.0-cp", Etcd: true, Config: cfg}))
 		n.vm.Forward = map[int]int{n.cport: 2379, n.pport: 2380}
 	}
 	for _, n := range nodes {
@@ -138,7 +138,7 @@ func TestControlPlaneRollingUpgrade(t *testing.T) {
 	for i, a := range answers {
 		t.Logf("%s accepted: %s", nodes[i].name, a.Etcd)
 	}
-	waited := waitAll(t, nodes, ids, "cp-v2", 25*time.Minute)
+	waited := waitAll(t, nodes, ids, "v2.0.0-cp", 25*time.Minute)
 	total := time.Since(t0)
 	wcancel()
 	// One at a time: the host saw holds and releases alternate, each node once.
@@ -200,7 +200,7 @@ func TestControlPlaneRollingUpgrade(t *testing.T) {
 	t1 := time.Now()
 	id := n.vm.Upgrade(v3, false)
 	st := n.vm.WaitUpgrade(id, 10*time.Minute)
-	if st.Upgrade.State != upgrade.Done || st.Version != "cp-v3" {
+	if st.Upgrade.State != upgrade.Done || st.Version != "v3.0.0-cp" {
 		t.Fatalf("preserve=false upgrade: %+v", st.Upgrade)
 	}
 	u := waitReleased(t, n.vm, id, 5*time.Minute)
@@ -271,7 +271,7 @@ func refusedAndCancelled(t *testing.T, ctx context.Context, cli *clientv3.Client
 		t.Errorf("events of the waiting node: %d, no \"waiting for the upgrade lease, held by e2e-host\":\n%s", code, b)
 	}
 	st := waitReleased(t, vm, acc.ID, time.Minute)
-	if st.State != upgrade.Aborted || st.Reason != "cancelled: by operator" || vm.Status().Version != "cp-v1" {
+	if st.State != upgrade.Aborted || st.Reason != "cancelled: by operator" || vm.Status().Version != "v1.0.0-cp" {
 		t.Errorf("after cancel: %+v", st)
 	}
 	resp, err := cli.Get(ctx, etcdnode.LockPrefix+"/", clientv3.WithPrefix())
@@ -302,7 +302,7 @@ func refusedAndCancelled(t *testing.T, ctx context.Context, cli *clientv3.Client
 	u2 := waitReleased(t, vm, waitFor, 3*time.Minute)
 	nodes[2].vm.QMP("cont", nil)
 	if u2.State != upgrade.Aborted || !strings.Contains(u2.Reason, "restarting cp0 leaves 1 of 3 voters healthy, quorum 2; unhealthy voters: cp2") ||
-		!strings.Contains(u2.Reason, "gave up") || vm.Status().Version != "cp-v1" {
+		!strings.Contains(u2.Reason, "gave up") || vm.Status().Version != "v1.0.0-cp" {
 		t.Errorf("check with cp2 frozen after taking the lock: %+v", u2)
 	}
 	if resp, err := cli.Get(ctx, etcdnode.LockPrefix+"/", clientv3.WithPrefix()); err != nil || len(resp.Kvs) != 0 {
@@ -322,7 +322,7 @@ func powerCutHolding(t *testing.T, cli *clientv3.Client, vm *vmtest.VM, image st
 	vm.Reset()
 	st := vm.WaitUpgrade(id, upgradeTimeout)
 	u := waitReleased(t, vm, id, 3*time.Minute)
-	if st.Upgrade.State != upgrade.Aborted || !strings.Contains(u.Reason, "interrupted by a reboot") || st.Version != "cp-v1" {
+	if st.Upgrade.State != upgrade.Aborted || !strings.Contains(u.Reason, "interrupted by a reboot") || st.Version != "v1.0.0-cp" {
 		t.Fatalf("power cut while holding the lock: %+v", u)
 	}
 	vm.Expect(`keel-lease released id=`+id, time.Minute)
@@ -473,7 +473,7 @@ func waitService(t *testing.T, vm *vmtest.VM, name string, timeout time.Duration
 func TestControlPlaneSingleMember(t *testing.T) {
 	t.Parallel()
 	reg := vmtest.NewRegistry(t)
-	v2 := reg.PushInstaller(t, "keel:cp-v2", vmtest.InstallerOptions{Version: "cp-v2", Etcd: true})
+	v2 := reg.PushInstaller(t, "keel:v2.0.0-cp", vmtest.InstallerOptions{Version: "v2.0.0-cp", Etcd: true})
 	cport, pport := testenv.FreePort(), testenv.FreePort()
 	cfg := config.Config{Hostname: "solo", Role: "control-plane",
 		Etcd: &config.Etcd{
@@ -481,7 +481,7 @@ func TestControlPlaneSingleMember(t *testing.T) {
 			InitialCluster: fmt.Sprintf("solo=https://10.0.2.2:%d", pport), Endpoints: []string{fmt.Sprintf("https://10.0.2.2:%d", cport)},
 			LeaseTTLS: 180,
 		}}
-	vm := vmtest.New(t, image(t, vmtest.ImageOptions{VersionA: "cp-v1", Etcd: true, Config: cfg}))
+	vm := vmtest.New(t, image(t, vmtest.ImageOptions{VersionA: "v1.0.0-cp", Etcd: true, Config: cfg}))
 	vm.Forward = map[int]int{cport: 2379, pport: 2380}
 	vm.Start()
 	vm.WaitReady(bootTimeout)
@@ -498,7 +498,7 @@ func TestControlPlaneSingleMember(t *testing.T) {
 	}
 	st := vm.WaitUpgrade(acc.ID, upgradeTimeout)
 	u := waitReleased(t, vm, acc.ID, 3*time.Minute)
-	if st.Upgrade.State != upgrade.Done || st.Version != "cp-v2" || u.Warning != "" {
+	if st.Upgrade.State != upgrade.Done || st.Version != "v2.0.0-cp" || u.Warning != "" {
 		t.Fatalf("single-member upgrade: %+v (warning %q)", st.Upgrade, u.Warning)
 	}
 	cli, err := etcdnode.Connect([]string{fmt.Sprintf("https://127.0.0.1:%d", cport)}, vm.EtcdTLS())

@@ -43,15 +43,15 @@ import (
 func TestKubernetesWorkers(t *testing.T) {
 	t.Parallel()
 	c := newKubeCluster(t)
-	v2 := c.reg.PushInstaller(t, "keel:kw-v2", vmtest.InstallerOptions{Version: "kw-v2", Kube: true})
-	bad := c.reg.PushInstaller(t, "keel:kw-bad", vmtest.InstallerOptions{Version: "kw-bad", Kube: true, Fault: string(fault.KubeletNoRegister)})
-	v3 := c.reg.PushInstaller(t, "keel:kw-v3", vmtest.InstallerOptions{Version: "kw-v3", Kube: true})
+	v2 := c.reg.PushInstaller(t, "keel:v2.0.0-kw", vmtest.InstallerOptions{Version: "v2.0.0-kw", Kube: true})
+	bad := c.reg.PushInstaller(t, "keel:v2.5.0-kwbad", vmtest.InstallerOptions{Version: "v2.5.0-kwbad", Kube: true, Fault: string(fault.KubeletNoRegister)})
+	v3 := c.reg.PushInstaller(t, "keel:v3.0.0-kw", vmtest.InstallerOptions{Version: "v3.0.0-kw", Kube: true})
 
 	var vms [2]*vmtest.VM
 	t0 := time.Now()
 	for i := range vms {
 		name := fmt.Sprintf("worker-%d", i+1)
-		o := c.worker(t, name, fmt.Sprintf("10.244.%d.0/24", i+1), "kw-v1")
+		o := c.worker(t, name, fmt.Sprintf("10.244.%d.0/24", i+1), "v1.0.0-kw")
 		o.Config.Kubernetes.ReadyTimeoutS = 90
 		vms[i] = vmtest.New(t, image(t, o))
 		vms[i].Memory = kubeGuestMemory
@@ -100,7 +100,7 @@ func TestKubernetesWorkers(t *testing.T) {
 			sawOnW2.Store(true)
 		}
 	})
-	mustState(t, st, upgrade.Done, "kw-v2", boot.SlotB)
+	mustState(t, st, upgrade.Done, "v2.0.0-kw", boot.SlotB)
 	if preStop.Load() == 0 {
 		t.Error("the evicted web pod's preStop hook never reported")
 	}
@@ -123,7 +123,7 @@ func TestKubernetesWorkers(t *testing.T) {
 	// 2. worker-2 to a slot whose kubelet never registers: rolled back by the Ready gate.
 	w2 := vms[1]
 	st, _ = waitUpgradeTimed(t, w2, w2.Upgrade(bad, true), 15*time.Minute, nil)
-	mustState(t, st, upgrade.RolledBack, "kw-v1", boot.SlotA)
+	mustState(t, st, upgrade.RolledBack, "v1.0.0-kw", boot.SlotA)
 	if !strings.Contains(st.Upgrade.Reason, "kubernetes-ready") {
 		t.Errorf("rollback reason %q does not name the Ready gate", st.Upgrade.Reason)
 	}
@@ -134,7 +134,7 @@ func TestKubernetesWorkers(t *testing.T) {
 	// 3. worker-1, preserve=false: a fresh EPHEMERAL, the agent's image pulled again.
 	since := time.Now()
 	st, _ = waitUpgradeTimed(t, w1, w1.Upgrade(v3, false), 12*time.Minute, nil)
-	mustState(t, st, upgrade.Done, "kw-v3", boot.SlotA)
+	mustState(t, st, upgrade.Done, "v3.0.0-kw", boot.SlotA)
 	c.uncordoned(t, "worker-1", time.Minute)
 	c.podsRunning(t, "app=agent", 2, 3*time.Minute)
 	c.pulledAfter(t, "worker-1", since, "Successfully pulled")

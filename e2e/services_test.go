@@ -83,7 +83,7 @@ func stream(t *testing.T, vm *vmtest.VM, role, path string) (*bufio.Scanner, fun
 // cleanly; the node comes back with both services healthy again.
 func TestServices(t *testing.T) {
 	t.Parallel()
-	vm := vmtest.New(t, image(t, vmtest.ImageOptions{VersionA: "e2e-v1", TestSvc: true, Config: twoServices()}))
+	vm := vmtest.New(t, image(t, vmtest.ImageOptions{VersionA: "v1.0.0-e2e", TestSvc: true, Config: twoServices()}))
 	vm.Start()
 	vm.WaitReady(bootTimeout)
 	m := waitHealthy(t, vm, "db", "app")
@@ -171,7 +171,7 @@ func TestServices(t *testing.T) {
 // keys and config) untouched, so the endpoint still answers with the same certificates.
 func TestReset(t *testing.T) {
 	t.Parallel()
-	vm := vmtest.New(t, image(t, vmtest.ImageOptions{VersionA: "e2e-v1"}))
+	vm := vmtest.New(t, image(t, vmtest.ImageOptions{VersionA: "v1.0.0-e2e"}))
 	before := bootTwice(t, vm)
 	for body, want := range map[string]int{`{"wipe":["META"]}`: 400, `{"wipe":[]}`: 400} {
 		if code, _, _ := vm.CallRaw("admin", "POST", "/v1/reset", []byte(body)); code != want {

@@ -2,9 +2,12 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -24,11 +27,11 @@ import (
 func TestUpgradeWipe(t *testing.T) {
 	t.Parallel()
 	reg := vmtest.NewRegistry(t)
-	v2 := reg.PushInstaller(t, "keel:e2e-v2", vmtest.InstallerOptions{Version: "e2e-v2"})
-	vm := vmtest.New(t, image(t, vmtest.ImageOptions{VersionA: "e2e-v1"}))
+	v2 := reg.PushInstaller(t, "keel:v2.0.0-e2e", vmtest.InstallerOptions{Version: "v2.0.0-e2e"})
+	vm := vmtest.New(t, image(t, vmtest.ImageOptions{VersionA: "v1.0.0-e2e"}))
 	before := bootTwice(t, vm)
 	st := vm.WaitUpgrade(vm.Upgrade(v2, false), upgradeTimeout)
-	mustState(t, st, upgrade.Done, "e2e-v2", boot.SlotB)
+	mustState(t, st, upgrade.Done, "v2.0.0-e2e", boot.SlotB)
 	e := partition(st, disk.PartEphemeral)
 	if st.BootCount != 0 || e.FSUUID == "" || e.FSUUID == partition(before, disk.PartEphemeral).FSUUID || e.CleanAtMount == nil || !*e.CleanAtMount {
 		t.Errorf("after preserve=false: boot count %d (want 0), uuid %s (was %s), clean %v", st.BootCount, e.FSUUID, partition(before, disk.PartEphemeral).FSUUID, e.CleanAtMount)
@@ -51,8 +54,8 @@ func TestBrokenNewSlot(t *testing.T) {
 		t.Run(tc.fault, func(t *testing.T) {
 			t.Parallel()
 			reg := vmtest.NewRegistry(t)
-			bad := reg.PushInstaller(t, "keel:broken", vmtest.InstallerOptions{Version: "e2e-broken", Fault: tc.fault})
-			vm := vmtest.New(t, image(t, vmtest.ImageOptions{VersionA: "e2e-v1", Config: config.Config{Upgrade: config.Upgrade{WatchdogS: 10}}}))
+			bad := reg.PushInstaller(t, "keel:broken", vmtest.InstallerOptions{Version: "v2.0.1-broken", Fault: tc.fault})
+			vm := vmtest.New(t, image(t, vmtest.ImageOptions{VersionA: "v1.0.0-e2e", Config: config.Config{Upgrade: config.Upgrade{WatchdogS: 10}}}))
 			vm.Start()
 			vm.WaitReady(bootTimeout)
 			id := vm.Upgrade(bad, true)
@@ -62,7 +65,7 @@ func TestBrokenNewSlot(t *testing.T) {
 			}
 			vm.Expect(`keel: booting slot A`, 2*bootTimeout)
 			st := vm.WaitUpgrade(id, upgradeTimeout)
-			mustState(t, st, upgrade.RolledBack, "e2e-v1", boot.SlotA)
+			mustState(t, st, upgrade.RolledBack, "v1.0.0-e2e", boot.SlotA)
 			if !strings.HasPrefix(st.Upgrade.Reason, tc.reason) {
 				t.Errorf("reason = %q, want %q", st.Upgrade.Reason, tc.reason)
 			}
@@ -75,18 +78,44 @@ func TestBrokenNewSlot(t *testing.T) {
 func TestBadImages(t *testing.T) {
 	t.Parallel()
 	reg := vmtest.NewRegistry(t)
-	_, otherKey, _ := release.GenerateKey()
-	refs := map[string]string{
-		"unsigned":  reg.PushInstaller(t, "keel:unsigned", vmtest.InstallerOptions{Version: "e2e-v2", Unsigned: true}),
-		"wrong key": reg.PushInstaller(t, "keel:wrongkey", vmtest.InstallerOptions{Version: "e2e-v2", Key: otherKey}),
-		"arm64":     reg.PushInstaller(t, "keel:arm", vmtest.InstallerOptions{Version: "e2e-v2", Arch: "arm64"}),
-		"too large": reg.PushInstaller(t, "keel:huge", vmtest.InstallerOptions{Version: "e2e-v2",
-			Manifest: func(m *installer.Manifest) { m.SlotSize = 300 << 20 }}),
-		"digest": reg.PushInstaller(t, "keel:lying", vmtest.InstallerOptions{Version: "e2e-v2",
-			Manifest: func(m *installer.Manifest) { m.SlotSHA256 = strings.Repeat("0", 64) }}),
-		"truncated": reg.PushInstaller(t, "keel:truncated", vmtest.InstallerOptions{Version: "e2e-v2"}),
+	// Untrusted: a key of nobody the node knows. Old: listed in the config as revoked.
+	c, err := vmtest.Cosign()
+	if err != nil {
+		t.Fatal(err)
 	}
-	img := image(t, vmtest.ImageOptions{VersionA: "e2e-v1", VersionB: "e2e-old"})
+	untrusted, old := cosignKey(t, c), cosignKey(t, c)
+	refs := map[string]string{
+		"unsigned":  reg.PushInstaller(t, "keel:unsigned", vmtest.InstallerOptions{Version: "v2.0.0-e2e", Unsigned: true}),
+		"wrong key": reg.PushInstaller(t, "keel:wrongkey", vmtest.InstallerOptions{Version: "v2.0.0-e2e", Key: untrusted.key}),
+		"revoked":   reg.PushInstaller(t, "keel:revoked", vmtest.InstallerOptions{Version: "v2.0.0-e2e", Key: old.key}),
+		"arm64":     reg.PushInstaller(t, "keel:arm", vmtest.InstallerOptions{Version: "v2.0.0-e2e", Arch: "arm64"}),
+		"too large": reg.PushInstaller(t, "keel:huge", vmtest.InstallerOptions{Version: "v2.0.0-e2e",
+			Manifest: func(m *installer.Manifest) { m.SlotSize = 300 << 20 }}),
+		"digest": reg.PushInstaller(t, "keel:lying", vmtest.InstallerOptions{Version: "v2.0.0-e2e",
+			Manifest: func(m *installer.Manifest) { m.SlotSHA256 = strings.Repeat("0", 64) }}),
+		"file name": reg.PushInstaller(t, "keel:escape", vmtest.InstallerOptions{Version: "v2.0.0-e2e",
+			Manifest: func(m *installer.Manifest) {
+				m.Slot.Files = append([]disk.File(nil), m.Slot.Files...) // shared with the other images
+				m.Slot.Files[0].Name = "../" + m.Slot.Files[0].Name
+			}}),
+		"truncated": reg.PushInstaller(t, "keel:truncated", vmtest.InstallerOptions{Version: "v2.0.0-e2e"}),
+		// A signed v2 under the tag of a version it is not: a substitution.
+		"tag": reg.PushInstaller(t, "keel:v9.0.0", vmtest.InstallerOptions{Version: "v2.0.0-e2e"}),
+		// Older than the running v1.0.0-e2e; the floor is v0.9.5-e2e.
+		"older":       reg.PushInstaller(t, "keel:v0.9.7-e2e", vmtest.InstallerOptions{Version: "v0.9.7-e2e"}),
+		"below floor": reg.PushInstaller(t, "keel:v0.9.1-e2e", vmtest.InstallerOptions{Version: "v0.9.1-e2e"}),
+	}
+	// Another image's signature stored as this one's (the registry's, or an attacker's, doing).
+	refs["substituted"] = reg.PushInstaller(t, "keel:v3.0.0-e2e", vmtest.InstallerOptions{Version: "v3.0.0-e2e", SignatureOf: "keel:truncated"})
+	// A registry the node does not list as insecure: plain HTTP to it is refused.
+	unlisted := vmtest.NewRegistry(t)
+	refs["plain http"] = unlisted.PushInstaller(t, "keel:v2.0.0-e2e", vmtest.InstallerOptions{Version: "v2.0.0-e2e"})
+	cfg := config.Config{Upgrade: config.Upgrade{
+		TrustedKeys:        []config.TrustedKey{{Name: "old", PublicKey: old.pub, Revoked: true}},
+		InsecureRegistries: []string{fmt.Sprintf("10.0.2.2:%d", reg.Port)},
+		MinVersion:         "v0.9.5-e2e",
+	}}
+	img := image(t, vmtest.ImageOptions{VersionA: "v1.0.0-e2e", VersionB: "v0.9.0-e2e", Config: cfg})
 	vm := vmtest.New(t, img)
 	slotB := vm.ReadPartition(disk.PartBootB, img.SlotB.Manifest.Files[0].Size)
 	vm.Start()
@@ -112,11 +141,18 @@ func TestBadImages(t *testing.T) {
 	cases := []struct{ name, ref, reason string }{
 		{"not found", reg.GuestRef("keel:nope"), "image not found"},
 		{"refused", "10.0.2.2:1/keel:x", "registry unreachable"},
+		{"plain http", refs["plain http"], "registry refused: plain HTTP"},
 		{"unsigned", refs["unsigned"], "image is not signed"},
-		{"wrong key", refs["wrong key"], "bad signature"},
+		{"wrong key", refs["wrong key"], "bad signature: 1 signature(s), none counts: a signature by a key this node does not trust"},
+		{"revoked", refs["revoked"], "key old is revoked"},
+		{"substituted", refs["substituted"], "signed another image"},
 		{"arm64", refs["arm64"], "another architecture"},
 		{"too large", refs["too large"], "slot image too large"},
 		{"digest", refs["digest"], "digest mismatch"},
+		{"file name", refs["file name"], "not an installer image: slot manifest"},
+		{"tag", refs["tag"], "refused: version check: the tag says v9.0.0 but the image's signed manifest says v2.0.0-e2e"},
+		{"older", refs["older"], "refused: version check: v0.9.7-e2e is older than the running v1.0.0-e2e"},
+		{"below floor, downgrade", refs["below floor"], "refused: version check: v0.9.1-e2e is below the rollback floor v0.9.5-e2e"},
 		{"truncated", refs["truncated"], "download truncated"},
 	}
 	var ids []string
@@ -125,18 +161,26 @@ func TestBadImages(t *testing.T) {
 			// The registry's answer is cut in half: a real registry does not do that on demand.
 			reg.Wrap(truncateBlobs)
 		}
-		id := vm.Upgrade(tc.ref, true)
+		id := vm.UpgradeWith(netapi.UpgradeRequest{Image: tc.ref, Preserve: true, Downgrade: strings.Contains(tc.name, "downgrade")})
 		st := vm.WaitUpgrade(id, upgradeTimeout)
 		reg.Wrap(nil)
-		mustState(t, st, upgrade.Aborted, "e2e-v1", boot.SlotA)
+		mustState(t, st, upgrade.Aborted, "v1.0.0-e2e", boot.SlotA)
 		if !strings.Contains(st.Upgrade.Reason, tc.reason) {
 			t.Errorf("%s: reason %q, want %q", tc.name, st.Upgrade.Reason, tc.reason)
 		}
 		ids = append(ids, id)
 	}
 	st := vm.Status()
-	if len(st.History) != len(cases)-1 || st.BootCount != 0 {
+	if len(st.History) != min(len(cases)-1, upgrade.HistoryLen) || st.BootCount != 0 {
 		t.Errorf("history has %d entries, boot count %d (a reboot happened?)", len(st.History), st.BootCount)
+	}
+	// Slot B holds v0.9.0-e2e, below the floor: no rollback to it.
+	if code, b, err := vm.Call("admin", "POST", "/v1/rollback", nil); err != nil || code != http.StatusPreconditionFailed ||
+		!strings.Contains(string(b), "holds v0.9.0-e2e, below the rollback floor v0.9.5-e2e") {
+		t.Errorf("rollback below the floor: %d %v %s, want 412 naming the floor", code, err, b)
+	}
+	if st := vm.Status(); st.BootedSlot != "A" || st.CommittedSlot != "A" || st.NextSlot != "" || st.RollbackFloor != "v0.9.5-e2e" {
+		t.Errorf("after the refused rollback: booted %s, committed %s, next %q, floor %q", st.BootedSlot, st.CommittedSlot, st.NextSlot, st.RollbackFloor)
 	}
 	if code, b, err := vm.Call("admin", "POST", "/v1/shutdown", nil); err != nil || code != http.StatusAccepted {
 		t.Fatalf("shutdown: %d %v %s", code, err, b)
@@ -198,9 +242,9 @@ func slowBlobs(h http.Handler) http.Handler {
 func TestPowerCuts(t *testing.T) {
 	t.Parallel()
 	reg := vmtest.NewRegistry(t)
-	v2 := reg.PushInstaller(t, "keel:e2e-v2", vmtest.InstallerOptions{Version: "e2e-v2"})
-	slow := reg.PushInstaller(t, "keel:slow-trial", vmtest.InstallerOptions{Version: "e2e-v3", Fault: "slow-trial"})
-	vm := vmtest.New(t, image(t, vmtest.ImageOptions{VersionA: "e2e-v1"}))
+	v2 := reg.PushInstaller(t, "keel:v2.0.0-e2e", vmtest.InstallerOptions{Version: "v2.0.0-e2e"})
+	slow := reg.PushInstaller(t, "keel:slow-trial", vmtest.InstallerOptions{Version: "v3.0.0-e2e", Fault: "slow-trial"})
+	vm := vmtest.New(t, image(t, vmtest.ImageOptions{VersionA: "v1.0.0-e2e"}))
 	vm.Start()
 	vm.WaitReady(bootTimeout)
 
@@ -213,7 +257,7 @@ func TestPowerCuts(t *testing.T) {
 	reg.Wrap(nil)
 	vm.WaitReady(bootTimeout)
 	st := vm.WaitUpgrade(id, upgradeTimeout)
-	mustState(t, st, upgrade.Aborted, "e2e-v1", boot.SlotA)
+	mustState(t, st, upgrade.Aborted, "v1.0.0-e2e", boot.SlotA)
 	if !strings.Contains(st.Upgrade.Reason, "while pulling") {
 		t.Errorf("reason = %q", st.Upgrade.Reason)
 	}
@@ -225,7 +269,7 @@ func TestPowerCuts(t *testing.T) {
 	vm.Expect(`keel: booting slot A`, bootTimeout)
 	vm.WaitReady(bootTimeout)
 	st = vm.WaitUpgrade(id, upgradeTimeout)
-	mustState(t, st, upgrade.Aborted, "e2e-v1", boot.SlotA)
+	mustState(t, st, upgrade.Aborted, "v1.0.0-e2e", boot.SlotA)
 	if !strings.Contains(st.Upgrade.Reason, "while writing") || st.SlotsMeta[boot.SlotB].Verified || st.NextSlot != "" {
 		t.Errorf("after a cut mid-write: reason %q, slot B %+v, next %q", st.Upgrade.Reason, st.SlotsMeta[boot.SlotB], st.NextSlot)
 	}
@@ -236,7 +280,7 @@ func TestPowerCuts(t *testing.T) {
 	vm.Reset()
 	vm.Expect(`keel: booting slot B`, bootTimeout)
 	st = vm.WaitUpgrade(id, upgradeTimeout)
-	mustState(t, st, upgrade.Done, "e2e-v2", boot.SlotB)
+	mustState(t, st, upgrade.Done, "v2.0.0-e2e", boot.SlotB)
 
 	t.Log("cut during the trial boot")
 	id = vm.Upgrade(slow, true)
@@ -245,7 +289,7 @@ func TestPowerCuts(t *testing.T) {
 	vm.Reset()
 	vm.Expect(`keel: booting slot B`, bootTimeout)
 	st = vm.WaitUpgrade(id, upgradeTimeout)
-	mustState(t, st, upgrade.RolledBack, "e2e-v2", boot.SlotB)
+	mustState(t, st, upgrade.RolledBack, "v2.0.0-e2e", boot.SlotB)
 	if !strings.Contains(st.Upgrade.Reason, "reset during the trial boot") {
 		t.Errorf("reason = %q", st.Upgrade.Reason)
 	}
@@ -257,8 +301,8 @@ func TestPowerCuts(t *testing.T) {
 func TestUnmountBusy(t *testing.T) {
 	t.Parallel()
 	reg := vmtest.NewRegistry(t)
-	v2 := reg.PushInstaller(t, "keel:e2e-v2", vmtest.InstallerOptions{Version: "e2e-v2"})
-	vm := vmtest.New(t, image(t, vmtest.ImageOptions{VersionA: "e2e-v1", FaultA: "busy-var"}))
+	v2 := reg.PushInstaller(t, "keel:v2.0.0-e2e", vmtest.InstallerOptions{Version: "v2.0.0-e2e"})
+	vm := vmtest.New(t, image(t, vmtest.ImageOptions{VersionA: "v1.0.0-e2e", FaultA: "busy-var"}))
 	vm.Start()
 	r := vm.WaitReady(bootTimeout)
 	id := vm.Upgrade(v2, true)
@@ -266,8 +310,21 @@ func TestUnmountBusy(t *testing.T) {
 	vm.Expect(`keel: booting slot A`, bootTimeout)
 	r2 := vm.WaitReady(bootTimeout)
 	st := vm.Status()
-	mustState(t, st, upgrade.Aborted, "e2e-v1", boot.SlotA)
+	mustState(t, st, upgrade.Aborted, "v1.0.0-e2e", boot.SlotA)
 	if !strings.Contains(st.Upgrade.Reason, "unmount /var") || r2.BootID == r.BootID {
 		t.Errorf("reason %q; rebooted: %v", st.Upgrade.Reason, r2.BootID != r.BootID)
 	}
+}
+
+type testKey struct{ key, pub string }
+
+// cosignKey makes a cosign key pair in the test's temporary directory.
+func cosignKey(t *testing.T, c release.Cosign) testKey {
+	t.Helper()
+	dir := t.TempDir()
+	pub, err := c.EnsureKey(context.Background(), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return testKey{key: filepath.Join(dir, release.CosignKeyFile), pub: pub}
 }

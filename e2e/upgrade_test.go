@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"keel/boot"
+	"keel/config"
 	"keel/disk"
 	"keel/events"
 	"keel/internal/testenv/vmtest"
@@ -33,13 +34,16 @@ func mustState(t *testing.T, st netapi.Status, want upgrade.State, version strin
 }
 
 // TestUpgradeAndRollback: v1 on A → v2 on B (preserve), → v3 on A, then POST /v1/rollback
-// returns to v2 on B. /var is kept throughout: its boot log keeps growing.
+// returns to v2 on B. /var is kept throughout: its boot log keeps growing. The images come
+// from Debian's docker-registry over TLS, its CA given in upgrade.registry_ca, signed by cosign;
+// the node lists no insecure registry.
 func TestUpgradeAndRollback(t *testing.T) {
 	t.Parallel()
-	reg := vmtest.NewRegistry(t)
-	v2 := reg.PushInstaller(t, "keel:e2e-v2", vmtest.InstallerOptions{Version: "e2e-v2"})
-	v3 := reg.PushInstaller(t, "keel:e2e-v3", vmtest.InstallerOptions{Version: "e2e-v3"})
-	vm := vmtest.New(t, image(t, vmtest.ImageOptions{VersionA: "e2e-v1"}))
+	reg := vmtest.NewTLSRegistry(t)
+	v2 := reg.PushInstaller(t, "keel:v2.0.0-e2e", vmtest.InstallerOptions{Version: "v2.0.0-e2e"})
+	v3 := reg.PushInstaller(t, "keel:v3.0.0-e2e", vmtest.InstallerOptions{Version: "v3.0.0-e2e"})
+	cfg := config.Config{Upgrade: config.Upgrade{RegistryCA: []string{string(reg.CAPEM)}}}
+	vm := vmtest.New(t, image(t, vmtest.ImageOptions{VersionA: "v1.0.0-e2e", HTTPSOnly: true, Config: cfg}))
 	vm.Start()
 	vm.WaitReady(bootTimeout)
 	before := vm.Status()
@@ -79,8 +83,8 @@ func TestUpgradeAndRollback(t *testing.T) {
 	vm.Expect(`keel: booting slot B`, bootTimeout)
 	st := vm.WaitUpgrade(id, upgradeTimeout)
 	t.Logf("upgrade A→B: request → done in %.1fs", time.Since(t0).Seconds())
-	mustState(t, st, upgrade.Done, "e2e-v2", boot.SlotB)
-	if u := st.Upgrade; u.FromVersion != "e2e-v1" || u.ToVersion != "e2e-v2" || u.Digest == "" || u.Progress.Written != u.SlotSize || u.SlotSize == 0 ||
+	mustState(t, st, upgrade.Done, "v2.0.0-e2e", boot.SlotB)
+	if u := st.Upgrade; u.FromVersion != "v1.0.0-e2e" || u.ToVersion != "v2.0.0-e2e" || u.Digest == "" || u.SignedBy != "harness" || u.Progress.Written != u.SlotSize || u.SlotSize == 0 ||
 		!strings.HasPrefix(u.Kubernetes, "skipped") || u.Uncordon || !strings.HasPrefix(st.Kubernetes, "not configured") {
 		t.Errorf("record = %+v", u)
 	}
@@ -88,14 +92,14 @@ func TestUpgradeAndRollback(t *testing.T) {
 		t.Errorf("preserve=true: boot count %d → %d, EPHEMERAL uuid %s → %s", before.BootCount, st.BootCount,
 			partition(before, disk.PartEphemeral).FSUUID, partition(st, disk.PartEphemeral).FSUUID)
 	}
-	if !st.SlotsMeta[boot.SlotB].Verified || st.SlotsMeta[boot.SlotB].Version != "e2e-v2" {
+	if !st.SlotsMeta[boot.SlotB].Verified || st.SlotsMeta[boot.SlotB].Version != "v2.0.0-e2e" {
 		t.Errorf("slots_meta = %+v", st.SlotsMeta)
 	}
 
 	// B → A.
 	id2 := vm.Upgrade(v3, true)
 	st = vm.WaitUpgrade(id2, upgradeTimeout)
-	mustState(t, st, upgrade.Done, "e2e-v3", boot.SlotA)
+	mustState(t, st, upgrade.Done, "v3.0.0-e2e", boot.SlotA)
 	if len(st.History) != 1 || st.History[0].ID != id || st.History[0].State != upgrade.Done {
 		t.Errorf("history = %+v", st.History)
 	}
@@ -107,7 +111,7 @@ func TestUpgradeAndRollback(t *testing.T) {
 	vm.Expect(`keel: booting slot B`, bootTimeout)
 	r := vm.WaitReady(bootTimeout)
 	st = vm.Status()
-	if r.Version != "e2e-v2" || st.BootedSlot != "B" || st.CommittedSlot != "B" || len(st.Rollbacks) != 1 {
+	if r.Version != "v2.0.0-e2e" || st.BootedSlot != "B" || st.CommittedSlot != "B" || len(st.Rollbacks) != 1 {
 		t.Fatalf("after rollback: version %s booted %s committed %s rollbacks %+v", r.Version, st.BootedSlot, st.CommittedSlot, st.Rollbacks)
 	}
 }

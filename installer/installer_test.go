@@ -3,8 +3,12 @@ package installer_test
 import (
 	"bytes"
 	"context"
+	"crypto"
+	"crypto/ecdsa"
 	"crypto/ed25519"
+	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"net"
@@ -14,8 +18,10 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"keel/disk"
@@ -46,8 +52,7 @@ type fixture struct {
 	slot     string
 	content  []byte
 	manifest disk.Manifest
-	pub      ed25519.PublicKey
-	key      ed25519.PrivateKey
+	key      *ecdsa.PrivateKey
 }
 
 func newFixture(t *testing.T) fixture {
@@ -55,41 +60,72 @@ func newFixture(t *testing.T) fixture {
 	content := bytes.Repeat([]byte("slot-bytes-"), 100000) // ~1 MB
 	p := filepath.Join(dir, "slot.img")
 	os.WriteFile(p, content, 0o644)
-	pub, key, _ := release.GenerateKey()
-	return fixture{slot: p, content: content, pub: pub, key: key,
+	return fixture{slot: p, content: content, key: newKey(t),
 		manifest: disk.Manifest{Version: "v2", Arch: "amd64", Files: []disk.File{disk.NewFile("vmlinuz", []byte("k"))}}}
 }
 
-func push(t *testing.T, addr, repoTag string, o release.BuildOptions) string {
+// local lets the tests' plain-HTTP registries on 127.0.0.1 be reached.
+var local = installer.PullOptions{Insecure: []string{"127.0.0.1"}}
+
+// push writes an unsigned installer image and returns its reference and digest.
+func push(t *testing.T, addr, repoTag string, o release.BuildOptions) (string, v1.Hash) {
 	t.Helper()
 	img, err := release.Build(o)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ref, err := installer.ParseReference(addr+"/"+repoTag, false)
+	ref, err := installer.ParseReference(addr+"/"+repoTag, local.Insecure)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := remote.Write(ref, img); err != nil {
 		t.Fatal(err)
 	}
-	return ref.String()
+	d, _ := img.Digest()
+	return ref.String(), d
 }
 
 func TestPull(t *testing.T) {
 	f := newFixture(t)
 	addr := serve(t, nil)
-	policy := installer.Policy{Arch: "amd64", TrustedKeys: []ed25519.PublicKey{f.pub}, MaxSlotSize: 2 << 20}
-	_, otherKey, _ := release.GenerateKey()
+	trusted := installer.TrustedKey{Name: "release-2026", Key: f.key.Public()}
+	policy := installer.Policy{Arch: "amd64", TrustedKeys: []installer.TrustedKey{trusted}, MaxSlotSize: 2 << 20}
+	with := func(mod func(*installer.Policy)) installer.Policy {
+		p := policy
+		p.TrustedKeys = append([]installer.TrustedKey(nil), policy.TrustedKeys...)
+		mod(&p)
+		return p
+	}
+	otherKey := newKey(t)
+	edPub, edKey, _ := ed25519.GenerateKey(nil)
 
-	good := push(t, addr, "keel:v2", release.BuildOptions{SlotPath: f.slot, Slot: f.manifest, Key: f.key})
-	unsigned := push(t, addr, "keel:unsigned", release.BuildOptions{SlotPath: f.slot, Slot: f.manifest})
-	wrongKey := push(t, addr, "keel:wrongkey", release.BuildOptions{SlotPath: f.slot, Slot: f.manifest, Key: otherKey})
-	arm := push(t, addr, "keel:arm", release.BuildOptions{SlotPath: f.slot, Slot: f.manifest, Key: f.key, Arch: "arm64"})
-	lying := push(t, addr, "keel:lying", release.BuildOptions{SlotPath: f.slot, Slot: f.manifest, Key: f.key,
-		Manifest: func(m *installer.Manifest) { m.SlotSHA256 = strings.Repeat("0", 64) }})
-	short := push(t, addr, "keel:short", release.BuildOptions{SlotPath: f.slot, Slot: f.manifest, Key: f.key,
-		Manifest: func(m *installer.Manifest) { m.SlotSize -= 10 }})
+	signed := func(repoTag string, o release.BuildOptions, keys ...crypto.Signer) string {
+		ref, d := push(t, addr, repoTag, o)
+		for _, k := range keys {
+			sign(t, addr, d, d, k)
+		}
+		return ref
+	}
+	build := release.BuildOptions{SlotPath: f.slot, Slot: f.manifest}
+	good := signed("keel:v2", build, f.key)
+	unsigned := signed("keel:unsigned", release.BuildOptions{SlotPath: f.slot, Slot: f.manifest, Manifest: func(m *installer.Manifest) { m.Slot.KernelRelease = "u" }})
+	wrongKey := signed("keel:wrongkey", release.BuildOptions{SlotPath: f.slot, Slot: f.manifest, Arch: "amd64", Manifest: func(m *installer.Manifest) { m.Slot.KernelRelease = "w" }}, otherKey)
+	twoKeys := signed("keel:twokeys", release.BuildOptions{SlotPath: f.slot, Slot: f.manifest, Manifest: func(m *installer.Manifest) { m.Slot.KernelRelease = "2" }}, otherKey, f.key)
+	edSigned := signed("keel:ed", release.BuildOptions{SlotPath: f.slot, Slot: f.manifest, Manifest: func(m *installer.Manifest) { m.Slot.KernelRelease = "e" }}, edKey)
+	arm := signed("keel:arm", release.BuildOptions{SlotPath: f.slot, Slot: f.manifest, Arch: "arm64"}, f.key)
+	lying := signed("keel:lying", release.BuildOptions{SlotPath: f.slot, Slot: f.manifest,
+		Manifest: func(m *installer.Manifest) { m.SlotSHA256 = strings.Repeat("0", 64) }}, f.key)
+	short := signed("keel:short", release.BuildOptions{SlotPath: f.slot, Slot: f.manifest,
+		Manifest: func(m *installer.Manifest) { m.SlotSize -= 10 }}, f.key)
+	escape := signed("keel:escape", release.BuildOptions{SlotPath: f.slot, Slot: f.manifest,
+		Manifest: func(m *installer.Manifest) {
+			m.Slot.Files = []disk.File{disk.NewFile("../../etc/passwd", []byte("k"))}
+		}}, f.key)
+	// A trusted key's signature of the good image, stored as the signature of another one: the
+	// substitution a registry (or a man in the middle) can make without any key.
+	_, goodDigest := push(t, addr, "keel:v2", build)
+	otherRef, otherDigest := push(t, addr, "keel:v9", release.BuildOptions{SlotPath: f.slot, Slot: f.manifest, Manifest: func(m *installer.Manifest) { m.Slot.KernelRelease = "9" }})
+	sign(t, addr, otherDigest, goodDigest, f.key)
 
 	// A port nothing listens on.
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
@@ -100,23 +136,40 @@ func TestPull(t *testing.T) {
 		name   string
 		ref    string
 		policy installer.Policy
+		opts   installer.PullOptions
 		want   error
+		says   string // in the error
 	}{
-		{"good", good, policy, nil},
-		{"invalid reference", "127.0.0.1:1/UPPER CASE:x", policy, installer.ErrReference},
-		{"not found", addr + "/keel:nope", policy, installer.ErrNotFound},
-		{"refused", closed + "/keel:v2", policy, installer.ErrUnreachable},
-		{"unsigned", unsigned, policy, installer.ErrUnsigned},
-		{"unsigned allowed", unsigned, installer.Policy{Arch: "amd64", AllowUnsigned: true, MaxSlotSize: 2 << 20}, nil},
-		{"untrusted key", wrongKey, policy, installer.ErrSignature},
-		{"other architecture", arm, policy, installer.ErrArch},
-		{"too large", good, installer.Policy{Arch: "amd64", TrustedKeys: policy.TrustedKeys, MaxSlotSize: 1000}, installer.ErrTooLarge},
-		{"manifest digest lies", lying, policy, installer.ErrDigest},
-		{"more bytes than declared", short, policy, installer.ErrDigest},
+		{"good", good, policy, local, nil, ""},
+		{"invalid reference", "127.0.0.1:1/UPPER CASE:x", policy, local, installer.ErrReference, ""},
+		{"not found", addr + "/keel:nope", policy, local, installer.ErrNotFound, ""},
+		{"refused", closed + "/keel:v2", policy, local, installer.ErrUnreachable, ""},
+		{"refused, not listed", closed + "/keel:v2", policy, installer.PullOptions{}, installer.ErrUnreachable, "connection refused"},
+		{"plain http not listed", good, policy, installer.PullOptions{}, installer.ErrInsecure, "insecure_registries"},
+		{"plain http, other host listed", good, policy, installer.PullOptions{Insecure: []string{"10.0.2.2"}}, installer.ErrInsecure, ""},
+		{"plain http, host:port listed", good, policy, installer.PullOptions{Insecure: []string{addr}}, nil, ""},
+		{"unsigned", unsigned, policy, local, installer.ErrUnsigned, "no cosign signature"},
+		{"unsigned allowed", unsigned, with(func(p *installer.Policy) { p.AllowUnsigned, p.TrustedKeys = true, nil }), local, nil, ""},
+		{"untrusted key", wrongKey, policy, local, installer.ErrSignature, "does not trust"},
+		{"untrusted key, unsigned allowed", wrongKey, with(func(p *installer.Policy) { p.AllowUnsigned = true }), local, installer.ErrSignature, "does not trust"},
+		{"signature of another image", otherRef, with(func(p *installer.Policy) { p.AllowUnsigned = true }), local, installer.ErrSignature, "signed another image (" + goodDigest.String()},
+		{"revoked key", good, with(func(p *installer.Policy) { p.TrustedKeys[0].Revoked = true }), local, installer.ErrSignature, "key release-2026 is revoked"},
+		{"revoked key, unsigned allowed", good, with(func(p *installer.Policy) { p.TrustedKeys[0].Revoked, p.AllowUnsigned = true, true }), local, installer.ErrSignature, "revoked"},
+		{"expired key", good, with(func(p *installer.Policy) { p.TrustedKeys[0].Expires = time.Now().Add(-time.Hour) }), local, installer.ErrSignature, "expired at"},
+		{"key not yet expired", good, with(func(p *installer.Policy) { p.TrustedKeys[0].Expires = time.Now().Add(time.Hour) }), local, nil, ""},
+		{"one of two signatures trusted", twoKeys, policy, local, nil, ""},
+		{"rotated: old key revoked, new key trusted", twoKeys, installer.Policy{Arch: "amd64", MaxSlotSize: 2 << 20, TrustedKeys: []installer.TrustedKey{{Name: "old", Key: otherKey.Public(), Revoked: true}, trusted}}, local, nil, ""},
+		{"signed only by the revoked old key", wrongKey, installer.Policy{Arch: "amd64", MaxSlotSize: 2 << 20, TrustedKeys: []installer.TrustedKey{{Name: "old", Key: otherKey.Public(), Revoked: true}, trusted}}, local, installer.ErrSignature, "key old is revoked"},
+		{"ed25519 key", edSigned, with(func(p *installer.Policy) { p.TrustedKeys = []installer.TrustedKey{{Key: edPub}} }), local, nil, ""},
+		{"other architecture", arm, policy, local, installer.ErrArch, ""},
+		{"too large", good, with(func(p *installer.Policy) { p.MaxSlotSize = 1000 }), local, installer.ErrTooLarge, ""},
+		{"manifest digest lies", lying, policy, local, installer.ErrDigest, ""},
+		{"more bytes than declared", short, policy, local, installer.ErrDigest, ""},
+		{"file name leaves the slot", escape, policy, local, installer.ErrNotInstaller, "../../etc/passwd"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			p, err := installer.Pull(context.Background(), tc.ref, tc.policy, installer.PullOptions{})
+			p, err := installer.Pull(context.Background(), tc.ref, tc.policy, tc.opts)
 			if tc.want == nil {
 				if err != nil {
 					t.Fatal(err)
@@ -124,10 +177,12 @@ func TestPull(t *testing.T) {
 				if p.Manifest.Version != "v2" || !strings.HasPrefix(p.Digest, "sha256:") {
 					t.Errorf("manifest %+v, digest %s", p.Manifest, p.Digest)
 				}
+				if (p.Signed.Key == "") != tc.policy.AllowUnsigned {
+					t.Errorf("signed by %+v", p.Signed)
+				}
 				// The write pass streams the same bytes again, by digest.
-				repo, _, _ := strings.Cut(tc.ref, ":v2")
-				repo, _, _ = strings.Cut(repo, ":unsigned")
-				s, err := installer.Open(context.Background(), repo+"@"+p.Digest, tc.policy, installer.PullOptions{})
+				repo := tc.ref[:strings.LastIndex(tc.ref, ":")]
+				s, err := installer.Open(context.Background(), repo+"@"+p.Digest, tc.policy, tc.opts)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -138,10 +193,56 @@ func TestPull(t *testing.T) {
 				}
 				return
 			}
-			if !errors.Is(err, tc.want) {
-				t.Fatalf("err = %v, want %v", err, tc.want)
+			if !errors.Is(err, tc.want) || !strings.Contains(fmt.Sprint(err), tc.says) {
+				t.Fatalf("err = %v, want %v saying %q", err, tc.want, tc.says)
 			}
 		})
+	}
+}
+
+// TestPullTLS: a registry over HTTPS is checked against the CAs given (the node's bundle plus
+// upgrade.registry_ca); one whose certificate nothing vouches for is refused.
+func TestPullTLS(t *testing.T) {
+	f := newFixture(t)
+	srv := httptest.NewTLSServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	defer srv.Close()
+	addr := strings.TrimPrefix(srv.URL, "https://")
+	img, _ := release.Build(release.BuildOptions{SlotPath: f.slot, Slot: f.manifest})
+	ref, _ := installer.ParseReference(addr+"/keel:v2", nil)
+	tr := remote.WithTransport(srv.Client().Transport)
+	if err := remote.Write(ref, img, tr); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := img.Digest()
+	signWith(t, ref.Context(), d, d, f.key, tr)
+	pool := x509.NewCertPool()
+	pool.AddCert(srv.Certificate())
+	policy := installer.Policy{Arch: "amd64", TrustedKeys: []installer.TrustedKey{{Key: f.key.Public()}}}
+	if _, err := installer.Pull(context.Background(), ref.String(), policy, installer.PullOptions{RootCAs: pool}); err != nil {
+		t.Fatalf("with the CA: %v", err)
+	}
+	_, err := installer.Pull(context.Background(), ref.String(), policy, installer.PullOptions{RootCAs: x509.NewCertPool()})
+	if err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Fatalf("without the CA: %v, want a certificate error", err)
+	}
+}
+
+func TestInsecure(t *testing.T) {
+	for _, tc := range []struct {
+		host string
+		list []string
+		want bool
+	}{
+		{"10.0.2.2:5000", []string{"10.0.2.2"}, true},
+		{"10.0.2.2:5000", []string{"10.0.2.2:5000"}, true},
+		{"10.0.2.2:5001", []string{"10.0.2.2:5000"}, false},
+		{"Registry.Local", []string{"registry.local"}, true},
+		{"registry.local.evil", []string{"registry.local"}, false},
+		{"127.0.0.1:80", nil, false},
+	} {
+		if got := installer.Insecure(tc.host, tc.list); got != tc.want {
+			t.Errorf("Insecure(%s, %v) = %v", tc.host, tc.list, got)
+		}
 	}
 }
 
@@ -175,22 +276,20 @@ func TestPullDamagedDownloads(t *testing.T) {
 					w.Write(body) // Content-Length stays the real size: the client sees a short or wrong body
 				})
 			})
-			img, _ := release.Build(release.BuildOptions{SlotPath: f.slot, Slot: f.manifest, Key: f.key})
+			img, _ := release.Build(release.BuildOptions{SlotPath: f.slot, Slot: f.manifest})
 			layers, _ := img.Layers()
 			d, _ := layers[len(layers)-1].Digest()
-			ref, _ := installer.ParseReference(addr+"/keel:v2", false)
-			if err := remote.Write(ref, img); err != nil {
-				t.Fatal(err)
-			}
+			ref, digest := push(t, addr, "keel:v2", release.BuildOptions{SlotPath: f.slot, Slot: f.manifest})
+			sign(t, addr, digest, digest, f.key)
 			slotDigest = d.String()
-			policy := installer.Policy{Arch: "amd64", TrustedKeys: []ed25519.PublicKey{f.pub}}
-			_, err := installer.Pull(context.Background(), ref.String(), policy, installer.PullOptions{})
+			policy := installer.Policy{Arch: "amd64", TrustedKeys: []installer.TrustedKey{{Key: f.key.Public()}}}
+			_, err := installer.Pull(context.Background(), ref, policy, local)
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("err = %v, want %v", err, tc.want)
 			}
 			// The write pass's stream fails the same way (or, where gzip cannot tell, yields
 			// bytes whose SHA-256 the writer refuses).
-			s, err := installer.Open(context.Background(), ref.String(), policy, installer.PullOptions{})
+			s, err := installer.Open(context.Background(), ref, policy, local)
 			if err != nil {
 				t.Fatal(err)
 			}

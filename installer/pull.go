@@ -4,9 +4,9 @@ import (
 	"compress/flate"
 	"compress/gzip"
 	"context"
-	"crypto/ed25519"
 	"crypto/sha256"
-	"encoding/base64"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -28,6 +29,7 @@ var (
 	ErrReference    = errors.New("invalid image reference")
 	ErrNotFound     = errors.New("image not found")
 	ErrUnreachable  = errors.New("registry unreachable")
+	ErrInsecure     = errors.New("registry refused: plain HTTP")
 	ErrArch         = errors.New("image is for another architecture")
 	ErrNotInstaller = errors.New("not an installer image")
 	ErrUnsigned     = errors.New("image is not signed")
@@ -40,10 +42,13 @@ var (
 
 // Policy is what a node accepts.
 type Policy struct {
-	Arch          string // e.g. amd64
-	TrustedKeys   []ed25519.PublicKey
+	Arch        string // e.g. amd64
+	TrustedKeys []TrustedKey
+	// AllowUnsigned accepts an image that carries no signature at all; one whose signatures
+	// do not count (untrusted, revoked or expired key, another image's) is refused anyway.
 	AllowUnsigned bool
-	MaxSlotSize   int64 // the inactive partition's size
+	MaxSlotSize   int64     // the inactive partition's size
+	Now           time.Time // for key expiry; zero: the clock
 }
 
 // Pulled is a verified installer image.
@@ -51,27 +56,64 @@ type Pulled struct {
 	Ref      string
 	Digest   string // of the OCI manifest: Ref@Digest names exactly these bytes
 	Manifest Manifest
+	Signed   SignedBy
 }
 
-// ParseReference parses an image reference; plain HTTP is allowed for registries named by
-// a private or loopback address (as go-containerregistry does) and for those in insecure.
-func ParseReference(ref string, insecure bool) (name.Reference, error) {
-	opts := []name.Option{name.StrictValidation}
-	if insecure {
-		opts = append(opts, name.Insecure)
-	}
-	r, err := name.ParseReference(ref, opts...)
+// ParseReference parses an image reference. insecure lists the registries that may be
+// reached over plain HTTP (host or host:port); every other registry is HTTPS only, whatever
+// its address.
+func ParseReference(ref string, insecure []string) (name.Reference, error) {
+	r, err := name.ParseReference(ref, name.StrictValidation)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %q: %v", ErrReference, ref, err)
+	}
+	if Insecure(r.Context().RegistryStr(), insecure) {
+		// name.Insecure lets go-containerregistry fall back to http after https.
+		return name.ParseReference(ref, name.StrictValidation, name.Insecure)
 	}
 	return r, nil
 }
 
+// Insecure reports whether host (host or host:port) is listed: an entry without a port
+// matches every port of its host.
+func Insecure(host string, list []string) bool {
+	h := host
+	if hh, _, err := net.SplitHostPort(host); err == nil {
+		h = hh
+	}
+	for _, e := range list {
+		if strings.EqualFold(e, host) || strings.EqualFold(e, h) {
+			return true
+		}
+	}
+	return false
+}
+
 // PullOptions tune a pull.
 type PullOptions struct {
-	Insecure bool
+	// Insecure lists the registries that may be reached over plain HTTP.
+	Insecure []string
+	// RootCAs verify registries' certificates; nil: the system's bundle.
+	RootCAs *x509.CertPool
 	// Progress is called as the slot streams (bytes so far, total).
 	Progress func(done, total int64)
+}
+
+// httpGuard refuses plain-HTTP requests to registries not listed as insecure.
+// go-containerregistry falls back to http for registries on private and loopback addresses
+// whatever its caller says; a man in the middle could then serve any older signed image.
+type httpGuard struct {
+	rt       http.RoundTripper
+	insecure []string
+	refused  atomic.Value // the host last refused
+}
+
+func (g *httpGuard) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.URL.Scheme != "https" && !Insecure(req.URL.Host, g.insecure) {
+		g.refused.Store(req.URL.Host)
+		return nil, fmt.Errorf("%w: %s is not in upgrade.insecure_registries", ErrInsecure, req.URL.Host)
+	}
+	return g.rt.RoundTrip(req)
 }
 
 // Pull fetches ref and checks it against the policy before it reads the slot, then reads the
@@ -100,7 +142,7 @@ func Pull(ctx context.Context, ref string, p Policy, o PullOptions) (Pulled, err
 	if err := rc.drain(); err != nil {
 		return Pulled{}, classify(ref, err)
 	}
-	return Pulled{Ref: ref, Digest: im.digest, Manifest: im.m}, nil
+	return Pulled{Ref: ref, Digest: im.digest, Manifest: im.m, Signed: im.signed}, nil
 }
 
 // Slot is an installer image's slot, streaming: at most the manifest's size and one byte more
@@ -162,6 +204,7 @@ type image struct {
 	m      Manifest
 	digest string
 	layer  v1.Layer // the slot's
+	signed SignedBy
 }
 
 // resolve fetches ref's manifest and small layers and checks everything but the slot's bytes.
@@ -170,14 +213,24 @@ func resolve(ctx context.Context, ref string, p Policy, o PullOptions) (*image, 
 	if err != nil {
 		return nil, err
 	}
-	tr := &http.Transport{
+	guard := &httpGuard{insecure: o.Insecure, rt: &http.Transport{
 		DialContext:           (&net.Dialer{Timeout: 10 * time.Second}).DialContext,
 		TLSHandshakeTimeout:   10 * time.Second,
 		ResponseHeaderTimeout: 30 * time.Second,
-	}
-	ropts := []remote.Option{remote.WithContext(ctx), remote.WithTransport(tr), remote.WithPlatform(v1.Platform{OS: "linux", Architecture: p.Arch})}
+		TLSClientConfig:       &tls.Config{RootCAs: o.RootCAs, MinVersion: tls.VersionTLS12},
+	}}
+	ropts := []remote.Option{remote.WithContext(ctx), remote.WithTransport(guard), remote.WithPlatform(v1.Platform{OS: "linux", Architecture: p.Arch})}
 	desc, err := remote.Get(r, ropts...)
 	if err != nil {
+		if h, ok := guard.refused.Load().(string); ok {
+			// The registry did not answer over https, and http is not allowed: say that,
+			// not the TLS error of the first attempt alone; unless nothing answered at all.
+			var oe *net.OpError
+			if errors.As(err, &oe) && oe.Op == "dial" {
+				return nil, fmt.Errorf("%w: %s: %v", ErrUnreachable, ref, oe)
+			}
+			return nil, fmt.Errorf("%w: %s did not answer over HTTPS (%v), and plain HTTP to it is refused: list it in upgrade.insecure_registries", ErrInsecure, h, err)
+		}
 		return nil, classify(ref, err)
 	}
 	if desc.MediaType.IsIndex() {
@@ -228,19 +281,32 @@ func resolve(ctx context.Context, ref string, p Policy, o PullOptions) (*image, 
 	if ml == nil || sl == nil {
 		return nil, fmt.Errorf("%w: %s lacks the manifest or slot layer", ErrNotInstaller, ref)
 	}
+	digest, err := img.Digest()
+	if err != nil {
+		return nil, classify(ref, err)
+	}
+	// The signature first: nothing an unsigned image says is read before it is trusted.
+	digests := []v1.Hash{desc.Digest}
+	if digest != desc.Digest {
+		digests = append(digests, digest)
+	}
+	signed, err := verifyCosign(r.Context(), digests, p, ropts)
+	if err != nil {
+		return nil, err
+	}
 	mb, err := readLayer(ml, 64<<10)
 	if err != nil {
 		return nil, classify(ref, fmt.Errorf("manifest layer: %w", err))
-	}
-	if err := verifySignature(mb, byType[string(MediaSignature)], p); err != nil {
-		return nil, err
 	}
 	var m Manifest
 	if err := json.Unmarshal(mb, &m); err != nil {
 		return nil, fmt.Errorf("%w: manifest: %v", ErrNotInstaller, err)
 	}
-	if err := m.Slot.Validate(); err != nil || m.Slot.Version != m.Version {
-		return nil, fmt.Errorf("%w: slot manifest: %v (version %q)", ErrNotInstaller, err, m.Slot.Version)
+	if err := m.Slot.Validate(); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrNotInstaller, err)
+	}
+	if m.Slot.Version != m.Version {
+		return nil, fmt.Errorf("%w: the slot's manifest says version %q, the image's %q", ErrNotInstaller, m.Slot.Version, m.Version)
 	}
 	if m.Arch != p.Arch {
 		return nil, fmt.Errorf("%w: manifest says %s, this node is %s", ErrArch, m.Arch, p.Arch)
@@ -251,11 +317,7 @@ func resolve(ctx context.Context, ref string, p Policy, o PullOptions) (*image, 
 	if len(m.SlotSHA256) != 64 {
 		return nil, fmt.Errorf("%w: slot sha256 %q", ErrNotInstaller, m.SlotSHA256)
 	}
-	digest, err := img.Digest()
-	if err != nil {
-		return nil, classify(ref, err)
-	}
-	return &image{m: m, digest: digest.String(), layer: sl}, nil
+	return &image{m: m, digest: digest.String(), layer: sl, signed: signed}, nil
 }
 
 // slotReader is the slot layer decompressed, limited to the manifest's size and one byte.
@@ -297,36 +359,6 @@ func readLayer(l v1.Layer, limit int64) ([]byte, error) {
 	return readLimited(rc, limit)
 }
 
-func verifySignature(mb []byte, sigLayer v1.Layer, p Policy) error {
-	if sigLayer == nil {
-		if p.AllowUnsigned {
-			return nil
-		}
-		return fmt.Errorf("%w: and this node's config does not allow unsigned images", ErrUnsigned)
-	}
-	sb, err := readLayer(sigLayer, 4<<10)
-	if err != nil {
-		return fmt.Errorf("%w: signature layer: %v", ErrSignature, err)
-	}
-	var s Signature
-	if err := json.Unmarshal(sb, &s); err != nil {
-		return fmt.Errorf("%w: %v", ErrSignature, err)
-	}
-	sig, err := base64.StdEncoding.DecodeString(s.Signature)
-	if err != nil {
-		return fmt.Errorf("%w: %v", ErrSignature, err)
-	}
-	for _, k := range p.TrustedKeys {
-		if ed25519.Verify(k, mb, sig) {
-			return nil
-		}
-	}
-	if p.AllowUnsigned {
-		return nil // a signature we cannot check is no worse than none
-	}
-	return fmt.Errorf("%w: key %s is not trusted by this node, or the manifest was altered", ErrSignature, s.KeyID)
-}
-
 type progressWriter struct {
 	done, total int64
 	last        time.Time
@@ -344,7 +376,7 @@ func (p *progressWriter) Write(b []byte) (int, error) {
 
 // classify maps transport errors onto the error classes, keeping the original text.
 func classify(ref string, err error) error {
-	var known = []error{ErrReference, ErrNotFound, ErrUnreachable, ErrArch, ErrNotInstaller, ErrUnsigned, ErrSignature, ErrTooLarge, ErrDigest, ErrTruncated}
+	var known = []error{ErrReference, ErrNotFound, ErrUnreachable, ErrInsecure, ErrArch, ErrNotInstaller, ErrUnsigned, ErrSignature, ErrTooLarge, ErrDigest, ErrTruncated}
 	for _, k := range known {
 		if errors.Is(err, k) {
 			return err

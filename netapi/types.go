@@ -55,6 +55,9 @@ type Status struct {
 	History   []upgrade.Upgrade                `json:"history,omitempty"`
 	SlotsMeta map[boot.Slot]upgrade.SlotRecord `json:"slots_meta,omitempty"`
 	Rollbacks []upgrade.Rollback               `json:"rollbacks,omitempty"`
+	// RollbackFloor: no version below it is installed or rolled back to (upgrade.min_version,
+	// the highest seen, kept on META).
+	RollbackFloor string `json:"rollback_floor,omitempty"`
 }
 
 // UpgradeRequest is the body of POST /v1/upgrade.
@@ -62,6 +65,9 @@ type UpgradeRequest struct {
 	Image    string `json:"image"`
 	Preserve bool   `json:"preserve"`
 	Force    bool   `json:"force"`
+	// Downgrade allows an image older than the running version (or one whose version cannot
+	// be ordered); never one below the rollback floor.
+	Downgrade bool `json:"downgrade,omitempty"`
 	// DrainTimeoutS overrides the node's drain timeout for this upgrade (0: the config's).
 	DrainTimeoutS int `json:"drain_timeout_s,omitempty"`
 }

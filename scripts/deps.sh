@@ -7,9 +7,11 @@ set -euo pipefail
 
 CACHE=${CACHE:-build/cache}
 # squashfs-tools packs the slots' system images; libseccomp-dev and busybox-static: runc is
-# linked statically with seccomp, busybox gives the node its mount(8) and the test images a shell.
+# linked statically with seccomp, busybox gives the node its mount(8) and the test images a shell;
+# docker-registry (CNCF distribution) is the TLS registry of the image-trust tests, and
+# ca-certificates the CA bundle every initramfs carries.
 PKGS=(qemu-system-x86 qemu-utils ovmf grub-efi-amd64-bin e2fsprogs dosfstools mtools kmod curl ca-certificates
-	squashfs-tools libseccomp-dev busybox-static)
+	squashfs-tools libseccomp-dev busybox-static docker-registry)
 
 missing=()
 for p in "${PKGS[@]}"; do

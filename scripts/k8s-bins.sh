@@ -4,13 +4,15 @@
 #     etcd, etcdctl and etcdutl (tools/k8s);
 #   - what a node's system image carries: etcd, the kubelet (tools/k8s, the same Kubernetes
 #     version as the control plane), containerd 2.x with its runc shim, runc (static, with
-#     seccomp) and the CNI plugins (tools/node), the plugins under build/bin/cni.
+#     seccomp) and the CNI plugins (tools/node), the plugins under build/bin/cni;
+#   - cosign (tools/cosign), which signs installer images (make push, the tests).
 # Idempotent: a binary is rebuilt only when missing or older than its module's go.mod.
 # Cold: ~4 min and ~3 GB of RAM for kube-apiserver on this machine kind, 2-3 min for each
 # other Kubernetes command; cached: <2 s.
 #   k8s-bins.sh        everything
 #   k8s-bins.sh etcd   only etcd, etcdctl and etcdutl (seconds)
 #   k8s-bins.sh node   only what node images carry
+#   k8s-bins.sh cosign only cosign (~2 min cold)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${BIN_DIR:-$PWD/build/bin}
@@ -38,6 +40,9 @@ build() { # module name package [ldflags [cgo-tags]]
 	mv "$dst.tmp" "$dst"
 	echo "k8s-bins: $name built in $((SECONDS - t0)) s"
 }
+
+build cosign cosign github.com/sigstore/cosign/v2/cmd/cosign
+[ "${1:-}" = cosign ] && exit 0
 
 build k8s etcd go.etcd.io/etcd/server/v3
 build k8s etcdctl go.etcd.io/etcd/etcdctl/v3

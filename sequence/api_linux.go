@@ -44,7 +44,7 @@ func (a *api) StartUpgrade(r netapi.UpgradeRequest) (netapi.UpgradeAccepted, err
 	if len(r.Image) > upgrade.MaxImageRef {
 		return no, fmt.Errorf("%w: image reference longer than %d bytes", netapi.ErrBadRequest, upgrade.MaxImageRef)
 	}
-	if _, err := installer.ParseReference(r.Image, false); err != nil {
+	if _, err := installer.ParseReference(r.Image, nil); err != nil {
 		return no, fmt.Errorf("%w: %v", netapi.ErrBadRequest, err)
 	}
 	if r.DrainTimeoutS < 0 || r.DrainTimeoutS > 3600 {
@@ -73,7 +73,7 @@ func (a *api) StartUpgrade(r netapi.UpgradeRequest) (netapi.UpgradeAccepted, err
 	id := hex.EncodeToString(b)
 	cfg := n.config()
 	err := n.exec.Request(context.Background(), upgrade.Request{ID: id, Image: r.Image, Preserve: r.Preserve, Force: r.Force,
-		DrainTimeoutS: r.DrainTimeoutS, FromVersion: n.opts.Version, Booted: n.bootedSlot(),
+		Downgrade: r.Downgrade, MinVersion: cfg.Upgrade.MinVersion, DrainTimeoutS: r.DrainTimeoutS, FromVersion: n.opts.Version, Booted: n.bootedSlot(),
 		ControlPlane: n.etcd != nil, Member: memberName(n, cfg.MemberName())})
 	if err != nil {
 		return no, upgradeError(err)
@@ -116,7 +116,7 @@ func (a *api) CancelUpgrade() error {
 func (a *api) Rollback() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Second)
 	defer cancel()
-	err := a.n.exec.Rollback(ctx, a.n.bootedSlot())
+	err := a.n.exec.Rollback(ctx, a.n.bootedSlot(), a.n.config().Upgrade.MinVersion)
 	if errors.Is(err, context.DeadlineExceeded) {
 		a.n.log.Warn("rollback: still verifying the other slot after 25 s; it goes on", "slot", string(a.n.bootedSlot().Other()))
 		return nil

@@ -2,11 +2,9 @@ package sequence
 
 import (
 	"context"
-	"crypto/ed25519"
 	"fmt"
 	"path/filepath"
 	"runtime"
-	"strings"
 	"time"
 
 	"keel/boot"
@@ -26,15 +24,16 @@ func (s slotIO) policy(image string, slot boot.Slot) (installer.Policy, installe
 	cfg := s.n.config().Upgrade
 	p := installer.Policy{Arch: runtime.GOARCH, AllowUnsigned: cfg.AllowUnsigned, MaxSlotSize: s.n.partition(slot.Partition()).Size}
 	for _, k := range cfg.TrustedKeys {
-		if pk, err := installer.DecodePublicKey(k); err == nil {
-			p.TrustedKeys = append(p.TrustedKeys, ed25519.PublicKey(pk))
+		// The config was validated at boot: a key that does not parse is not there.
+		if ik, err := k.Installer(); err == nil {
+			p.TrustedKeys = append(p.TrustedKeys, ik)
 		}
 	}
-	var o installer.PullOptions
-	for _, r := range cfg.InsecureRegistries {
-		if strings.HasPrefix(image, r+"/") {
-			o.Insecure = true
-		}
+	o := installer.PullOptions{Insecure: cfg.InsecureRegistries}
+	if pool, err := cfg.CertPool(); err == nil {
+		o.RootCAs = pool
+	} else {
+		s.n.log.Warn("upgrade: registry CAs", "err", err)
 	}
 	return p, o
 }
@@ -58,7 +57,7 @@ func (s slotIO) Pull(ctx context.Context, image string, slot boot.Slot) (upgrade
 	if err != nil {
 		return upgrade.PullResult{}, err
 	}
-	return upgrade.PullResult{Digest: r.Digest, Version: r.Manifest.Version, SlotSHA256: r.Manifest.SlotSHA256, SlotSize: r.Manifest.SlotSize}, nil
+	return upgrade.PullResult{Digest: r.Digest, Version: r.Manifest.Version, SlotSHA256: r.Manifest.SlotSHA256, SlotSize: r.Manifest.SlotSize, SignedBy: r.Signed.Key}, nil
 }
 
 // Write implements upgrade.Slots: the image (by digest) streams from the registry onto the

@@ -30,14 +30,15 @@ func (n *Node) status() netapi.Status {
 			InitToReadyS: (n.readyAt - n.initAt).Seconds(),
 			Phases:       append([]netapi.Phase(nil), n.phases...),
 		},
-		Slots:      append([]netapi.SlotInfo(nil), n.slots...),
-		Role:       n.cfg.Role,
-		Kubernetes: kubeStatus(n.cfg),
-		Warnings:   append([]string(nil), n.warnings...),
-		History:    rec.History,
-		Rollbacks:  rec.Rollbacks,
-		SlotsMeta:  rec.Slots,
-		Upgrade:    rec.Current,
+		Slots:         append([]netapi.SlotInfo(nil), n.slots...),
+		Role:          n.cfg.Role,
+		Kubernetes:    kubeStatus(n.cfg),
+		Warnings:      append([]string(nil), n.warnings...),
+		History:       rec.History,
+		Rollbacks:     rec.Rollbacks,
+		SlotsMeta:     rec.Slots,
+		RollbackFloor: rec.Floor,
+		Upgrade:       rec.Current,
 	}
 	for _, a := range n.addrs {
 		st.Addresses = append(st.Addresses, a.String())

@@ -49,7 +49,7 @@ func (n *Node) bootMeta(ctx context.Context) error {
 	if n.esp != nil {
 		committed = n.esp.Committed()
 	}
-	if err := n.exec.Boot(ctx, upgrade.Booted{Slot: n.bootedSlot(), Committed: committed}); err != nil {
+	if err := n.exec.Boot(ctx, upgrade.Booted{Slot: n.bootedSlot(), Committed: committed, MinVersion: n.config().Upgrade.MinVersion}); err != nil {
 		return errors.Join(metaErr, err)
 	}
 	return metaErr

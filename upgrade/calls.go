@@ -64,10 +64,10 @@ func (e *Executor) Cancel(ctx context.Context, reason string) error {
 
 // Rollback verifies the other slot, commits it and reboots into it. It returns once the slot is
 // committed (the reboot follows), or refused: ErrBusy, ErrRefused (the slot holds no whole
-// image), ErrShutdown.
-func (e *Executor) Rollback(ctx context.Context, booted boot.Slot) error {
+// image, or one below the rollback floor, raised to minVersion first), ErrShutdown.
+func (e *Executor) Rollback(ctx context.Context, booted boot.Slot, minVersion string) error {
 	reply := make(chan error, 1)
-	return e.call(ctx, rollbackIn{ev: RollbackRequest{Booted: booted}, reply: reply}, reply)
+	return e.call(ctx, rollbackIn{ev: RollbackRequest{Booted: booted, MinVersion: minVersion}, reply: reply}, reply)
 }
 
 // Boot steps the boot event and performs the actions that must precede the mounts (a wipe

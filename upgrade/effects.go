@@ -30,6 +30,7 @@ type PullResult struct {
 	Version    string
 	SlotSHA256 string
 	SlotSize   int64
+	SignedBy   string // the trusted key whose signature was accepted ("" for unsigned)
 }
 
 // Slots reads and writes the boot slots.

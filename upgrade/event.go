@@ -11,9 +11,13 @@ type Event interface{ isEvent() }
 
 // Request asks for an upgrade (POST /v1/upgrade, already validated).
 type Request struct {
-	ID, Image     string
-	Preserve      bool
-	Force         bool
+	ID, Image string
+	Preserve  bool
+	Force     bool
+	// Downgrade allows a version older than the running one (never below the floor).
+	Downgrade  bool
+	MinVersion string // the config's rollback floor; raises the record's
+
 	DrainTimeoutS int
 	FromVersion   string
 	// Booted is the running slot; Committed the one grubenv commits (an upgrade starts only
@@ -86,6 +90,7 @@ type Cancel struct {
 // Pulled reports a pulled and verified installer image.
 type Pulled struct {
 	Digest, ToVersion, SlotSHA256 string
+	SignedBy                      string
 	SlotSize                      int64
 	Now                           time.Time
 }
@@ -123,6 +128,7 @@ type Progressed struct {
 // commits (saved_entry, A when unset).
 type Booted struct {
 	Slot, Committed boot.Slot
+	MinVersion      string // the config's rollback floor; raises the record's
 	Now             time.Time
 }
 
@@ -136,8 +142,9 @@ type Health struct {
 // RollbackRequest asks to make the other slot the committed one and reboot into it
 // (POST /v1/rollback), once its content checks out against its manifest.
 type RollbackRequest struct {
-	Booted boot.Slot
-	Now    time.Time
+	Booted     boot.Slot
+	MinVersion string // the config's rollback floor; raises the record's
+	Now        time.Time
 }
 
 // RollbackVerified reports that the rollback's slot holds a whole image of Version.

@@ -392,6 +392,8 @@ func (e *Executor) answerRollback(prev, n Record, ev Event) {
 	case RollbackCommitted:
 	case RollbackRefused:
 		err = fmt.Errorf("%w: slot %s holds no verified image: %s", ErrRefused, prev.RollingBack.To, ev.Reason)
+	case RollbackVerified:
+		err = fmt.Errorf("%w: slot %s holds %s, below the rollback floor %s (upgrade.min_version)", ErrRefused, prev.RollingBack.To, ev.Version, n.Floor)
 	case RollbackFailed:
 		err = fmt.Errorf("rollback: %s", ev.Reason)
 	case PersistFailed:

@@ -177,7 +177,7 @@ func TestCancelStopsThePull(t *testing.T) {
 					return PullResult{Digest: "sha256:old", Version: "old", SlotSHA256: "o", SlotSize: 1}, nil
 				}
 				<-second
-				return PullResult{Digest: "sha256:new", Version: "new", SlotSHA256: "n", SlotSize: 2}, nil
+				return PullResult{Digest: "sha256:new", Version: "v3", SlotSHA256: "n", SlotSize: 2}, nil
 			}
 			ex, _ := newTestExecutor(t, s)
 			ctx := t.Context()
@@ -209,7 +209,7 @@ func TestCancelStopsThePull(t *testing.T) {
 			}
 			close(second)
 			r = waitFor(t, ex, "u2 pulled", func(r Record) bool { return r.Current.State != Pulling })
-			if r.Current.ToVersion != "new" || r.Current.Digest != "sha256:new" {
+			if r.Current.ToVersion != "v3" || r.Current.Digest != "sha256:new" {
 				t.Errorf("u2 took its version from %q (%s)", r.Current.ToVersion, r.Current.Digest)
 			}
 			r = waitFor(t, ex, "u2 written", func(r Record) bool { return r.Current.State == Rebooting })
@@ -234,7 +234,7 @@ func TestRollbackSerialized(t *testing.T) {
 	ex, _ := newTestExecutor(t, s)
 	ctx := t.Context()
 	done := make(chan error, 1)
-	go func() { done <- ex.Rollback(ctx, boot.SlotA) }()
+	go func() { done <- ex.Rollback(ctx, boot.SlotA, "") }()
 	<-verifying
 	if err := ex.Request(ctx, req("u1", "r/i:v2")); !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), "rollback") {
 		t.Fatalf("upgrade during the rollback's verify: %v", err)
@@ -265,7 +265,7 @@ func TestRollbackRefusedWhileShuttingDown(t *testing.T) {
 	s.mu.Lock()
 	s.down = true
 	s.mu.Unlock()
-	if err := ex.Rollback(t.Context(), boot.SlotA); !errors.Is(err, ErrShutdown) {
+	if err := ex.Rollback(t.Context(), boot.SlotA, ""); !errors.Is(err, ErrShutdown) {
 		t.Fatalf("rollback while shutting down: %v", err)
 	}
 	if err := ex.Request(t.Context(), req("u1", "r/i:v2")); !errors.Is(err, ErrShutdown) {

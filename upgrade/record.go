@@ -66,11 +66,13 @@ type Upgrade struct {
 	ID            string    `json:"id"`
 	State         State     `json:"state"`
 	Image         string    `json:"image"`
-	Digest        string    `json:"digest,omitempty"` // of the installer image's manifest
+	Digest        string    `json:"digest,omitempty"`    // of the installer image's manifest
+	SignedBy      string    `json:"signed_by,omitempty"` // the trusted key that signed it
 	SlotSHA256    string    `json:"slot_sha256,omitempty"`
 	SlotSize      int64     `json:"slot_size,omitempty"`
 	Preserve      bool      `json:"preserve"`
 	Force         bool      `json:"force"`
+	Downgrade     bool      `json:"downgrade,omitempty"` // the request allows an older version
 	DrainTimeoutS int       `json:"drain_timeout_s,omitempty"`
 	FromVersion   string    `json:"from_version"`
 	ToVersion     string    `json:"to_version,omitempty"`
@@ -137,6 +139,10 @@ type Record struct {
 	// RollingBack is a rollback in flight: its slot is being verified or committed. No
 	// upgrade starts while it is set; the next boot settles one a reboot interrupted.
 	RollingBack *Rollback `json:"rolling_back,omitempty"`
+	// Floor is the rollback floor: no version below it is installed or rolled back to. It
+	// is raised from the config (upgrade.min_version) and never lowered, so that a config
+	// that loses it (or an old one written back) does not lower it.
+	Floor string `json:"floor,omitempty"`
 }
 
 // Rollback is one POST /v1/rollback.
@@ -176,7 +182,9 @@ func (r Record) Busy() string {
 
 // Clone returns a deep copy, so Step never mutates its input.
 func (r Record) Clone() Record {
-	out := Record{History: append([]Upgrade(nil), r.History...), Rollbacks: append([]Rollback(nil), r.Rollbacks...)}
+	out := r // value fields; what is shared below is copied
+	out.History, out.Rollbacks = append([]Upgrade(nil), r.History...), append([]Rollback(nil), r.Rollbacks...)
+	out.Current, out.RollingBack, out.Slots = nil, nil, nil
 	if r.Current != nil {
 		c := *r.Current
 		out.Current = &c

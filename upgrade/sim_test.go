@@ -482,7 +482,7 @@ func TestRacingInputs(t *testing.T) {
 					w.mu.Lock()
 					booted := w.booted
 					w.mu.Unlock()
-					f.ex.Rollback(ctx, booted)
+					f.ex.Rollback(ctx, booted, "")
 				case 3:
 					_ = f.ex.Record() // readers race the loop (-race)
 				}

@@ -32,6 +32,7 @@ func Step(r Record, ev Event) (Record, []Action, error) {
 		if e.Image == "" || len(e.Image) > MaxImageRef || e.ID == "" || len(e.ID) > 64 {
 			return r, nil, fmt.Errorf("%w: image reference of %d bytes (1-%d), id %q", ErrInvalid, len(e.Image), MaxImageRef, e.ID)
 		}
+		raiseFloor(&n, e.MinVersion)
 		if u != nil {
 			n.History = append([]Upgrade{*u}, n.History...)
 			if len(n.History) > HistoryLen {
@@ -39,7 +40,7 @@ func Step(r Record, ev Event) (Record, []Action, error) {
 			}
 		}
 		n.Current = &Upgrade{
-			ID: e.ID, State: Pulling, Image: e.Image, Preserve: e.Preserve, Force: e.Force, DrainTimeoutS: e.DrainTimeoutS,
+			ID: e.ID, State: Pulling, Image: e.Image, Preserve: e.Preserve, Force: e.Force, Downgrade: e.Downgrade, DrainTimeoutS: e.DrainTimeoutS,
 			FromVersion: bound(e.FromVersion), FromSlot: e.Booted, ToSlot: e.Booted.Other(),
 			ControlPlane: e.ControlPlane, Member: bound(e.Member),
 			RequestedAt: e.Now, UpdatedAt: e.Now,
@@ -47,6 +48,7 @@ func Step(r Record, ev Event) (Record, []Action, error) {
 		return n, []Action{ActPull{Image: e.Image, Slot: e.Booted.Other()}}, nil
 
 	case Booted:
+		raiseFloor(&n, e.MinVersion)
 		return stepBoot(n, e)
 
 	case RollbackRequest, RollbackVerified, RollbackRefused, RollbackCommitted, RollbackFailed:
@@ -128,6 +130,13 @@ func Step(r Record, ev Event) (Record, []Action, error) {
 			return r, nil, fmt.Errorf("%w: pulled in %s", ErrUnexpected, u.State)
 		}
 		u.Digest, u.ToVersion, u.SlotSHA256, u.SlotSize = bound(e.Digest), bound(e.ToVersion), bound(e.SlotSHA256), e.SlotSize
+		u.SignedBy = "unsigned (allowed by upgrade.allow_unsigned)"
+		if e.SignedBy != "" {
+			u.SignedBy = bound(e.SignedBy)
+		}
+		if err := checkVersion(u, n.Floor); err != nil {
+			return failed(n, "refused: "+err.Error(), e.Now)
+		}
 		if u.ControlPlane {
 			return enter(n, Locking, e.Now)
 		}
@@ -333,11 +342,19 @@ func stepRollback(r, n Record, ev Event) (Record, []Action, error) {
 		if r.Active() || r.RollingBack != nil {
 			return r, nil, fmt.Errorf("%w: %s", ErrBusy, r.Busy())
 		}
+		raiseFloor(&n, e.MinVersion)
 		n.RollingBack = &Rollback{From: e.Booted, To: e.Booted.Other(), At: e.Now, Phase: RollbackVerifying}
 		return n, []Action{ActVerifySlot{Slot: e.Booted.Other()}}, nil
 	case RollbackVerified:
 		if rb == nil || rb.Phase != RollbackVerifying {
 			return r, nil, fmt.Errorf("%w: rollback verified with none verifying", ErrUnexpected)
+		}
+		if n.Floor != "" {
+			if c, ok := CompareVersions(e.Version, n.Floor); !ok || c < 0 {
+				// Refused as a slot that holds no image is: the executor answers the call.
+				n.RollingBack = nil
+				return n, nil, nil
+			}
 		}
 		rb.Phase, rb.Version = RollbackCommitting, bound(e.Version)
 		return n, []Action{ActCommitRollback{Slot: rb.To}}, nil

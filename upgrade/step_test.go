@@ -13,11 +13,11 @@ import (
 
 func TestStepRejects(t *testing.T) {
 	now := time.Unix(1, 0)
-	r, _, err := Step(Record{}, Request{ID: "a", Image: "r/i:v2", Booted: boot.SlotA, Now: now})
+	r, _, err := Step(Record{}, Request{ID: "a", Image: "r/i:v2", FromVersion: "v1", Booted: boot.SlotA, Now: now})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := Step(r, Request{ID: "b", Image: "r/i:v2", Booted: boot.SlotA}); err == nil {
+	if _, _, err := Step(r, Request{ID: "b", Image: "r/i:v2", FromVersion: "v1", Booted: boot.SlotA}); err == nil {
 		t.Error("second request while one is in flight accepted")
 	}
 	if _, _, err := Step(r, Health{OK: true}); err == nil {
@@ -34,7 +34,7 @@ func TestStepRejects(t *testing.T) {
 	// History keeps the last HistoryLen upgrades.
 	for i := range HistoryLen + 3 {
 		r, _, _ = Step(r, Failed{Reason: "x"})
-		r, _, _ = Step(r, Request{ID: fmt.Sprint(i), Image: "r/i:v2", Booted: boot.SlotA})
+		r, _, _ = Step(r, Request{ID: fmt.Sprint(i), Image: "r/i:v2", FromVersion: "v1", Booted: boot.SlotA})
 	}
 	if len(r.History) != HistoryLen {
 		t.Errorf("history = %d", len(r.History))
@@ -60,7 +60,7 @@ func TestRecordRoundTrip(t *testing.T) {
 }
 
 func FuzzDecode(f *testing.F) {
-	r, _, _ := Step(Record{}, Request{ID: "a", Image: "r/i:v2", Booted: boot.SlotA})
+	r, _, _ := Step(Record{}, Request{ID: "a", Image: "r/i:v2", FromVersion: "v1", Booted: boot.SlotA})
 	b, _ := r.Encode()
 	f.Add(b)
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -87,7 +87,7 @@ func FuzzDecode(f *testing.F) {
 // one that has changed something cannot.
 func TestCancel(t *testing.T) {
 	now := time.Unix(1, 0)
-	r, _, _ := Step(Record{}, Request{ID: "a", Image: "r/i:v2", Booted: boot.SlotA, Preserve: true, ControlPlane: true, Member: "n1", Now: now})
+	r, _, _ := Step(Record{}, Request{ID: "a", Image: "r/i:v2", FromVersion: "v1", Booted: boot.SlotA, Preserve: true, ControlPlane: true, Member: "n1", Now: now})
 	r, acts, _ := Step(r, Pulled{ToVersion: "v2", Now: now})
 	if r.Current.State != Locking || fmt.Sprint(acts) != "[grant-lease]" {
 		t.Fatalf("after pull: %s %v", r.Current.State, acts)
@@ -115,11 +115,11 @@ func TestCancel(t *testing.T) {
 	}
 	// An ended upgrade that still holds its lease (or owes an uncordon, a rejoin) refuses a
 	// new request until that is done.
-	if _, _, err := Step(c, Request{ID: "b", Image: "r/i:v2", Booted: boot.SlotA, Now: now}); !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), "release-lease") {
+	if _, _, err := Step(c, Request{ID: "b", Image: "r/i:v2", FromVersion: "v1", Booted: boot.SlotA, Now: now}); !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), "release-lease") {
 		t.Errorf("request while the last upgrade still holds its lease: %v", err)
 	}
 	c, _, _ = Step(c, Released{Now: now})
-	if _, _, err := Step(c, Request{ID: "b", Image: "r/i:v2", Booted: boot.SlotA, Now: now}); err != nil {
+	if _, _, err := Step(c, Request{ID: "b", Image: "r/i:v2", FromVersion: "v1", Booted: boot.SlotA, Now: now}); err != nil {
 		t.Errorf("request after the release: %v", err)
 	}
 }
@@ -129,7 +129,7 @@ func TestCancel(t *testing.T) {
 // when nothing is owed.
 func TestLeaseLostAndRejoin(t *testing.T) {
 	now := time.Unix(1, 0)
-	r, _, _ := Step(Record{}, Request{ID: "a", Image: "r/i:v2", Booted: boot.SlotA, Preserve: false, ControlPlane: true, Member: "n1", Now: now})
+	r, _, _ := Step(Record{}, Request{ID: "a", Image: "r/i:v2", FromVersion: "v1", Booted: boot.SlotA, Preserve: false, ControlPlane: true, Member: "n1", Now: now})
 	if _, _, err := Step(r, LeaseLost{Reason: "x", Now: now}); !errors.Is(err, ErrUnexpected) {
 		t.Errorf("lease lost with no lease: %v", err)
 	}
@@ -183,7 +183,7 @@ func TestLeaseLostAndRejoin(t *testing.T) {
 // lease is not ours to act on.
 func TestLeaseLostBeforeStopping(t *testing.T) {
 	now := time.Unix(1, 0)
-	r, _, _ := Step(Record{}, Request{ID: "a", Image: "r/i:v2", Booted: boot.SlotA, Preserve: true, ControlPlane: true, Member: "n1", Now: now})
+	r, _, _ := Step(Record{}, Request{ID: "a", Image: "r/i:v2", FromVersion: "v1", Booted: boot.SlotA, Preserve: true, ControlPlane: true, Member: "n1", Now: now})
 	r, _, _ = Step(r, Pulled{ToVersion: "v2", Now: now})
 	r, _, _ = Step(r, LeaseGranted{ID: 9, Now: now})
 	r, _, _ = Step(r, Completed{Now: now})
@@ -233,7 +233,7 @@ func TestRecordAlwaysFits(t *testing.T) {
 	}
 	// Every text Step stores goes through bound: a failure reason as long as a registry's
 	// error page is cut.
-	n, _, _ := Step(Record{}, Request{ID: "a", Image: "r/i:v2", Booted: boot.SlotA, Now: now})
+	n, _, _ := Step(Record{}, Request{ID: "a", Image: "r/i:v2", FromVersion: "v1", Booted: boot.SlotA, Now: now})
 	n, _, _ = Step(n, Failed{Reason: long + long, Now: now})
 	if len(n.Current.Reason) > MaxText || !strings.HasSuffix(n.Current.Reason, "…") {
 		t.Errorf("reason of %d bytes kept", len(n.Current.Reason))
@@ -274,7 +274,7 @@ func TestPinned(t *testing.T) {
 // A boot that cut it short records it only if grubenv holds its commit.
 func TestRollbackSteps(t *testing.T) {
 	now := time.Unix(1, 0)
-	busy, _, _ := Step(Record{}, Request{ID: "a", Image: "r/i:v2", Booted: boot.SlotA, Now: now})
+	busy, _, _ := Step(Record{}, Request{ID: "a", Image: "r/i:v2", FromVersion: "v1", Booted: boot.SlotA, Now: now})
 	if _, _, err := Step(busy, RollbackRequest{Booted: boot.SlotA, Now: now}); !errors.Is(err, ErrBusy) {
 		t.Errorf("rollback during an upgrade: %v", err)
 	}
@@ -282,7 +282,7 @@ func TestRollbackSteps(t *testing.T) {
 	if err != nil || fmt.Sprint(acts) != "[verify-slot]" || acts[0].(ActVerifySlot).Slot != boot.SlotB {
 		t.Fatalf("rollback: %v %v", acts, err)
 	}
-	if _, _, err := Step(r, Request{ID: "b", Image: "r/i:v2", Booted: boot.SlotA, Now: now}); !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), "rollback") {
+	if _, _, err := Step(r, Request{ID: "b", Image: "r/i:v2", FromVersion: "v1", Booted: boot.SlotA, Now: now}); !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), "rollback") {
 		t.Errorf("upgrade during a rollback: %v", err)
 	}
 	if n, acts, _ := Step(r, RollbackRefused{Reason: "no image", Now: now}); n.RollingBack != nil || len(acts) != 0 || len(n.Rollbacks) != 0 {

@@ -3,9 +3,9 @@
 //	mkimage pki  -dir build/pki                       development CA, node and client certificates
 //	mkimage disk -version v1 [-version-b v2] -out build/disk.img
 //	mkimage slot -version v1 -out build/images        one slot image
-//	mkimage key  -dir build/keys                      ed25519 signing key for installer images
-//	mkimage image -version v2 -out build/installer-v2   signed installer image (OCI image layout)
-//	mkimage push -image build/installer-v2 -ref 127.0.0.1:5000/keel:v2
+//	mkimage key  -dir build/keys                      cosign key pair that signs installer images
+//	mkimage image -version v2 -out build/installer-v2   installer image (OCI image layout)
+//	mkimage push -image build/installer-v2 -ref 127.0.0.1:5000/keel:v2   push, sign with cosign
 //	mkimage registry -addr 127.0.0.1:5000            a local OCI registry (in memory) to push to
 //
 // The Makefile drives it; every step prints what it made.
@@ -13,7 +13,6 @@ package main
 
 import (
 	"context"
-	"crypto/ed25519"
 	"flag"
 	"fmt"
 	"net"
@@ -116,7 +115,10 @@ func cmdDisk(args []string) error {
 	cache := fs.String("cache", "build/cache", "cache holding the unpacked kernel")
 	pkiDir := fs.String("pki", "build/pki", "development PKI (mkimage pki)")
 	size := fs.Int64("size-mib", 1024, "disk size in MiB")
-	keys := fs.String("keys", "build/keys", "signing key directory; its public key becomes the node's trusted key")
+	keys := fs.String("keys", "build/keys", "cosign key directory (mkimage key); its public key becomes the node's trusted key")
+	cosign := fs.String("cosign", "build/bin/cosign", "cosign binary (make cosign-bin)")
+	var insecure listFlag
+	fs.Var(&insecure, "insecure-registry", "a registry the node may reach over plain HTTP (host or host:port); repeatable")
 	var add addFlag
 	fs.Var(&add, "add", "DST=SRC: also pack host binary SRC (with its libraries) at DST; repeatable")
 	args0 := fs.String("kernel-args", nodeimage.DefaultKernelArgs, "kernel command line after slot= and panic=")
@@ -142,13 +144,14 @@ func cmdDisk(args []string) error {
 		b = &s
 		fmt.Printf("slot: wrote %s (version %s)\n", s.Path, s.Manifest.Version)
 	}
-	_, pub, err := release.EnsureSigningKey(*keys)
+	pub, err := cosignOf(*cosign).EnsureKey(ctx, *keys)
 	if err != nil {
 		return err
 	}
+	cfg := config.Config{Upgrade: config.Upgrade{TrustedKeys: []config.TrustedKey{{Name: "dev", PublicKey: pub}}, InsecureRegistries: insecure}}
 	err = nodeimage.BuildDisk(ctx, nodeimage.DiskOptions{
 		Path: *out, Size: *size << 20, SlotA: a, SlotB: b, KernelArgs: *args0, PKIDir: *pkiDir,
-		Config: config.Config{Upgrade: config.Upgrade{TrustedKeys: []string{pub}}}, WorkDir: filepath.Dir(*out),
+		Config: cfg, WorkDir: filepath.Dir(*out),
 	})
 	if err != nil {
 		return err
@@ -160,13 +163,20 @@ func cmdDisk(args []string) error {
 func cmdKey(args []string) error {
 	fs := flag.NewFlagSet("key", flag.ExitOnError)
 	dir := fs.String("dir", "build/keys", "key directory")
+	cosign := fs.String("cosign", "build/bin/cosign", "cosign binary (make cosign-bin)")
 	fs.Parse(args)
-	_, pub, err := release.EnsureSigningKey(*dir)
+	pub, err := cosignOf(*cosign).EnsureKey(context.Background(), *dir)
 	if err != nil {
 		return err
 	}
-	fmt.Printf("key: %s/%s (public key %s)\n", *dir, release.SigningKeyFile, pub)
+	fmt.Printf("key: %s (cosign; the password is $COSIGN_PASSWORD, empty unless set)\n%s", filepath.Join(*dir, release.CosignKeyFile), pub)
 	return nil
+}
+
+// cosignOf is the cosign binary, with the key's password from the environment as cosign
+// itself reads it.
+func cosignOf(bin string) release.Cosign {
+	return release.Cosign{Bin: bin, Password: os.Getenv("COSIGN_PASSWORD")}
 }
 
 func cmdImage(args []string) error {
@@ -174,8 +184,6 @@ func cmdImage(args []string) error {
 	version := fs.String("version", "", "version the image installs (required; also its tag)")
 	out := fs.String("out", "", "OCI image layout directory to write (default build/installer-VERSION)")
 	cache := fs.String("cache", "build/cache", "cache holding the unpacked kernel")
-	keys := fs.String("keys", "build/keys", "signing key directory")
-	unsigned := fs.Bool("unsigned", false, "do not sign")
 	fs.Parse(args)
 	if *out == "" {
 		*out = filepath.Join("build", "installer-"+*version)
@@ -188,13 +196,7 @@ func cmdImage(args []string) error {
 	if err != nil {
 		return err
 	}
-	var key ed25519.PrivateKey
-	if !*unsigned {
-		if key, _, err = release.EnsureSigningKey(*keys); err != nil {
-			return err
-		}
-	}
-	img, err := release.Build(release.BuildOptions{SlotPath: s.Path, Slot: s.Manifest, Key: key})
+	img, err := release.Build(release.BuildOptions{SlotPath: s.Path, Slot: s.Manifest})
 	if err != nil {
 		return err
 	}
@@ -211,7 +213,7 @@ func cmdImage(args []string) error {
 		return err
 	}
 	d, _ := img.Digest()
-	fmt.Printf("image: wrote %s (version %s, %s, signed %v)\n", *out, *version, d, key != nil)
+	fmt.Printf("image: wrote %s (version %s, %s; mkimage push signs it)\n", *out, *version, d)
 	return nil
 }
 
@@ -219,6 +221,11 @@ func cmdPush(args []string) error {
 	fs := flag.NewFlagSet("push", flag.ExitOnError)
 	image := fs.String("image", "", "OCI image layout from mkimage image")
 	ref := fs.String("ref", "", "where to push, e.g. 127.0.0.1:5000/keel:v2")
+	key := fs.String("key", "build/keys/cosign.key", "cosign private key that signs the pushed image")
+	cosign := fs.String("cosign", "build/bin/cosign", "cosign binary (make cosign-bin)")
+	unsigned := fs.Bool("unsigned", false, "push without signing")
+	allowHTTP := fs.Bool("allow-http", false, "the registry may be plain HTTP (make registry)")
+	caFile := fs.String("registry-ca", "", "PEM bundle the registry's certificate is checked against")
 	fs.Parse(args)
 	idx, err := layout.ImageIndexFromPath(*image)
 	if err != nil {
@@ -243,7 +250,16 @@ func cmdPush(args []string) error {
 		return err
 	}
 	d, _ := img.Digest()
-	fmt.Printf("push: %s@%s\n", r, d)
+	byDigest := r.Context().Digest(d.String()).String()
+	fmt.Printf("push: %s (%s)\n", r, byDigest)
+	if *unsigned {
+		return nil
+	}
+	// cosign signs what it is given by digest: the tag could move between push and sign.
+	if err := cosignOf(*cosign).Sign(context.Background(), byDigest, release.SignOptions{Key: *key, HTTP: *allowHTTP, CAFile: *caFile}); err != nil {
+		return err
+	}
+	fmt.Printf("push: signed %s with %s (cosign)\n", byDigest, *key)
 	return nil
 }
 
@@ -254,6 +270,12 @@ func cmdRegistry(args []string) error {
 	fmt.Printf("registry: serving an in-memory OCI registry on %s (Ctrl-C ends it)\n", *addr)
 	return http.ListenAndServe(*addr, registry.New())
 }
+
+// listFlag collects a repeatable flag.
+type listFlag []string
+
+func (l *listFlag) String() string     { return strings.Join(*l, ",") }
+func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
 
 // addFlag collects -add DST=SRC pairs.
 type addFlag map[string]string

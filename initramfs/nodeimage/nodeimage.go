@@ -185,10 +185,11 @@ func BuildSlot(ctx context.Context, o SlotOptions) (Slot, error) {
 			}
 		}
 	}
-	files := map[string]string{}
-	if _, err := os.Stat(SystemCABundle); err == nil {
-		files[SystemCABundle] = SystemCABundle
+	// Without the bundle a node could reach no public HTTPS registry: refuse to build one.
+	if _, err := os.Stat(SystemCABundle); err != nil {
+		return Slot{}, fmt.Errorf("nodeimage: the CA bundle every node carries: %w (make deps installs ca-certificates)", err)
 	}
+	files := map[string]string{SystemCABundle: SystemCABundle}
 	for _, dst := range sortedKeys(o.GoBinaries) {
 		out := filepath.Join(o.OutDir, filepath.Base(dst)+"-"+o.Version)
 		if err := BuildStatic(ctx, o.RepoRoot, o.GoBinaries[dst], out); err != nil {

@@ -6,15 +6,11 @@ package release
 import (
 	"bytes"
 	"compress/gzip"
-	"crypto/ed25519"
 	"crypto/sha256"
-	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
@@ -30,10 +26,11 @@ import (
 type BuildOptions struct {
 	SlotPath string
 	Slot     disk.Manifest
-	Key      ed25519.PrivateKey // nil: unsigned
-	Arch     string             // default amd64
-	// Manifest, when set, is called on the manifest before it is signed: tests use it to
-	// make images whose signed manifest lies.
+	Arch     string // default amd64
+	// Labels go into the image config besides dev.keel.version (they change its digest).
+	Labels map[string]string
+	// Manifest, when set, is called on the manifest before it is packed: tests use it to
+	// make images whose (signed) manifest lies.
 	Manifest func(*installer.Manifest)
 }
 
@@ -61,13 +58,7 @@ func Build(o BuildOptions) (v1.Image, error) {
 	if err := zw.Close(); err != nil {
 		return nil, err
 	}
-	layers := []v1.Layer{static.NewLayer(mb, installer.MediaManifest)}
-	if o.Key != nil {
-		sig := installer.Signature{KeyID: installer.KeyID(o.Key.Public().(ed25519.PublicKey)), Signature: base64.StdEncoding.EncodeToString(ed25519.Sign(o.Key, mb))}
-		sb, _ := json.Marshal(sig)
-		layers = append(layers, static.NewLayer(sb, installer.MediaSignature))
-	}
-	layers = append(layers, static.NewLayer(gz.Bytes(), installer.MediaSlot))
+	layers := []v1.Layer{static.NewLayer(mb, installer.MediaManifest), static.NewLayer(gz.Bytes(), installer.MediaSlot)}
 	img, err := mutate.AppendLayers(mutate.MediaType(empty.Image, types.OCIManifestSchema1), layers...)
 	if err != nil {
 		return nil, fmt.Errorf("release: %w", err)
@@ -80,54 +71,8 @@ func Build(o BuildOptions) (v1.Image, error) {
 	cfg = cfg.DeepCopy()
 	cfg.OS, cfg.Architecture = "linux", o.Arch
 	cfg.Config.Labels = map[string]string{"dev.keel.version": m.Version}
+	for k, v := range o.Labels {
+		cfg.Config.Labels[k] = v
+	}
 	return mutate.ConfigFile(img, cfg)
-}
-
-// GenerateKey makes an ed25519 signing key.
-func GenerateKey() (ed25519.PublicKey, ed25519.PrivateKey, error) {
-	return ed25519.GenerateKey(nil)
-}
-
-// DecodePrivateKey parses a base64 ed25519 private key.
-func DecodePrivateKey(s string) (ed25519.PrivateKey, error) {
-	b, err := base64.StdEncoding.DecodeString(string(bytes.TrimSpace([]byte(s))))
-	if err != nil || len(b) != ed25519.PrivateKeySize {
-		return nil, errors.New("release: not a base64 ed25519 private key")
-	}
-	return ed25519.PrivateKey(b), nil
-}
-
-// Signing key files in a key directory (make key): base64 text, one line each.
-const (
-	SigningKeyFile = "signing.key"
-	SigningPubFile = "signing.pub"
-)
-
-// EnsureSigningKey creates an ed25519 signing key pair in dir unless one exists, and returns
-// it. The public half goes into each node's config (upgrade.trusted_keys).
-func EnsureSigningKey(dir string) (ed25519.PrivateKey, string, error) {
-	kp, pp := filepath.Join(dir, SigningKeyFile), filepath.Join(dir, SigningPubFile)
-	if b, err := os.ReadFile(kp); err == nil {
-		k, err := DecodePrivateKey(string(b))
-		if err != nil {
-			return nil, "", fmt.Errorf("%s: %w", kp, err)
-		}
-		return k, installer.EncodeKey(k.Public().(ed25519.PublicKey)), nil
-	} else if !errors.Is(err, os.ErrNotExist) {
-		return nil, "", err
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, "", err
-	}
-	pub, key, err := GenerateKey()
-	if err != nil {
-		return nil, "", err
-	}
-	if err := os.WriteFile(kp, []byte(installer.EncodeKey(key)+"\n"), 0o600); err != nil {
-		return nil, "", err
-	}
-	if err := os.WriteFile(pp, []byte(installer.EncodeKey(pub)+"\n"), 0o644); err != nil {
-		return nil, "", err
-	}
-	return key, installer.EncodeKey(pub), nil
 }

@@ -17,7 +17,6 @@ import (
 
 	"keel/config"
 	"keel/initramfs/nodeimage"
-	"keel/initramfs/release"
 	"keel/internal/testenv"
 	"keel/pki"
 )
@@ -37,7 +36,9 @@ type ImageOptions struct {
 	FaultA   string // a test fault baked into slot A's init
 	// TestSvc packs internal/testenv/vmtest/testsvc as /bin/testsvc into slot A, for service tests.
 	TestSvc bool
-	// Config is the node's config.json; the harness adds its signing key to the trusted keys.
+	// Config is the node's config.json; the harness adds its cosign key to the trusted keys,
+	// and lists the host (10.0.2.2, any port) as an insecure registry unless the config lists
+	// registries of its own.
 	Config config.Config
 	// StateFiles go onto STATE next to config.json (e.g. a kubeconfig).
 	StateFiles map[string][]byte
@@ -46,6 +47,9 @@ type ImageOptions struct {
 	// Kube packs the kubelet, containerd, runc and the CNI plugins too (Kubernetes nodes).
 	// Images without either carry no system image: they boot and upgrade faster.
 	Kube bool
+	// HTTPSOnly: the harness lists no insecure registry (the node reaches registries over
+	// HTTPS only, NewTLSRegistry's).
+	HTTPSOnly bool
 }
 
 func (o ImageOptions) key() string {
@@ -117,12 +121,15 @@ func BuildImage(ctx context.Context, o ImageOptions) (*Image, error) {
 		}
 		img.SlotB = &b
 	}
-	_, pub, err := release.EnsureSigningKey(filepath.Join(dir, "keys"))
+	_, pub, err := HarnessKey()
 	if err != nil {
 		return nil, err
 	}
 	cfg := o.Config
-	cfg.Upgrade.TrustedKeys = append([]string{pub}, cfg.Upgrade.TrustedKeys...)
+	cfg.Upgrade.TrustedKeys = append([]config.TrustedKey{{Name: "harness", PublicKey: pub}}, cfg.Upgrade.TrustedKeys...)
+	if len(cfg.Upgrade.InsecureRegistries) == 0 && !o.HTTPSOnly {
+		cfg.Upgrade.InsecureRegistries = []string{"10.0.2.2"}
+	}
 	err = nodeimage.BuildDisk(ctx, nodeimage.DiskOptions{
 		Path: img.Disk, SlotA: img.SlotA, SlotB: img.SlotB, PKIDir: pkiDir, Config: cfg, StateFiles: o.StateFiles, WorkDir: dir,
 	})

@@ -2,16 +2,18 @@ package vmtest
 
 import (
 	"context"
-	"crypto/ed25519"
+	"fmt"
 	"io"
 	"log"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strconv"
 	"sync"
 	"testing"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
@@ -19,6 +21,7 @@ import (
 	"keel/initramfs/release"
 	"keel/installer"
 	"keel/internal/testenv"
+	"keel/internal/testenv/registrytest"
 )
 
 // Registry is a real OCI registry (go-containerregistry's) on 127.0.0.1 for the test's
@@ -29,6 +32,24 @@ type Registry struct {
 
 	mu   sync.Mutex
 	wrap func(http.Handler) http.Handler
+
+	// A TLS registry (NewTLSRegistry): its CA, for the node's upgrade.registry_ca.
+	CAPEM  []byte
+	caFile string
+	remote []remote.Option
+}
+
+// NewTLSRegistry starts Debian's docker-registry (CNCF distribution) over HTTPS with a CA of
+// the test's own (registrytest.StartDistribution): the registry a node pulls from in
+// production, reached the way production reaches it. Wrap does not apply to it.
+func NewTLSRegistry(t testing.TB) *Registry {
+	t.Helper()
+	d := registrytest.StartDistribution(t)
+	caFile := filepath.Join(t.TempDir(), "registry-ca.pem")
+	if err := os.WriteFile(caFile, d.CAPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return &Registry{Addr: d.Addr, Port: d.Port, CAPEM: d.CAPEM, caFile: caFile, remote: []remote.Option{remote.WithTransport(d.Client.Transport)}}
 }
 
 // NewRegistry starts a registry.
@@ -58,6 +79,9 @@ func NewRegistry(t testing.TB) *Registry {
 // Wrap puts a handler in front of the registry, to damage or slow what it serves: the
 // failures a real registry does not produce on demand. nil removes it.
 func (r *Registry) Wrap(w func(http.Handler) http.Handler) {
+	if r.CAPEM != nil {
+		panic("vmtest: Wrap on a TLS registry")
+	}
 	r.mu.Lock()
 	r.wrap = w
 	r.mu.Unlock()
@@ -73,9 +97,12 @@ type InstallerOptions struct {
 	Version  string
 	Fault    string // a test fault baked into the new slot's init
 	Unsigned bool
-	Key      ed25519.PrivateKey // default: the harness key every test image trusts
-	Arch     string
-	Manifest func(*installer.Manifest)
+	Key      string // a cosign private key file; default: the harness key every test image trusts
+	// SignatureOf stores the signatures of another image of this registry (a repo:tag) as
+	// this one's, instead of signing it: the substitution anyone with write access can make.
+	SignatureOf string
+	Arch        string
+	Manifest    func(*installer.Manifest)
 	// Etcd and Kube choose the slot's system image, as in ImageOptions.
 	Etcd, Kube bool
 }
@@ -105,22 +132,52 @@ func (r *Registry) PushInstaller(t testing.TB, repoTag string, o InstallerOption
 	if err != nil {
 		t.Fatal(err)
 	}
-	key := o.Key
-	if key == nil && !o.Unsigned {
-		if key, err = harnessKey(); err != nil {
+	// Each push its own digest: a signature is of a digest, so two tags of one image share
+	// their signatures, and an "unsigned" image must not be another test image signed.
+	img, err := release.Build(release.BuildOptions{SlotPath: slot.Path, Slot: slot.Manifest, Arch: o.Arch, Manifest: o.Manifest,
+		Labels: map[string]string{"dev.keel.test.tag": repoTag}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := name.ParseReference(r.Addr+"/"+repoTag, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(ref, img, r.remote...); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := img.Digest()
+	switch {
+	case o.SignatureOf != "":
+		other, err := name.ParseReference(r.Addr+"/"+o.SignatureOf, name.Insecure)
+		if err != nil {
 			t.Fatal(err)
 		}
-	}
-	img, err := release.Build(release.BuildOptions{SlotPath: slot.Path, Slot: slot.Manifest, Key: key, Arch: o.Arch, Manifest: o.Manifest})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ref, err := installer.ParseReference(r.Addr+"/"+repoTag, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(ref, img); err != nil {
-		t.Fatal(err)
+		od, err := remote.Head(other, r.remote...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sig, err := remote.Image(installer.SignatureTag(other.Context(), od.Digest), r.remote...)
+		if err != nil {
+			t.Fatalf("signature of %s: %v", o.SignatureOf, err)
+		}
+		if err := remote.Write(installer.SignatureTag(ref.Context(), d), sig, r.remote...); err != nil {
+			t.Fatal(err)
+		}
+	case !o.Unsigned:
+		key := o.Key
+		if key == "" {
+			if key, _, err = HarnessKey(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c, err := Cosign()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Sign(context.Background(), ref.Context().Digest(d.String()).String(), release.SignOptions{Key: key, HTTP: r.CAPEM == nil, CAFile: r.caFile}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return r.GuestRef(repoTag)
 }
@@ -146,12 +203,31 @@ func buildSlotOnce(ctx context.Context, o nodeimage.SlotOptions) (nodeimage.Slot
 	return s, nil
 }
 
-// harnessKey is the signing key of test installer images; every test disk trusts it.
-func harnessKey() (ed25519.PrivateKey, error) {
+var keyMu sync.Mutex
+
+// HarnessKey is the cosign key pair that signs test installer images (build/vmtest/keys);
+// every test disk trusts it. It returns the private key's path and the public key (PEM).
+func HarnessKey() (string, string, error) {
+	keyMu.Lock()
+	defer keyMu.Unlock()
 	dir, err := BuildDir()
 	if err != nil {
-		return nil, err
+		return "", "", err
 	}
-	k, _, err := release.EnsureSigningKey(filepath.Join(dir, "keys"))
-	return k, err
+	c, err := Cosign()
+	if err != nil {
+		return "", "", err
+	}
+	dir = filepath.Join(dir, "keys")
+	pub, err := c.EnsureKey(context.Background(), dir)
+	return filepath.Join(dir, release.CosignKeyFile), pub, err
+}
+
+// Cosign is the cosign binary (make cosign-bin).
+func Cosign() (release.Cosign, error) {
+	bin, err := testenv.Bin("cosign")
+	if err != nil {
+		return release.Cosign{}, fmt.Errorf("%w (make cosign-bin)", err)
+	}
+	return release.Cosign{Bin: bin}, nil
 }

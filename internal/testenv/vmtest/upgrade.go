@@ -12,9 +12,15 @@ import (
 // Upgrade requests an upgrade as admin and returns its id.
 func (vm *VM) Upgrade(image string, preserve bool) string {
 	vm.t.Helper()
-	code, b, err := vm.Call("admin", "POST", "/v1/upgrade", netapi.UpgradeRequest{Image: image, Preserve: preserve})
+	return vm.UpgradeWith(netapi.UpgradeRequest{Image: image, Preserve: preserve})
+}
+
+// UpgradeWith is Upgrade with the whole request.
+func (vm *VM) UpgradeWith(req netapi.UpgradeRequest) string {
+	vm.t.Helper()
+	code, b, err := vm.Call("admin", "POST", "/v1/upgrade", req)
 	if err != nil || code != http.StatusAccepted {
-		vm.t.Fatalf("vmtest: upgrade %s: %d %v: %s", image, code, err, b)
+		vm.t.Fatalf("vmtest: upgrade %s: %d %v: %s", req.Image, code, err, b)
 	}
 	var a netapi.UpgradeAccepted
 	if err := json.Unmarshal(b, &a); err != nil || a.ID == "" {

@@ -1,0 +1,245 @@
+package installer
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/sha512"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+)
+
+// cosign's format for a signature made with `cosign sign --key` (the "simple signing" payload,
+// stored in the image's own repository under the tag sha256-HEX.sig, one layer per signature,
+// the signature in a layer annotation). keel reads it with the standard library rather than
+// linking cosign (a hundred megabytes of KMS and transparency-log clients into PID 1); the
+// tests sign with the real cosign binary.
+const (
+	CosignPayloadMedia  = "application/vnd.dev.cosign.simplesigning.v1+json"
+	CosignSigAnnotation = "dev.cosignproject.cosign/signature"
+	CosignPayloadType   = "cosign container image signature"
+	maxSignatures       = 16
+)
+
+// CosignPayload is what cosign signs: the image's manifest digest, and where it was signed.
+type CosignPayload struct {
+	Critical struct {
+		Identity struct {
+			DockerReference string `json:"docker-reference"`
+		} `json:"identity"`
+		Image struct {
+			DockerManifestDigest string `json:"docker-manifest-digest"`
+		} `json:"image"`
+		Type string `json:"type"`
+	} `json:"critical"`
+	Optional map[string]any `json:"optional"`
+}
+
+// TrustedKey is a public key installer images may be signed with, and how far it is trusted.
+type TrustedKey struct {
+	Name    string // for messages; default the key's ID
+	Key     crypto.PublicKey
+	Expires time.Time // zero: never; a signature checked after it does not count
+	Revoked bool      // a signature by it never counts
+}
+
+// ParsePublicKey reads a PEM public key as `cosign generate-key-pair` writes it (cosign.pub):
+// ECDSA, Ed25519 or RSA, PKIX.
+func ParsePublicKey(text []byte) (crypto.PublicKey, error) {
+	b, _ := pem.Decode(bytes.TrimSpace(text))
+	if b == nil {
+		return nil, errors.New("not a PEM public key (cosign.pub)")
+	}
+	k, err := x509.ParsePKIXPublicKey(b.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("PEM block %q: %w", b.Type, err)
+	}
+	switch k.(type) {
+	case *ecdsa.PublicKey, ed25519.PublicKey, *rsa.PublicKey:
+		return k, nil
+	}
+	return nil, fmt.Errorf("unsupported public key type %T", k)
+}
+
+// KeyID names a public key: the first 16 hex digits of the SHA-256 of its PKIX encoding.
+func KeyID(k crypto.PublicKey) string {
+	der, err := x509.MarshalPKIXPublicKey(k)
+	if err != nil {
+		return "invalid"
+	}
+	s := sha256.Sum256(der)
+	return hex.EncodeToString(s[:8])
+}
+
+// SignatureTag is where cosign stores the signatures of the image with digest d in repo.
+func SignatureTag(repo name.Repository, d v1.Hash) name.Tag {
+	return repo.Tag(d.Algorithm + "-" + d.Hex + ".sig")
+}
+
+// verifySig checks one signature as cosign makes it: ECDSA and RSA (PKCS #1 v1.5) over the
+// payload's SHA-256 (SHA-384/512 for the larger curves, as sigstore does), Ed25519 over the payload.
+func verifySig(k crypto.PublicKey, payload, sig []byte) bool {
+	switch k := k.(type) {
+	case *ecdsa.PublicKey:
+		var h []byte
+		switch k.Curve.Params().BitSize {
+		case 384:
+			s := sha512.Sum384(payload)
+			h = s[:]
+		case 521:
+			s := sha512.Sum512(payload)
+			h = s[:]
+		default:
+			s := sha256.Sum256(payload)
+			h = s[:]
+		}
+		return ecdsa.VerifyASN1(k, h, sig)
+	case ed25519.PublicKey:
+		return ed25519.Verify(k, payload, sig)
+	case *rsa.PublicKey:
+		s := sha256.Sum256(payload)
+		return rsa.VerifyPKCS1v15(k, crypto.SHA256, s[:], sig) == nil
+	}
+	return false
+}
+
+// SignedBy is the verdict of a signature check: the trusted key that signed, or that the
+// image is unsigned and the node allows that.
+type SignedBy struct {
+	Key      string // the key's name; empty when unsigned
+	Unsigned bool
+}
+
+// verifyCosign finds the cosign signatures of the image (by any of digests: the index a tag
+// names and the platform image in it are both what a user may have signed) and accepts the
+// image when one was made by a trusted key that is neither revoked nor expired, for this very
+// digest. An image with no signature at all passes only when the node allows unsigned images;
+// a signature that does not count is never "unsigned".
+func verifyCosign(repo name.Repository, digests []v1.Hash, p Policy, ropts []remote.Option) (SignedBy, error) {
+	now := p.Now
+	if now.IsZero() {
+		now = time.Now()
+	}
+	var why []string
+	found := 0
+	for _, d := range digests {
+		sigs, err := fetchSignatures(repo, d, ropts)
+		if err != nil {
+			return SignedBy{}, err
+		}
+		for _, s := range sigs {
+			found++
+			note := "a signature by a key this node does not trust"
+			for _, k := range p.TrustedKeys {
+				if !verifySig(k.Key, s.payload, s.sig) {
+					continue
+				}
+				kn := k.Name
+				if kn == "" {
+					kn = KeyID(k.Key)
+				}
+				var pl CosignPayload
+				switch {
+				case json.Unmarshal(s.payload, &pl) != nil || pl.Critical.Type != CosignPayloadType:
+					note = fmt.Sprintf("key %s signed something that is not a cosign image signature", kn)
+				case pl.Critical.Image.DockerManifestDigest != d.String():
+					note = fmt.Sprintf("key %s signed another image (%s), not this one", kn, pl.Critical.Image.DockerManifestDigest)
+				case k.Revoked:
+					note = fmt.Sprintf("key %s is revoked", kn)
+				case !k.Expires.IsZero() && now.After(k.Expires):
+					note = fmt.Sprintf("key %s expired at %s", kn, k.Expires.UTC().Format(time.RFC3339))
+				default:
+					return SignedBy{Key: kn}, nil
+				}
+			}
+			why = append(why, note)
+		}
+	}
+	if found == 0 {
+		if p.AllowUnsigned {
+			return SignedBy{Unsigned: true}, nil
+		}
+		return SignedBy{}, fmt.Errorf("%w: no cosign signature in %s for %s, and this node's config does not allow unsigned images", ErrUnsigned, repo, digests[0])
+	}
+	return SignedBy{}, fmt.Errorf("%w: %d signature(s), none counts: %s", ErrSignature, found, strings.Join(dedupe(why), "; "))
+}
+
+type cosignSig struct{ payload, sig []byte }
+
+// fetchSignatures reads the signature image for d; none (404) is no signature.
+func fetchSignatures(repo name.Repository, d v1.Hash, ropts []remote.Option) ([]cosignSig, error) {
+	tag := SignatureTag(repo, d)
+	img, err := remote.Image(tag, ropts...)
+	if err != nil {
+		var te *transport.Error
+		if errors.As(err, &te) && (te.StatusCode == 404 || hasCode(te, transport.ManifestUnknownErrorCode, transport.NameUnknownErrorCode)) {
+			return nil, nil
+		}
+		return nil, classify(tag.String(), fmt.Errorf("signature: %w", err))
+	}
+	m, err := img.Manifest()
+	if err != nil {
+		return nil, classify(tag.String(), fmt.Errorf("signature: %w", err))
+	}
+	if len(m.Layers) > maxSignatures {
+		return nil, fmt.Errorf("%w: %s holds %d signatures (at most %d are read)", ErrSignature, tag, len(m.Layers), maxSignatures)
+	}
+	var out []cosignSig
+	for _, l := range m.Layers {
+		if string(l.MediaType) != CosignPayloadMedia {
+			continue
+		}
+		sig, err := base64.StdEncoding.DecodeString(l.Annotations[CosignSigAnnotation])
+		if err != nil || len(sig) == 0 {
+			continue // not a key signature (keyless ones carry certificates we do not trust)
+		}
+		layer, err := img.LayerByDigest(l.Digest)
+		if err != nil {
+			return nil, classify(tag.String(), err)
+		}
+		payload, err := readLayer(layer, 64<<10)
+		if err != nil {
+			return nil, classify(tag.String(), fmt.Errorf("signature payload: %w", err))
+		}
+		out = append(out, cosignSig{payload: payload, sig: sig})
+	}
+	return out, nil
+}
+
+func hasCode(te *transport.Error, codes ...transport.ErrorCode) bool {
+	for _, d := range te.Errors {
+		for _, c := range codes {
+			if d.Code == c {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func dedupe(s []string) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, x := range s {
+		if !seen[x] {
+			seen[x] = true
+			out = append(out, x)
+		}
+	}
+	return out
+}

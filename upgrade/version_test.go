@@ -1,0 +1,124 @@
+package upgrade
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"keel/boot"
+)
+
+func TestCompareVersions(t *testing.T) {
+	for _, tc := range []struct {
+		a, b string
+		want int
+		ok   bool
+	}{
+		{"v1.2.3", "v1.2.3", 0, true},
+		{"1.2.3", "v1.2.3", 0, true},
+		{"v2", "v2.0.0", 0, true},
+		{"v1.10.0", "v1.9.0", 1, true},
+		{"v1.0.0-rc.1", "v1.0.0", -1, true},
+		{"v1.0.0-dev.9.gabc", "v1.0.0-dev.10.gabc", -1, true},
+		{"v1.0.0+build1", "v1.0.0+build2", 0, true},
+		{"e2e-v1", "v1.0.0", 0, false},
+		{"latest", "latest", 0, false},
+	} {
+		got, ok := CompareVersions(tc.a, tc.b)
+		if got != tc.want || ok != tc.ok {
+			t.Errorf("CompareVersions(%q, %q) = %d, %v; want %d, %v", tc.a, tc.b, got, ok, tc.want, tc.ok)
+		}
+	}
+}
+
+func TestImageTag(t *testing.T) {
+	for ref, want := range map[string]string{
+		"10.0.2.2:5000/keel:v2.0.0":                "v2.0.0",
+		"10.0.2.2:5000/keel":                       "",
+		"10.0.2.2:5000/keel@sha256:abc":            "",
+		"10.0.2.2:5000/keel:v9@sha256:abc":         "v9",
+		"registry.example.com/org/keel:1.2.3-rc.1": "1.2.3-rc.1",
+		"keel:latest":                              "latest",
+	} {
+		if got := imageTag(ref); got != want {
+			t.Errorf("imageTag(%q) = %q, want %q", ref, got, want)
+		}
+	}
+}
+
+// TestVersionPolicy: every refusal of the version policy ends the upgrade in pulling (aborted,
+// nothing changed) with a reason naming the check; what passes goes on.
+func TestVersionPolicy(t *testing.T) {
+	now := time.Unix(1000, 0)
+	for _, tc := range []struct {
+		name            string
+		from, image, to string
+		downgrade       bool
+		floor           string // the config's, at the request
+		says            string // "" passes
+	}{
+		{"upgrade", "v1.0.0", "r/keel:v2.0.0", "v2.0.0", false, "", ""},
+		{"same version again", "v2.0.0", "r/keel:v2.0.0", "v2.0.0", false, "", ""},
+		{"by digest", "v1.0.0", "r/keel@sha256:00", "v2.0.0", false, "", ""},
+		{"non-version tag", "v1.0.0", "r/keel:stable", "v2.0.0", false, "", ""},
+		{"downgrade refused", "v2.0.0", "r/keel:v1.0.0", "v1.0.0", false, "", "older than the running v2.0.0"},
+		{"downgrade asked for", "v2.0.0", "r/keel:v1.0.0", "v1.0.0", true, "", ""},
+		{"signed v1 under the tag v9", "v1.0.0", "r/keel:v9", "v1.0.0", false, "", "the tag says v9 but the image's signed manifest says v1.0.0"},
+		{"signed v1 under the tag v9, downgrade", "v2.0.0", "r/keel:v9", "v1.0.0", true, "", "the tag says v9"},
+		{"non-semver from", "dev", "r/keel:latest", "v2.0.0", false, "", "not both semantic versions"},
+		{"non-semver to", "v1.0.0", "r/keel:latest", "nightly", false, "", "not both semantic versions"},
+		{"non-semver, downgrade", "v1.0.0", "r/keel:latest", "nightly", true, "", ""},
+		{"below the floor", "v1.0.0", "r/keel:v1.5.0", "v1.5.0", false, "v2.0.0", "below the rollback floor v2.0.0"},
+		{"below the floor, downgrade", "v3.0.0", "r/keel:v1.5.0", "v1.5.0", true, "v2.0.0", "below the rollback floor"},
+		{"non-semver with a floor", "v3.0.0", "r/keel:x", "nightly", true, "v2.0.0", "below the rollback floor"},
+		{"at the floor", "v1.0.0", "r/keel:v2.0.0", "v2.0.0", false, "v2.0.0", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, _, err := Step(Record{}, Request{ID: "u", Image: tc.image, FromVersion: tc.from, Downgrade: tc.downgrade, MinVersion: tc.floor, Booted: boot.SlotA, Committed: boot.SlotA, Now: now})
+			if err != nil {
+				t.Fatal(err)
+			}
+			r, _, err = Step(r, Pulled{ToVersion: tc.to, Digest: "sha256:d", SlotSHA256: "s", SlotSize: 1, Now: now})
+			if err != nil {
+				t.Fatal(err)
+			}
+			u := r.Current
+			if tc.says == "" {
+				if u.State != Cordoning {
+					t.Fatalf("state %s (%s), want cordoning", u.State, u.Reason)
+				}
+				return
+			}
+			if u.State != Aborted || !strings.HasPrefix(u.Reason, "refused: version check: ") || !strings.Contains(u.Reason, tc.says) {
+				t.Fatalf("state %s, reason %q; want aborted saying %q", u.State, u.Reason, tc.says)
+			}
+		})
+	}
+}
+
+// TestFloor: the floor only rises (boot, request, rollback), and a rollback below it is refused.
+func TestFloor(t *testing.T) {
+	now := time.Unix(1000, 0)
+	r, _, _ := Step(Record{}, Booted{Slot: boot.SlotA, Committed: boot.SlotA, MinVersion: "v2.0.0", Now: now})
+	if r.Floor != "v2.0.0" {
+		t.Fatalf("floor %q after a boot with min_version v2.0.0", r.Floor)
+	}
+	for _, lower := range []string{"v1.0.0", "", "garbage"} {
+		r, _, _ = Step(r, Booted{Slot: boot.SlotA, Committed: boot.SlotA, MinVersion: lower, Now: now})
+		if r.Floor != "v2.0.0" {
+			t.Fatalf("floor %q after a boot with min_version %q: it must never fall", r.Floor, lower)
+		}
+	}
+	r, _, _ = Step(r, RollbackRequest{Booted: boot.SlotA, MinVersion: "v2.1.0", Now: now})
+	if r.Floor != "v2.1.0" || r.RollingBack == nil {
+		t.Fatalf("floor %q, rolling back %v", r.Floor, r.RollingBack)
+	}
+	below, acts, err := Step(r, RollbackVerified{Version: "v2.0.0", Now: now})
+	if err != nil || below.RollingBack != nil || len(acts) != 0 {
+		t.Fatalf("rollback to v2.0.0 under floor v2.1.0: %v, %v, rolling back %v", err, acts, below.RollingBack)
+	}
+	above, acts, err := Step(r, RollbackVerified{Version: "v2.1.0", Now: now})
+	if err != nil || above.RollingBack == nil || len(acts) != 1 {
+		t.Fatalf("rollback to v2.1.0 at floor v2.1.0: %v, %v", err, acts)
+	}
+}
