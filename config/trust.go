@@ -77,14 +77,22 @@ func (u Upgrade) CertPool() (*x509.CertPool, error) {
 }
 
 func (u Upgrade) validateTrust() error {
+	seen := map[string]int{}
 	for i, k := range u.TrustedKeys {
-		if _, err := k.Installer(); err != nil {
+		ik, err := k.Installer()
+		if err != nil {
 			hint := ""
 			if !strings.Contains(k.PublicKey, "-----BEGIN") {
 				hint = " (keel's own ed25519 format is gone: sign with cosign and trust the PEM of cosign.pub; see the README)"
 			}
 			return fmt.Errorf("upgrade.trusted_keys[%d] %q: %w%s", i, k.Name, err, hint)
 		}
+		// One entry per key: two entries could say opposite things (trusted, revoked).
+		id := installer.KeyID(ik.Key)
+		if j, dup := seen[id]; dup {
+			return fmt.Errorf("upgrade.trusted_keys[%d]: the same key as trusted_keys[%d] (%s): list a key once", i, j, id)
+		}
+		seen[id] = i
 		if k.Name != "" && (len(k.Name) > 64 || strings.ContainsAny(k.Name, "\n\r\t")) {
 			return fmt.Errorf("upgrade.trusted_keys[%d]: name %q: at most 64 printable characters", i, k.Name)
 		}

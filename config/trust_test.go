@@ -21,7 +21,9 @@ func testPEM(t *testing.T) string {
 
 func TestTrust(t *testing.T) {
 	pub, _ := json.Marshal(testPEM(t))
-	good := `{"upgrade":{"trusted_keys":[` + string(pub) + `,{"name":"old","public_key":` + string(pub) + `,"revoked":true},{"name":"new","public_key":` + string(pub) + `,"expires":"2027-01-31T00:00:00Z"}],` +
+	pub2, _ := json.Marshal(testPEM(t))
+	pub3, _ := json.Marshal(testPEM(t))
+	good := `{"upgrade":{"trusted_keys":[` + string(pub) + `,{"name":"old","public_key":` + string(pub2) + `,"revoked":true},{"name":"new","public_key":` + string(pub3) + `,"expires":"2027-01-31T00:00:00Z"}],` +
 		`"insecure_registries":["10.0.2.2","registry.local:5000"],"min_version":"v1.4.0"}}`
 	c, err := Parse([]byte(good))
 	if err != nil {
@@ -47,6 +49,8 @@ func TestTrust(t *testing.T) {
 		{`{"upgrade":{"insecure_registries":["http://10.0.2.2:5000"]}}`, "no scheme"},
 		{`{"upgrade":{"insecure_registries":["10.0.2.2:5000/keel"]}}`, "no scheme, no path"},
 		{`{"upgrade":{"min_version":"latest"}}`, "not a semantic version"},
+		{`{"upgrade":{"trusted_keys":[` + string(pub) + `,{"name":"x","public_key":` + string(pub) + `,"revoked":true}]}}`, "the same key as trusted_keys[0]"},
+		{`{"upgrade":{"trusted_keys":[` + strings.ReplaceAll(string(pub), "PUBLIC KEY", "CERTIFICATE") + `]}}`, "not a PEM PUBLIC KEY"},
 	} {
 		_, err := Parse([]byte(tc.cfg))
 		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tc.says) {

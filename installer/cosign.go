@@ -7,7 +7,6 @@ import (
 	"crypto/ed25519"
 	"crypto/rsa"
 	"crypto/sha256"
-	"crypto/sha512"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
@@ -58,19 +57,33 @@ type TrustedKey struct {
 	Revoked bool      // a signature by it never counts
 }
 
-// ParsePublicKey reads a PEM public key as `cosign generate-key-pair` writes it (cosign.pub):
-// ECDSA, Ed25519 or RSA, PKIX.
+// ParsePublicKey reads one PEM public key as `cosign generate-key-pair` writes it (cosign.pub):
+// ECDSA (P-256, P-384, P-521), Ed25519 or RSA (2048 bits or more), PKIX. Anything else in
+// the text is an error: a second key pasted along would otherwise be dropped unseen.
 func ParsePublicKey(text []byte) (crypto.PublicKey, error) {
-	b, _ := pem.Decode(bytes.TrimSpace(text))
-	if b == nil {
-		return nil, errors.New("not a PEM public key (cosign.pub)")
+	b, rest := pem.Decode(bytes.TrimSpace(text))
+	if b == nil || b.Type != "PUBLIC KEY" {
+		return nil, errors.New("not a PEM PUBLIC KEY block (cosign.pub)")
+	}
+	if len(bytes.TrimSpace(rest)) != 0 {
+		return nil, errors.New("more than one PEM block: give one key per entry")
 	}
 	k, err := x509.ParsePKIXPublicKey(b.Bytes)
 	if err != nil {
 		return nil, fmt.Errorf("PEM block %q: %w", b.Type, err)
 	}
-	switch k.(type) {
-	case *ecdsa.PublicKey, ed25519.PublicKey, *rsa.PublicKey:
+	switch k := k.(type) {
+	case *ecdsa.PublicKey:
+		if k.Curve.Params().BitSize < 256 {
+			return nil, fmt.Errorf("ECDSA key on %s: want P-256 or larger", k.Curve.Params().Name)
+		}
+		return k, nil
+	case ed25519.PublicKey:
+		return k, nil
+	case *rsa.PublicKey:
+		if k.N.BitLen() < 2048 {
+			return nil, fmt.Errorf("RSA key of %d bits: want 2048 or more", k.N.BitLen())
+		}
 		return k, nil
 	}
 	return nil, fmt.Errorf("unsupported public key type %T", k)
@@ -91,24 +104,14 @@ func SignatureTag(repo name.Repository, d v1.Hash) name.Tag {
 	return repo.Tag(d.Algorithm + "-" + d.Hex + ".sig")
 }
 
-// verifySig checks one signature as cosign makes it: ECDSA and RSA (PKCS #1 v1.5) over the
-// payload's SHA-256 (SHA-384/512 for the larger curves, as sigstore does), Ed25519 over the payload.
+// verifySig checks one signature as cosign makes it with --key: ECDSA and RSA (PKCS #1 v1.5)
+// over the payload's SHA-256, whatever the curve (cosign signs and verifies key signatures with
+// SHA-256), Ed25519 over the payload itself.
 func verifySig(k crypto.PublicKey, payload, sig []byte) bool {
 	switch k := k.(type) {
 	case *ecdsa.PublicKey:
-		var h []byte
-		switch k.Curve.Params().BitSize {
-		case 384:
-			s := sha512.Sum384(payload)
-			h = s[:]
-		case 521:
-			s := sha512.Sum512(payload)
-			h = s[:]
-		default:
-			s := sha256.Sum256(payload)
-			h = s[:]
-		}
-		return ecdsa.VerifyASN1(k, h, sig)
+		h := sha256.Sum256(payload)
+		return ecdsa.VerifyASN1(k, h[:], sig)
 	case ed25519.PublicKey:
 		return ed25519.Verify(k, payload, sig)
 	case *rsa.PublicKey:
@@ -135,12 +138,25 @@ func verifyCosign(repo name.Repository, digests []v1.Hash, p Policy, ropts []rem
 	if now.IsZero() {
 		now = time.Now()
 	}
+	// A key revoked anywhere in the list is revoked, whatever other entries say of it.
+	revoked := map[string]string{}
+	for _, k := range p.TrustedKeys {
+		if k.Revoked {
+			revoked[KeyID(k.Key)] = keyName(k)
+		}
+	}
 	var why []string
 	found := 0
 	for _, d := range digests {
-		sigs, err := fetchSignatures(repo, d, ropts)
+		sigs, present, err := fetchSignatures(repo, d, ropts)
 		if err != nil {
 			return SignedBy{}, err
+		}
+		if present && len(sigs) == 0 {
+			// A signature image holding nothing keel reads (keyless certificates, another
+			// format, damage): signed, but not in a way that counts; never "unsigned".
+			found++
+			why = append(why, "a signature keel cannot check (no key signature in "+SignatureTag(repo, d).TagStr()+")")
 		}
 		for _, s := range sigs {
 			found++
@@ -149,9 +165,9 @@ func verifyCosign(repo name.Repository, digests []v1.Hash, p Policy, ropts []rem
 				if !verifySig(k.Key, s.payload, s.sig) {
 					continue
 				}
-				kn := k.Name
-				if kn == "" {
-					kn = KeyID(k.Key)
+				kn := keyName(k)
+				if rn, ok := revoked[KeyID(k.Key)]; ok {
+					k.Revoked, kn = true, rn
 				}
 				var pl CosignPayload
 				switch {
@@ -179,25 +195,33 @@ func verifyCosign(repo name.Repository, digests []v1.Hash, p Policy, ropts []rem
 	return SignedBy{}, fmt.Errorf("%w: %d signature(s), none counts: %s", ErrSignature, found, strings.Join(dedupe(why), "; "))
 }
 
+func keyName(k TrustedKey) string {
+	if k.Name != "" {
+		return k.Name
+	}
+	return KeyID(k.Key)
+}
+
 type cosignSig struct{ payload, sig []byte }
 
-// fetchSignatures reads the signature image for d; none (404) is no signature.
-func fetchSignatures(repo name.Repository, d v1.Hash, ropts []remote.Option) ([]cosignSig, error) {
+// fetchSignatures reads the key signatures in the signature image for d; present says whether
+// that image exists at all (a 404 is no signature).
+func fetchSignatures(repo name.Repository, d v1.Hash, ropts []remote.Option) ([]cosignSig, bool, error) {
 	tag := SignatureTag(repo, d)
 	img, err := remote.Image(tag, ropts...)
 	if err != nil {
 		var te *transport.Error
 		if errors.As(err, &te) && (te.StatusCode == 404 || hasCode(te, transport.ManifestUnknownErrorCode, transport.NameUnknownErrorCode)) {
-			return nil, nil
+			return nil, false, nil
 		}
-		return nil, classify(tag.String(), fmt.Errorf("signature: %w", err))
+		return nil, false, classify(tag.String(), fmt.Errorf("signature: %w", err))
 	}
 	m, err := img.Manifest()
 	if err != nil {
-		return nil, classify(tag.String(), fmt.Errorf("signature: %w", err))
+		return nil, true, classify(tag.String(), fmt.Errorf("signature: %w", err))
 	}
 	if len(m.Layers) > maxSignatures {
-		return nil, fmt.Errorf("%w: %s holds %d signatures (at most %d are read)", ErrSignature, tag, len(m.Layers), maxSignatures)
+		return nil, true, fmt.Errorf("%w: %s holds %d signatures (at most %d are read)", ErrSignature, tag, len(m.Layers), maxSignatures)
 	}
 	var out []cosignSig
 	for _, l := range m.Layers {
@@ -210,15 +234,15 @@ func fetchSignatures(repo name.Repository, d v1.Hash, ropts []remote.Option) ([]
 		}
 		layer, err := img.LayerByDigest(l.Digest)
 		if err != nil {
-			return nil, classify(tag.String(), err)
+			return nil, true, classify(tag.String(), err)
 		}
 		payload, err := readLayer(layer, 64<<10)
 		if err != nil {
-			return nil, classify(tag.String(), fmt.Errorf("signature payload: %w", err))
+			return nil, true, classify(tag.String(), fmt.Errorf("signature payload: %w", err))
 		}
 		out = append(out, cosignSig{payload: payload, sig: sig})
 	}
-	return out, nil
+	return out, true, nil
 }
 
 func hasCode(te *transport.Error, codes ...transport.ErrorCode) bool {

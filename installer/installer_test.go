@@ -6,6 +6,9 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -22,7 +25,10 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
 
 	"keel/disk"
 	"keel/initramfs/release"
@@ -98,6 +104,8 @@ func TestPull(t *testing.T) {
 	}
 	otherKey := newKey(t)
 	edPub, edKey, _ := ed25519.GenerateKey(nil)
+	p384, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	rsaKey, _ := rsa.GenerateKey(rand.Reader, 2048)
 
 	signed := func(repoTag string, o release.BuildOptions, keys ...crypto.Signer) string {
 		ref, d := push(t, addr, repoTag, o)
@@ -112,6 +120,17 @@ func TestPull(t *testing.T) {
 	wrongKey := signed("keel:wrongkey", release.BuildOptions{SlotPath: f.slot, Slot: f.manifest, Arch: "amd64", Manifest: func(m *installer.Manifest) { m.Slot.KernelRelease = "w" }}, otherKey)
 	twoKeys := signed("keel:twokeys", release.BuildOptions{SlotPath: f.slot, Slot: f.manifest, Manifest: func(m *installer.Manifest) { m.Slot.KernelRelease = "2" }}, otherKey, f.key)
 	edSigned := signed("keel:ed", release.BuildOptions{SlotPath: f.slot, Slot: f.manifest, Manifest: func(m *installer.Manifest) { m.Slot.KernelRelease = "e" }}, edKey)
+	p384Signed := signed("keel:p384", release.BuildOptions{SlotPath: f.slot, Slot: f.manifest, Manifest: func(m *installer.Manifest) { m.Slot.KernelRelease = "p384" }}, p384)
+	rsaSigned := signed("keel:rsa", release.BuildOptions{SlotPath: f.slot, Slot: f.manifest, Manifest: func(m *installer.Manifest) { m.Slot.KernelRelease = "rsa" }}, rsaKey)
+	// A signature image that holds no key signature (another media type): present, unreadable.
+	oddRef, oddDigest := push(t, addr, "keel:odd", release.BuildOptions{SlotPath: f.slot, Slot: f.manifest, Manifest: func(m *installer.Manifest) { m.Slot.KernelRelease = "odd" }})
+	oddSig, _ := mutate.Append(empty.Image, mutate.Addendum{Layer: static.NewLayer([]byte("{}"), "application/vnd.example.other")})
+	if err := remote.Write(installer.SignatureTag(mustRepo(t, addr), oddDigest), oddSig); err != nil {
+		t.Fatal(err)
+	}
+	// A multi-arch index signed as `cosign sign` of its tag signs it: the index's digest.
+	indexRef, indexDigest := pushIndex(t, addr, "keel:index", release.BuildOptions{SlotPath: f.slot, Slot: f.manifest, Manifest: func(m *installer.Manifest) { m.Slot.KernelRelease = "idx" }})
+	sign(t, addr, indexDigest, indexDigest, f.key)
 	arm := signed("keel:arm", release.BuildOptions{SlotPath: f.slot, Slot: f.manifest, Arch: "arm64"}, f.key)
 	lying := signed("keel:lying", release.BuildOptions{SlotPath: f.slot, Slot: f.manifest,
 		Manifest: func(m *installer.Manifest) { m.SlotSHA256 = strings.Repeat("0", 64) }}, f.key)
@@ -141,6 +160,7 @@ func TestPull(t *testing.T) {
 		says   string // in the error
 	}{
 		{"good", good, policy, local, nil, ""},
+		{"open by tag", "open:" + good, policy, local, installer.ErrReference, "named by digest"},
 		{"invalid reference", "127.0.0.1:1/UPPER CASE:x", policy, local, installer.ErrReference, ""},
 		{"not found", addr + "/keel:nope", policy, local, installer.ErrNotFound, ""},
 		{"refused", closed + "/keel:v2", policy, local, installer.ErrUnreachable, ""},
@@ -161,6 +181,13 @@ func TestPull(t *testing.T) {
 		{"rotated: old key revoked, new key trusted", twoKeys, installer.Policy{Arch: "amd64", MaxSlotSize: 2 << 20, TrustedKeys: []installer.TrustedKey{{Name: "old", Key: otherKey.Public(), Revoked: true}, trusted}}, local, nil, ""},
 		{"signed only by the revoked old key", wrongKey, installer.Policy{Arch: "amd64", MaxSlotSize: 2 << 20, TrustedKeys: []installer.TrustedKey{{Name: "old", Key: otherKey.Public(), Revoked: true}, trusted}}, local, installer.ErrSignature, "key old is revoked"},
 		{"ed25519 key", edSigned, with(func(p *installer.Policy) { p.TrustedKeys = []installer.TrustedKey{{Key: edPub}} }), local, nil, ""},
+		{"ECDSA P-384 key", p384Signed, with(func(p *installer.Policy) { p.TrustedKeys = []installer.TrustedKey{{Key: p384.Public()}} }), local, nil, ""},
+		{"RSA key", rsaSigned, with(func(p *installer.Policy) { p.TrustedKeys = []installer.TrustedKey{{Key: rsaKey.Public()}} }), local, nil, ""},
+		{"index signed", indexRef, policy, local, nil, ""},
+		{"revoked in a later entry", good, with(func(p *installer.Policy) {
+			p.TrustedKeys = append(p.TrustedKeys, installer.TrustedKey{Name: "dup", Key: f.key.Public(), Revoked: true})
+		}), local, installer.ErrSignature, "key dup is revoked"},
+		{"unreadable signature, unsigned allowed", oddRef, with(func(p *installer.Policy) { p.AllowUnsigned = true }), local, installer.ErrSignature, "cannot check"},
 		{"other architecture", arm, policy, local, installer.ErrArch, ""},
 		{"too large", good, with(func(p *installer.Policy) { p.MaxSlotSize = 1000 }), local, installer.ErrTooLarge, ""},
 		{"manifest digest lies", lying, policy, local, installer.ErrDigest, ""},
@@ -169,6 +196,14 @@ func TestPull(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
+			if ref, ok := strings.CutPrefix(tc.ref, "open:"); ok {
+				// The write pass skips the signature only for a reference pinned by digest.
+				_, err := installer.Open(context.Background(), ref, tc.policy, tc.opts)
+				if !errors.Is(err, tc.want) || !strings.Contains(fmt.Sprint(err), tc.says) {
+					t.Fatalf("err = %v, want %v saying %q", err, tc.want, tc.says)
+				}
+				return
+			}
 			p, err := installer.Pull(context.Background(), tc.ref, tc.policy, tc.opts)
 			if tc.want == nil {
 				if err != nil {
@@ -222,8 +257,8 @@ func TestPullTLS(t *testing.T) {
 		t.Fatalf("with the CA: %v", err)
 	}
 	_, err := installer.Pull(context.Background(), ref.String(), policy, installer.PullOptions{RootCAs: x509.NewCertPool()})
-	if err == nil || !strings.Contains(err.Error(), "certificate") {
-		t.Fatalf("without the CA: %v, want a certificate error", err)
+	if !errors.Is(err, installer.ErrCertificate) || !strings.Contains(err.Error(), "upgrade.registry_ca") {
+		t.Fatalf("without the CA: %v, want ErrCertificate pointing at registry_ca", err)
 	}
 }
 
@@ -289,7 +324,7 @@ func TestPullDamagedDownloads(t *testing.T) {
 			}
 			// The write pass's stream fails the same way (or, where gzip cannot tell, yields
 			// bytes whose SHA-256 the writer refuses).
-			s, err := installer.Open(context.Background(), ref, policy, local)
+			s, err := installer.Open(context.Background(), strings.TrimSuffix(ref, ":v2")+"@"+digest.String(), policy, local)
 			if err != nil {
 				t.Fatal(err)
 			}

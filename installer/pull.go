@@ -15,7 +15,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -30,6 +29,7 @@ var (
 	ErrNotFound     = errors.New("image not found")
 	ErrUnreachable  = errors.New("registry unreachable")
 	ErrInsecure     = errors.New("registry refused: plain HTTP")
+	ErrCertificate  = errors.New("registry certificate not trusted")
 	ErrArch         = errors.New("image is for another architecture")
 	ErrNotInstaller = errors.New("not an installer image")
 	ErrUnsigned     = errors.New("image is not signed")
@@ -65,7 +65,7 @@ type Pulled struct {
 func ParseReference(ref string, insecure []string) (name.Reference, error) {
 	r, err := name.ParseReference(ref, name.StrictValidation)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %q: %v", ErrReference, ref, err)
+		return nil, fmt.Errorf("%w: %q: %w", ErrReference, ref, err)
 	}
 	if Insecure(r.Context().RegistryStr(), insecure) {
 		// name.Insecure lets go-containerregistry fall back to http after https.
@@ -105,12 +105,10 @@ type PullOptions struct {
 type httpGuard struct {
 	rt       http.RoundTripper
 	insecure []string
-	refused  atomic.Value // the host last refused
 }
 
 func (g *httpGuard) RoundTrip(req *http.Request) (*http.Response, error) {
 	if req.URL.Scheme != "https" && !Insecure(req.URL.Host, g.insecure) {
-		g.refused.Store(req.URL.Host)
 		return nil, fmt.Errorf("%w: %s is not in upgrade.insecure_registries", ErrInsecure, req.URL.Host)
 	}
 	return g.rt.RoundTrip(req)
@@ -121,7 +119,7 @@ func (g *httpGuard) RoundTrip(req *http.Request) (*http.Response, error) {
 // before anything on the node changes, and memory holds buffers, not the slot. Open streams
 // the same bytes again (by digest) when they are written.
 func Pull(ctx context.Context, ref string, p Policy, o PullOptions) (Pulled, error) {
-	im, err := resolve(ctx, ref, p, o)
+	im, err := resolve(ctx, ref, p, o, true)
 	if err != nil {
 		return Pulled{}, err
 	}
@@ -158,10 +156,12 @@ type Slot struct {
 // Close ends the download.
 func (s *Slot) Close() error { return s.close() }
 
-// Open fetches ref (give it by digest: REPO@sha256:...), checks it against the policy exactly
-// as Pull does, and returns its slot as a stream.
+// Open fetches ref, which must name the digest a Pull verified (REPO@sha256:...), checks it
+// against the policy as Pull does but for the signature (the bytes behind a digest cannot
+// change; the signature, or a key's validity, could, and the write must not fail on that
+// after the node has stopped its services), and returns its slot as a stream.
 func Open(ctx context.Context, ref string, p Policy, o PullOptions) (*Slot, error) {
-	im, err := resolve(ctx, ref, p, o)
+	im, err := resolve(ctx, ref, p, o, false)
 	if err != nil {
 		return nil, err
 	}
@@ -208,10 +208,17 @@ type image struct {
 }
 
 // resolve fetches ref's manifest and small layers and checks everything but the slot's bytes.
-func resolve(ctx context.Context, ref string, p Policy, o PullOptions) (*image, error) {
+// The signature is checked first, from the manifests alone: nothing else the registry serves
+// (the image config, the keel manifest) is read before a trusted key vouches for it. verify
+// false skips that check for a reference pinned by digest to an image verified before (the
+// write pass: the bytes behind a digest cannot change).
+func resolve(ctx context.Context, ref string, p Policy, o PullOptions, verify bool) (*image, error) {
 	r, err := ParseReference(ref, o.Insecure)
 	if err != nil {
 		return nil, err
+	}
+	if _, pinned := r.(name.Digest); !verify && !pinned {
+		return nil, fmt.Errorf("%w: %q: an image opened without its signature check must be named by digest", ErrReference, ref)
 	}
 	guard := &httpGuard{insecure: o.Insecure, rt: &http.Transport{
 		DialContext:           (&net.Dialer{Timeout: 10 * time.Second}).DialContext,
@@ -222,20 +229,12 @@ func resolve(ctx context.Context, ref string, p Policy, o PullOptions) (*image, 
 	ropts := []remote.Option{remote.WithContext(ctx), remote.WithTransport(guard), remote.WithPlatform(v1.Platform{OS: "linux", Architecture: p.Arch})}
 	desc, err := remote.Get(r, ropts...)
 	if err != nil {
-		if h, ok := guard.refused.Load().(string); ok {
-			// The registry did not answer over https, and http is not allowed: say that,
-			// not the TLS error of the first attempt alone; unless nothing answered at all.
-			var oe *net.OpError
-			if errors.As(err, &oe) && oe.Op == "dial" {
-				return nil, fmt.Errorf("%w: %s: %v", ErrUnreachable, ref, oe)
-			}
-			return nil, fmt.Errorf("%w: %s did not answer over HTTPS (%v), and plain HTTP to it is refused: list it in upgrade.insecure_registries", ErrInsecure, h, err)
-		}
-		return nil, classify(ref, err)
+		return nil, transportError(ref, err)
 	}
+	// The digests a signature may name: the one the reference resolves to (an index, when
+	// the tag names one, as `cosign sign` of a multi-arch tag signs), and this platform's image.
+	digests := []v1.Hash{desc.Digest}
 	if desc.MediaType.IsIndex() {
-		// remote.Get resolved nothing for our platform only if Image() below fails; check
-		// the index explicitly for a clear error.
 		idx, err := desc.ImageIndex()
 		if err != nil {
 			return nil, classify(ref, err)
@@ -244,19 +243,43 @@ func resolve(ctx context.Context, ref string, p Policy, o PullOptions) (*image, 
 		if err != nil {
 			return nil, classify(ref, err)
 		}
-		found := false
+		var platform *v1.Hash
 		for _, m := range im.Manifests {
 			if m.Platform != nil && m.Platform.OS == "linux" && m.Platform.Architecture == p.Arch {
-				found = true
+				platform = &m.Digest
+				break
 			}
 		}
-		if !found {
+		if platform == nil {
 			return nil, fmt.Errorf("%w: %s has no linux/%s manifest", ErrArch, ref, p.Arch)
+		}
+		digests = append(digests, *platform)
+	}
+	signed := SignedBy{Key: "verified before (pinned by digest)"}
+	if verify {
+		if signed, err = verifyCosign(r.Context(), digests, p, ropts); err != nil {
+			return nil, err
 		}
 	}
 	img, err := desc.Image()
 	if err != nil {
 		return nil, classify(ref, err)
+	}
+	digest, err := img.Digest()
+	if err != nil {
+		return nil, classify(ref, err)
+	}
+	if digest != digests[len(digests)-1] {
+		return nil, fmt.Errorf("%w: %s resolved to %s, its index names %s", ErrDigest, ref, digest, digests[len(digests)-1])
+	}
+	// Even signed, a manifest's sizes are not read on trust: go-containerregistry reads the
+	// config whole, so a huge one would be PID 1's memory.
+	mf, err := img.Manifest()
+	if err != nil {
+		return nil, classify(ref, err)
+	}
+	if mf.Config.Size > 64<<10 || len(mf.Layers) > 8 {
+		return nil, fmt.Errorf("%w: %s: a config of %d bytes and %d layers (an installer image has a small config and 2 layers)", ErrNotInstaller, ref, mf.Config.Size, len(mf.Layers))
 	}
 	cfg, err := img.ConfigFile()
 	if err != nil {
@@ -281,29 +304,16 @@ func resolve(ctx context.Context, ref string, p Policy, o PullOptions) (*image, 
 	if ml == nil || sl == nil {
 		return nil, fmt.Errorf("%w: %s lacks the manifest or slot layer", ErrNotInstaller, ref)
 	}
-	digest, err := img.Digest()
-	if err != nil {
-		return nil, classify(ref, err)
-	}
-	// The signature first: nothing an unsigned image says is read before it is trusted.
-	digests := []v1.Hash{desc.Digest}
-	if digest != desc.Digest {
-		digests = append(digests, digest)
-	}
-	signed, err := verifyCosign(r.Context(), digests, p, ropts)
-	if err != nil {
-		return nil, err
-	}
 	mb, err := readLayer(ml, 64<<10)
 	if err != nil {
 		return nil, classify(ref, fmt.Errorf("manifest layer: %w", err))
 	}
 	var m Manifest
 	if err := json.Unmarshal(mb, &m); err != nil {
-		return nil, fmt.Errorf("%w: manifest: %v", ErrNotInstaller, err)
+		return nil, fmt.Errorf("%w: manifest: %w", ErrNotInstaller, err)
 	}
 	if err := m.Slot.Validate(); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrNotInstaller, err)
+		return nil, fmt.Errorf("%w: %w", ErrNotInstaller, err)
 	}
 	if m.Slot.Version != m.Version {
 		return nil, fmt.Errorf("%w: the slot's manifest says version %q, the image's %q", ErrNotInstaller, m.Slot.Version, m.Version)
@@ -374,9 +384,30 @@ func (p *progressWriter) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
+// transportError names why a registry could not be reached: nothing answered; its
+// certificate is not trusted (the fix is its CA in registry_ca, not plain HTTP); or it speaks
+// only plain HTTP, which the guard refused.
+func transportError(ref string, err error) error {
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Op == "dial" {
+		return fmt.Errorf("%w: %s: %w", ErrUnreachable, ref, oe)
+	}
+	var ua x509.UnknownAuthorityError
+	var he x509.HostnameError
+	var ci x509.CertificateInvalidError
+	var cv *tls.CertificateVerificationError
+	if errors.As(err, &ua) || errors.As(err, &he) || errors.As(err, &ci) || errors.As(err, &cv) {
+		return fmt.Errorf("%w: %s: %w (give the registry's CA in upgrade.registry_ca)", ErrCertificate, ref, err)
+	}
+	if errors.Is(err, ErrInsecure) {
+		return fmt.Errorf("%w: %s answers only plain HTTP, refused: list its host in upgrade.insecure_registries if that is intended (%w)", ErrInsecure, ref, err)
+	}
+	return classify(ref, err)
+}
+
 // classify maps transport errors onto the error classes, keeping the original text.
 func classify(ref string, err error) error {
-	var known = []error{ErrReference, ErrNotFound, ErrUnreachable, ErrInsecure, ErrArch, ErrNotInstaller, ErrUnsigned, ErrSignature, ErrTooLarge, ErrDigest, ErrTruncated}
+	var known = []error{ErrReference, ErrNotFound, ErrUnreachable, ErrInsecure, ErrCertificate, ErrArch, ErrNotInstaller, ErrUnsigned, ErrSignature, ErrTooLarge, ErrDigest, ErrTruncated}
 	for _, k := range known {
 		if errors.Is(err, k) {
 			return err

@@ -19,6 +19,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"keel/initramfs/release"
 	"keel/installer"
 )
 
@@ -44,6 +45,36 @@ func sign(t *testing.T, addr string, digest, payloadDigest v1.Hash, key crypto.S
 		t.Fatal(err)
 	}
 	signWith(t, repo, digest, payloadDigest, key)
+}
+
+func mustRepo(t *testing.T, addr string) name.Repository {
+	repo, err := name.NewRepository(addr+"/keel", name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return repo
+}
+
+// pushIndex pushes an image index holding the installer image for linux/amd64 and returns the
+// reference and the index's digest.
+func pushIndex(t *testing.T, addr, repoTag string, o release.BuildOptions) (string, v1.Hash) {
+	t.Helper()
+	img, err := release.Build(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx := mutate.AppendManifests(mutate.IndexMediaType(empty.Index, types.OCIImageIndex), mutate.IndexAddendum{
+		Add: img, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "amd64"}},
+	})
+	ref, err := name.ParseReference(addr+"/"+repoTag, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.WriteIndex(ref, idx); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := idx.Digest()
+	return ref.String(), d
 }
 
 func signWith(t *testing.T, repo name.Repository, digest, payloadDigest v1.Hash, key crypto.Signer, opts ...remote.Option) {

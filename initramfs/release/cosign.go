@@ -38,7 +38,7 @@ func (c Cosign) EnsureKey(ctx context.Context, dir string) (string, error) {
 		}
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", err
+		return "", fmt.Errorf("release: key directory: %w", err)
 	}
 	// cosign refuses to overwrite a half pair; a pair is made whole or not at all.
 	os.Remove(filepath.Join(dir, CosignKeyFile))
@@ -47,7 +47,10 @@ func (c Cosign) EnsureKey(ctx context.Context, dir string) (string, error) {
 		return "", err
 	}
 	b, err := os.ReadFile(pub)
-	return string(b), err
+	if err != nil {
+		return "", fmt.Errorf("release: cosign made no public key: %w", err)
+	}
+	return string(b), nil
 }
 
 // SignOptions choose how an image is signed.

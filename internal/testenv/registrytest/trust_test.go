@@ -100,7 +100,7 @@ func TestCosignOverTLS(t *testing.T) {
 	revoked := policy
 	revoked.TrustedKeys = []installer.TrustedKey{{Name: "release", Key: pub, Revoked: true}}
 	check("signed only by a revoked key", tag(good, "v2.0.0"), revoked, opts, installer.ErrSignature, "key release is revoked")
-	check("registry CA not given", tag(good, "v2.0.0"), policy, installer.PullOptions{RootCAs: nil}, installer.ErrInsecure, "certificate")
+	check("registry CA not given", tag(good, "v2.0.0"), policy, installer.PullOptions{RootCAs: nil}, installer.ErrCertificate, "upgrade.registry_ca")
 
 	// The signature removed (the tag deleted, as a registry admin or an attacker could).
 	// distribution deletes manifests by digest only; the tag goes with it.
