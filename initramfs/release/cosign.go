@@ -70,28 +70,23 @@ func (c Cosign) Sign(ctx context.Context, ref string, o SignOptions) error {
 	if !strings.Contains(ref, "@sha256:") {
 		return fmt.Errorf("release: sign %s: name the image by digest (REPO@sha256:...), not by tag", ref)
 	}
-	args := []string{"sign", "--key", o.Key, "--tlog-upload=false", "--yes"}
-	if o.HTTP {
-		args = append(args, "--allow-http-registry", "--allow-insecure-registry")
-	}
-	var env []string
-	if o.CAFile != "" {
-		env = append(env, "SSL_CERT_FILE="+o.CAFile)
-	}
-	_, err := c.run(ctx, "", env, append(args, ref)...)
-	return err
+	return c.registryCall(ctx, []string{"sign", "--key", o.Key, "--tlog-upload=false", "--yes"}, ref, o)
 }
 
 // Verify runs `cosign verify` with a public key file, offline: the check of keel's own format
 // code against cosign's.
 func (c Cosign) Verify(ctx context.Context, ref, pubFile string, o SignOptions) error {
-	args := []string{"verify", "--key", pubFile, "--insecure-ignore-tlog=true", "--output", "json"}
+	return c.registryCall(ctx, []string{"verify", "--key", pubFile, "--insecure-ignore-tlog=true", "--output", "json"}, ref, o)
+}
+
+// registryCall runs a cosign command on ref with the registry options of o.
+func (c Cosign) registryCall(ctx context.Context, args []string, ref string, o SignOptions) error {
 	if o.HTTP {
 		args = append(args, "--allow-http-registry", "--allow-insecure-registry")
 	}
 	var env []string
 	if o.CAFile != "" {
-		env = append(env, "SSL_CERT_FILE="+o.CAFile)
+		env = append(env, "SSL_CERT_FILE="+o.CAFile) // Go's (so cosign's) extra roots
 	}
 	_, err := c.run(ctx, "", env, append(args, ref)...)
 	return err
