@@ -127,7 +127,7 @@ func TestEnvMatchesGrubEditenv(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := (Entries{Committed: SlotB, CommittedSet: true, Next: SlotA}); ent != want {
+	if want := (Entries{Committed: SlotB, CommittedSet: true, Next: SlotA, Tries: 1}); ent != want {
 		t.Fatalf("entries = %+v, want %+v", ent, want)
 	}
 	e, _ = e.Set(KeyNextEntry, "")
@@ -161,6 +161,27 @@ func TestCmdline(t *testing.T) {
 	}
 }
 
+func TestEntriesTries(t *testing.T) {
+	for _, tc := range []struct {
+		tries string
+		want  int
+	}{{"", 1}, {"1", 1}, {"2", 2}, {"3", 3}, {"9", 1}, {"x", 1}} {
+		e, _ := Env{}.Set(KeyNextEntry, "B")
+		if tc.tries != "" {
+			e, _ = e.Set(KeyTrialTries, tc.tries)
+		}
+		ent, err := EntriesOf(e)
+		if err != nil || ent.Next != SlotB || ent.Tries != tc.want {
+			t.Errorf("trial_tries %q: %+v %v, want %d tries", tc.tries, ent, err, tc.want)
+		}
+	}
+	// No trial: no tries, whatever trial_tries says.
+	e, _ := Env{}.Set(KeyTrialTries, "2")
+	if ent, _ := EntriesOf(e); ent.Next != "" || ent.Tries != 0 {
+		t.Errorf("no next_entry: %+v", ent)
+	}
+}
+
 func TestGrubConfig(t *testing.T) {
 	cfg, err := GrubConfig{SlotPartitions: map[Slot]int{SlotA: 2, SlotB: 3}, KernelArgs: "console=ttyS0"}.Render()
 	if err != nil {
@@ -169,7 +190,8 @@ func TestGrubConfig(t *testing.T) {
 	for _, want := range []string{
 		"--id A {\n  set root=($bootdisk,gpt2)\n  linux /vmlinuz slot=A panic=1 console=ttyS0",
 		"--id B {\n  set root=($bootdisk,gpt3)\n  linux /vmlinuz slot=B panic=1 console=ttyS0",
-		"save_env next_entry",
+		"save_env next_entry trial_tries",
+		"set trial_tries=1\n    save_env trial_tries",
 	} {
 		if !strings.Contains(cfg, want) {
 			t.Errorf("grub.cfg lacks %q:\n%s", want, cfg)

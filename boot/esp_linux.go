@@ -3,6 +3,7 @@ package boot
 import (
 	"fmt"
 	"path/filepath"
+	"strconv"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -42,14 +43,18 @@ func (e *ESP) Entries() Entries {
 // Committed is the slot grubenv commits (saved_entry; A when unset).
 func (e *ESP) Committed() Slot { return e.Entries().Committed }
 
-// Arm sets the boot-once entry: GRUB boots s once, clearing it before.
-func (e *ESP) Arm(s Slot) error { return e.edit(KeyNextEntry, string(s)) }
+// Arm puts s under trial: GRUB boots it up to TrialTries times, spending a try before each.
+func (e *ESP) Arm(s Slot) error {
+	return e.edit(KeyNextEntry, string(s), KeyTrialTries, strconv.Itoa(TrialTries))
+}
 
-// Disarm clears the boot-once entry.
-func (e *ESP) Disarm() error { return e.edit(KeyNextEntry, "") }
+// Disarm ends a trial: GRUB boots the committed slot.
+func (e *ESP) Disarm() error { return e.edit(KeyNextEntry, "", KeyTrialTries, "") }
 
-// Commit makes s the default and clears any boot-once.
-func (e *ESP) Commit(s Slot) error { return e.edit(KeySavedEntry, string(s), KeyNextEntry, "") }
+// Commit makes s the default and ends any trial.
+func (e *ESP) Commit(s Slot) error {
+	return e.edit(KeySavedEntry, string(s), KeyNextEntry, "", KeyTrialTries, "")
+}
 
 func (e *ESP) edit(kv ...string) error {
 	e.mu.Lock()

@@ -21,11 +21,13 @@ type GrubConfig struct {
 //
 //  1. default is A;
 //  2. load grubenv; saved_entry (the committed slot) overrides the default;
-//  3. next_entry (a one-shot) overrides that, and is cleared with save_env *before* the kernel
-//     starts, so a slot that never comes back is never booted twice by accident;
+//  3. next_entry (the slot under trial) overrides that while trial_tries remain: GRUB spends a
+//     try with save_env *before* the kernel starts, and on the last one clears next_entry
+//     itself, so a slot that never comes back is booted at most trial_tries times (GRUB has
+//     no arithmetic: the count goes down by string comparison, from at most 3);
 //  4. each entry finds its slot partition on the disk GRUB was loaded from.
 //
-// Empty values are unset: after a one-shot GRUB leaves "next_entry=" behind.
+// Empty values are unset: after the last try GRUB leaves "next_entry=" behind.
 func (g GrubConfig) Render() (string, error) {
 	panicS := g.PanicSeconds
 	if panicS == 0 {
@@ -43,8 +45,17 @@ if [ -n "$saved_entry" ]; then
 fi
 if [ -n "$next_entry" ]; then
   set default="$next_entry"
-  set next_entry=
-  save_env next_entry
+  if [ "$trial_tries" = "3" ]; then
+    set trial_tries=2
+    save_env trial_tries
+  elif [ "$trial_tries" = "2" ]; then
+    set trial_tries=1
+    save_env trial_tries
+  else
+    set next_entry=
+    set trial_tries=
+    save_env next_entry trial_tries
+  fi
 fi
 # $root is the ESP GRUB was loaded from, e.g. hd0,gpt1: the slots live on the same disk.
 regexp --set=1:bootdisk '^([^,]*),' "$root"

@@ -30,8 +30,18 @@ const (
 // Env keys of the bootloader contract (grub.cfg reads them).
 const (
 	KeySavedEntry = "saved_entry" // the committed slot: booted every time
-	KeyNextEntry  = "next_entry"  // a one-shot: booted once, then cleared by GRUB
+	KeyNextEntry  = "next_entry"  // the slot under trial: booted while tries remain
+	// KeyTrialTries counts the boots of next_entry GRUB may still make: it spends one before
+	// each boot of it, and clears next_entry itself before the last. Unset with next_entry set
+	// is one try (what a one-shot was).
+	KeyTrialTries = "trial_tries"
 )
+
+// TrialTries is how many boots a slot under trial gets: a power cut or reset during the trial
+// of a healthy slot costs one and the trial resumes; a slot that panics or hangs falls back
+// after all of them. Within upgrade.MaxBoots (the reboot into it, a resumed trial, the
+// fallback). grub.cfg counts down from at most 3.
+const TrialTries = 2
 
 var (
 	// ErrEnvHeader means the block does not start with GRUB's header.

@@ -48,8 +48,10 @@ type Entries struct {
 	Committed Slot
 	// CommittedSet tells whether saved_entry was present at all.
 	CommittedSet bool
-	// Next is the armed one-shot, empty when none.
+	// Next is the slot under trial (armed), empty when none.
 	Next Slot
+	// Tries is how many more boots of Next GRUB will make (1 when trial_tries is unset).
+	Tries int
 }
 
 // EntriesOf reads the bootloader contract out of an environment. A value that names no slot
@@ -68,7 +70,13 @@ func EntriesOf(e Env) (Entries, error) {
 		if err != nil {
 			return out, fmt.Errorf("grubenv %s: %w", KeyNextEntry, err)
 		}
-		out.Next = s
+		out.Next, out.Tries = s, 1
+		if v, ok := e.Get(KeyTrialTries); ok {
+			switch v {
+			case "2", "3":
+				out.Tries = int(v[0] - '0')
+			}
+		}
 	}
 	return out, nil
 }

@@ -14,6 +14,7 @@ import (
 
 	"keel/boot"
 	"keel/disk"
+	"keel/initramfs/diskimage"
 	"keel/internal/testenv/vmtest"
 	"keel/netapi"
 	"keel/sequence"
@@ -218,6 +219,46 @@ func TestBootOnce(t *testing.T) {
 	vm.WaitExit(downTimeout)
 	if v, ok := vm.Grubenv().Get(boot.KeyNextEntry); ok {
 		t.Errorf("next_entry = %q after the one-shot, want empty", v)
+	}
+}
+
+// TestBootTries is the trial contract, booted: next_entry=B with trial_tries=2 boots B twice
+// (GRUB spends a try before each, and clears next_entry itself before the last), then the
+// committed slot A; grubenv stays GRUB's 1024-byte block throughout.
+func TestBootTries(t *testing.T) {
+	t.Parallel()
+	vm := vmtest.New(t, image(t, vmtest.ImageOptions{VersionA: "v1.0.0-e2e", VersionB: "v2.0.0-e2e"}))
+	vm.SetGrubenv(boot.KeyNextEntry, "B")
+	vm.SetGrubenv(boot.KeyTrialTries, "2")
+	vm.Start()
+	for i, want := range []struct {
+		slot, next string
+		tries      int
+	}{{"B", "B", 1}, {"B", "", 0}, {"A", "", 0}} {
+		vm.Expect(`keel: booting slot `+want.slot, bootTimeout)
+		r := vm.WaitReady(bootTimeout)
+		st := vm.Status()
+		if r.Slot != want.slot || st.CommittedSlot != "A" || st.NextSlot != want.next || st.TrialTries != want.tries {
+			t.Fatalf("boot %d: slot %s, committed %s, next %q with %d tries; want slot %s, next %q with %d", i+1, r.Slot, st.CommittedSlot, st.NextSlot, st.TrialTries, want.slot, want.next, want.tries)
+		}
+		if i < 2 {
+			vm.CtrlAltDel()
+			vm.Expect(`keel-shutdown-done action=reboot errors=0`, downTimeout)
+		}
+	}
+	if code, b, err := vm.Call("admin", "POST", "/v1/shutdown", nil); err != nil || code != http.StatusAccepted {
+		t.Fatalf("shutdown: %d %v %s", code, err, b)
+	}
+	vm.WaitExit(downTimeout)
+	env := vm.Grubenv()
+	for _, k := range []string{boot.KeyNextEntry, boot.KeyTrialTries} {
+		if v, ok := env.Get(k); ok {
+			t.Errorf("%s = %q after the tries, want empty", k, v)
+		}
+	}
+	// GRUB's save_env rewrote the block in place: still its size, still its format.
+	if raw, err := diskimage.ReadFATFile(vm.Disk, 1, "/grub/grubenv"); err != nil || len(raw) != boot.EnvSize {
+		t.Errorf("grubenv: %d bytes, %v; want %d", len(raw), err, boot.EnvSize)
 	}
 }
 

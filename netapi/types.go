@@ -18,11 +18,13 @@ type Version struct {
 
 // Status is GET /v1/status.
 type Status struct {
-	Version       string  `json:"version"`
-	BootedSlot    string  `json:"booted_slot"`
-	CommittedSlot string  `json:"committed_slot"`
-	NextSlot      string  `json:"next_slot,omitempty"`
-	UptimeS       float64 `json:"uptime_s"`
+	Version       string `json:"version"`
+	BootedSlot    string `json:"booted_slot"`
+	CommittedSlot string `json:"committed_slot"`
+	NextSlot      string `json:"next_slot,omitempty"`
+	// TrialTries is how many more boots of NextSlot GRUB will make (the slot under trial).
+	TrialTries int     `json:"trial_tries,omitempty"`
+	UptimeS    float64 `json:"uptime_s"`
 	// InitRSSBytes is PID 1's resident memory (VmRSS).
 	InitRSSBytes int64 `json:"init_rss_bytes"`
 	// MemTotalBytes and MemAvailableBytes are the machine's (/proc/meminfo).

@@ -53,7 +53,7 @@ func (n *Node) status() netapi.Status {
 	n.mu.Unlock()
 	if n.esp != nil {
 		e := n.esp.Entries()
-		st.CommittedSlot, st.NextSlot = string(e.Committed), string(e.Next)
+		st.CommittedSlot, st.NextSlot, st.TrialTries = string(e.Committed), string(e.Next), e.Tries
 	}
 	if n.etcd != nil {
 		for _, s := range n.etcd.Snapshots() {

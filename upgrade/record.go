@@ -79,10 +79,13 @@ type Upgrade struct {
 	FromSlot      boot.Slot `json:"from_slot"`
 	ToSlot        boot.Slot `json:"to_slot"`
 	Boots         int       `json:"boots"` // boots seen while this upgrade was in flight
-	Progress      Progress  `json:"progress"`
-	RequestedAt   time.Time `json:"requested_at"`
-	UpdatedAt     time.Time `json:"updated_at"`
-	FinishedAt    time.Time `json:"finished_at,omitzero"`
+	// TrialBoots counts the boots of the new slot that reached its init: more than one is a
+	// trial resumed after a cut (GRUB gives the slot boot.TrialTries boots).
+	TrialBoots  int       `json:"trial_boots,omitempty"`
+	Progress    Progress  `json:"progress"`
+	RequestedAt time.Time `json:"requested_at"`
+	UpdatedAt   time.Time `json:"updated_at"`
+	FinishedAt  time.Time `json:"finished_at,omitzero"`
 	// Reason says why an upgrade was aborted or rolled back.
 	Reason string `json:"reason,omitempty"`
 	// Kubernetes says what the Kubernetes steps did ("skipped: not configured", "cordoned",

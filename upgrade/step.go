@@ -290,9 +290,9 @@ func failed(n Record, reason string, now time.Time) (Record, []Action, error) {
 	}
 	// Leaving, Stopping, Writing, Wiping, Arming: services are stopped and filesystems
 	// unmounted (or the member may be gone): reboot into the current slot, which brings
-	// everything back in order, the etcd member included. Clear a half-made boot-once.
-	n, acts, err := finishRebooting(n, Aborted, reason, now)
-	return n, append([]Action{ActDisarm{}}, acts...), err
+	// everything back in order, the etcd member included (finishRebooting clears a half-made
+	// arming).
+	return finishRebooting(n, Aborted, reason, now)
 }
 
 // persistFailed answers a record that could not be written. r is the last record written (what
@@ -403,9 +403,16 @@ func stepBoot(n Record, e Booted) (Record, []Action, error) {
 		}
 	}
 	if !n.Active() {
-		if n.Current != nil {
+		if u := n.Current; u != nil {
+			if (u.State == RolledBack || u.State == Aborted) && e.Slot == u.ToSlot && e.Slot != u.FromSlot && e.Slot != e.Committed {
+				// The upgrade ended, but a cut between recording that and the disarm left
+				// GRUB a try of the new slot, which it just spent: back to the committed
+				// slot (GRUB runs out of tries by itself should the disarm fail again). The
+				// obligations wait for that boot.
+				return n, []Action{ActDisarm{}, ActRebootCurrent{Reason: fmt.Sprintf("upgrade %s %s: booted slot %s on a try left over; back to the committed slot", u.ID, u.State, e.Slot)}}, nil
+			}
 			// Obligations a reboot interrupted (or deferred to this boot): go on.
-			return n, obligations(n.Current), nil
+			return n, obligations(u), nil
 		}
 		return n, nil, nil
 	}
@@ -436,22 +443,30 @@ func stepBoot(n Record, e Booted) (Record, []Action, error) {
 		return finish(n, Aborted, reason, e.Now)
 	case Arming:
 		if e.Slot == u.ToSlot {
-			return keepLease(enter(n, Trial, e.Now)) // the boot-once took effect before the record said so
+			u.TrialBoots++
+			return keepLease(enter(n, Trial, e.Now)) // the arming took effect before the record said so
 		}
 		n, acts, err := finish(n, Aborted, "interrupted by a reboot while arming", e.Now)
-		return n, append([]Action{ActDisarm{}}, acts...), err
+		return n, append([]Action{ActDisarm{}}, acts...), err // GRUB would try the slot later
 	case Rebooting, Trial:
 		if e.Slot == u.ToSlot && e.Committed == u.ToSlot {
 			return keepLease(enter(n, Committing, e.Now)) // committed in grubenv, not yet in META
 		}
 		if e.Slot == u.ToSlot {
-			// The first boot of the new slot; or a second one without a commit (someone
-			// re-armed it): try the trial again, MaxBoots bounds it.
+			// The first boot of the new slot; or another one, GRUB having boot tries left
+			// after a trial cut short (power, reset): the trial resumes, gates again.
+			// TrialBoots tells a resumed trial from a first one; MaxBoots bounds it all.
+			u.TrialBoots++
 			return keepLease(enter(n, Trial, e.Now))
 		}
+		// GRUB spent the new slot's tries without a commit: it panicked or hung before
+		// the init saw it, or every trial boot was cut short.
 		reason := "the new slot never reported healthy"
-		if u.State == Trial {
-			reason += " (reset during the trial boot)"
+		switch {
+		case u.TrialBoots == 0:
+			reason += " (its boot tries were spent before its init came up: panic, hang or power loss)"
+		default:
+			reason += fmt.Sprintf(" (reset during the trial boot: %d trial boot(s) reached the init, none finished)", u.TrialBoots)
 		}
 		return finish(n, RolledBack, reason, e.Now)
 	case Committing:
@@ -507,7 +522,7 @@ func effect(u *Upgrade, s State) Action {
 	case Arming:
 		return ActArm{Slot: u.ToSlot}
 	case Rebooting:
-		return ActReboot{Reason: fmt.Sprintf("upgrade %s: boot slot %s once", u.ID, u.ToSlot)}
+		return ActReboot{Reason: fmt.Sprintf("upgrade %s: boot slot %s (under trial)", u.ID, u.ToSlot)}
 	case Trial:
 		return ActTrial{Rejoin: u.Rejoin}
 	case Committing:
@@ -606,7 +621,8 @@ func finish(n Record, s State, reason string, now time.Time) (Record, []Action, 
 // before it; a rejoin and the lease release wait for the next boot, when the member is back.
 func finishRebooting(n Record, s State, reason string, now time.Time) (Record, []Action, error) {
 	n, _, err := finish(n, s, reason, now)
-	var acts []Action
+	// The trial may still hold boot tries: the reboot must reach the committed slot.
+	acts := []Action{ActDisarm{}}
 	if n.Current.Uncordon {
 		acts = append(acts, ActUncordon{ID: n.Current.ID})
 	}

@@ -14,7 +14,8 @@ import (
 )
 
 // world models what the executor drives: grubenv, the slots' contents, a GRUB that boots
-// next_entry once (clearing it first) or else saved_entry (A when unset), the Kubernetes node,
+// next_entry while trial tries remain (spending one first, clearing next_entry before the
+// last) or else saved_entry (A when unset), the Kubernetes node,
 // an etcd member with the cluster-wide lease and lock, and META. The fake effects below act on
 // it; a power cut makes the running incarnation (one boot: an executor and its effects) dead,
 // after which nothing it does reaches the world.
@@ -23,6 +24,7 @@ type world struct {
 	mu sync.Mutex
 
 	saved, next boot.Slot
+	tries       int                // trial_tries: boots of next GRUB may still make
 	bootable    map[boot.Slot]bool // holds a complete, good image
 	newBroken   bool               // the new slot's kernel/init dies before reaching the trial
 	unhealthy   bool               // the new slot boots but fails its health gates
@@ -84,7 +86,12 @@ func (w *world) grub() boot.Slot {
 			s = boot.SlotA
 		}
 		if w.next != "" {
-			s, w.next = w.next, "" // save_env before booting
+			s = w.next // save_env before booting
+			if w.tries >= 2 {
+				w.tries--
+			} else {
+				w.next, w.tries = "", 0
+			}
 		}
 		w.boots++
 		if w.bootable[s] && !(w.newBroken && s == boot.SlotB) {
@@ -315,7 +322,7 @@ func (f *fx) Arm(slot boot.Slot) error {
 		if mode == "during" {
 			return false // the grubenv write did not land
 		}
-		w.next = slot
+		w.next, w.tries = slot, boot.TrialTries
 		return true
 	}) {
 		return errors.New("powered off")
@@ -324,7 +331,7 @@ func (f *fx) Arm(slot boot.Slot) error {
 }
 
 func (f *fx) Disarm() error {
-	if f.do("disarm", func(string) bool { f.w.next = ""; return true }) {
+	if f.do("disarm", func(string) bool { f.w.next, f.w.tries = "", 0; return true }) {
 		return errors.New("powered off")
 	}
 	return nil
@@ -354,7 +361,7 @@ func (f *fx) Commit(slot boot.Slot) error {
 			err = errors.New("EIO")
 			return true
 		}
-		w.saved, w.next = slot, ""
+		w.saved, w.next, w.tries = slot, "", 0
 		if rollback {
 			w.verifying = ""
 		}
