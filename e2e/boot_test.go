@@ -7,6 +7,8 @@ import (
 	"encoding/json"
 	"net/http"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -257,8 +259,15 @@ func TestBootTries(t *testing.T) {
 		}
 	}
 	// GRUB's save_env rewrote the block in place: still its size, still its format.
-	if raw, err := diskimage.ReadFATFile(vm.Disk, 1, "/grub/grubenv"); err != nil || len(raw) != boot.EnvSize {
-		t.Errorf("grubenv: %d bytes, %v; want %d", len(raw), err, boot.EnvSize)
+	raw, err := diskimage.ReadFATFile(vm.Disk, 1, "/grub/grubenv")
+	if err != nil || len(raw) != boot.EnvSize {
+		t.Fatalf("grubenv: %d bytes, %v; want %d", len(raw), err, boot.EnvSize)
+	}
+	// And GRUB's own tool reads what GRUB's save_env left.
+	f := filepath.Join(t.TempDir(), "grubenv")
+	os.WriteFile(f, raw, 0o644)
+	if out, err := exec.Command("grub-editenv", f, "list").CombinedOutput(); err != nil || !strings.Contains(string(out), "saved_entry=") && !strings.Contains(string(out), "next_entry=") {
+		t.Errorf("grub-editenv list: %v\n%s", err, out)
 	}
 }
 
