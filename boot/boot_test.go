@@ -190,8 +190,20 @@ func TestGrubConfig(t *testing.T) {
 	for _, want := range []string{
 		"--id A {\n  set root=($bootdisk,gpt2)\n  linux /vmlinuz slot=A panic=1 console=ttyS0",
 		"--id B {\n  set root=($bootdisk,gpt3)\n  linux /vmlinuz slot=B panic=1 console=ttyS0",
-		"save_env next_entry trial_tries",
-		"set trial_tries=1\n    save_env trial_tries",
+		`if [ -n "$next_entry" ]; then
+  set default="$next_entry"
+  if [ "$trial_tries" = "3" ]; then
+    set trial_tries=2
+    save_env trial_tries
+  elif [ "$trial_tries" = "2" ]; then
+    set trial_tries=1
+    save_env trial_tries
+  else
+    set next_entry=
+    set trial_tries=
+    save_env next_entry trial_tries
+  fi
+fi`,
 	} {
 		if !strings.Contains(cfg, want) {
 			t.Errorf("grub.cfg lacks %q:\n%s", want, cfg)

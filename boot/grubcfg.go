@@ -12,8 +12,8 @@ type GrubConfig struct {
 	// KernelArgs are passed to every entry, after slot= and panic=.
 	KernelArgs string
 	// PanicSeconds is the kernel's panic=N: a kernel or init that dies reboots after N
-	// seconds, and because GRUB already consumed the one-shot, the next boot is the
-	// committed slot. Zero means 1.
+	// seconds, and because GRUB spent a try before booting it, the slot under trial is
+	// booted again only while tries remain, then the committed slot. Zero means 1.
 	PanicSeconds int
 }
 

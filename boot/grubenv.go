@@ -53,7 +53,7 @@ var (
 )
 
 // Env is a decoded GRUB environment block. The zero value is an empty environment.
-// An empty value means unset: GRUB leaves "next_entry=" behind after a one-shot boot.
+// An empty value means unset: GRUB leaves "next_entry=" behind after the last try of a trial.
 type Env struct {
 	vars map[string]string
 }

@@ -265,8 +265,10 @@ func TestBootTries(t *testing.T) {
 	}
 	// And GRUB's own tool reads what GRUB's save_env left.
 	f := filepath.Join(t.TempDir(), "grubenv")
-	os.WriteFile(f, raw, 0o644)
-	if out, err := exec.Command("grub-editenv", f, "list").CombinedOutput(); err != nil || !strings.Contains(string(out), "saved_entry=") && !strings.Contains(string(out), "next_entry=") {
+	if err := os.WriteFile(f, raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("grub-editenv", f, "list").CombinedOutput(); err != nil || !strings.Contains(string(out), "next_entry=\n") || !strings.Contains(string(out), "trial_tries=\n") {
 		t.Errorf("grub-editenv list: %v\n%s", err, out)
 	}
 }

@@ -4,7 +4,7 @@
 //
 // It never exits on its own once booted. If the boot fails fatally it exits on purpose: the
 // kernel panics ("Attempted to kill init") and panic=N on the command line reboots the machine,
-// into the committed slot when this was a one-shot boot. A node must never hang.
+// into the committed slot once a trial slot has spent its tries. A node must never hang.
 package main
 
 import (

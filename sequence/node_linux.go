@@ -110,7 +110,7 @@ func New(o Options, initAt time.Duration) *Node {
 }
 
 // ErrFatal marks a boot failure the init cannot serve through: the caller exits, the kernel
-// panics, and panic=N reboots (into the committed slot if this was a one-shot).
+// panics, and panic=N reboots (into the committed slot once a trial has no tries left).
 var ErrFatal = errors.New("fatal boot failure")
 
 func (n *Node) warn(format string, args ...any) {

@@ -34,7 +34,7 @@ type phase struct {
 
 // bootPhases are the boot, in order. STATE comes before META: the upgrade's executor needs the
 // node's configuration, and what a boot may have to redo first (re-making EPHEMERAL, clearing a
-// boot-once) never touches STATE. The host's preparation for containers (prepare_linux.go)
+// trial) never touches STATE. The host's preparation for containers (prepare_linux.go)
 // runs between them, and its name resolution once the network is up.
 func (n *Node) bootPhases() []phase {
 	return []phase{
@@ -161,7 +161,7 @@ func (n *Node) findPartitions(ctx context.Context) error {
 }
 
 // readBootloader mounts the ESP read-only and reads grubenv: which slot is committed and
-// whether a one-shot is still armed (it should not be: GRUB clears it before booting).
+// whether a slot is under trial (with the tries GRUB has left of it).
 func (n *Node) readBootloader(context.Context) error {
 	esp := n.partition(disk.PartEFI)
 	if err := (machine.Mount{Source: esp.Dev, Target: MountESP, FSType: "vfat", Flags: unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC}).Do(); err != nil {

@@ -19,7 +19,7 @@ import (
 
 // bootMeta reads the upgrade record from META, sets up the upgrade executor around the node's
 // effects, and steps this boot through it. What must precede the mounts of EPHEMERAL (re-making
-// it, clearing a boot-once) is done before this returns; the rest (a trial, a commit, an
+// it, ending a stale trial) is done before this returns; the rest (a trial, a commit, an
 // obligation) once the node is ready.
 func (n *Node) bootMeta(ctx context.Context) error {
 	cfg := n.config()

@@ -67,9 +67,9 @@ type (
 		ID     string
 		Resume bool
 	}
-	// ActArm sets the boot-once entry (grubenv next_entry).
+	// ActArm puts the slot under trial (grubenv next_entry, trial_tries).
 	ActArm struct{ Slot boot.Slot }
-	// ActReboot reboots: GRUB boots the armed slot once.
+	// ActReboot reboots: GRUB boots the slot under trial while it has tries.
 	ActReboot struct{ Reason string }
 	// ActTrial arms the watchdog and runs the health gates; with Rejoin the etcd gate
 	// promotes this member (a learner since its rejoin) before it passes.
@@ -81,7 +81,7 @@ type (
 		ID, Version string
 		Slot        boot.Slot
 	}
-	// ActDisarm clears the boot-once entry (best effort).
+	// ActDisarm ends a trial: GRUB boots the committed slot (best effort).
 	ActDisarm struct{}
 	// ActRebootCurrent reboots into the committed slot.
 	ActRebootCurrent struct{ Reason string }
@@ -165,7 +165,7 @@ func (ActVerifySlot) isAction()     {}
 func (ActCommitRollback) isAction() {}
 
 // safeUnpersisted reports whether a can be performed while the record that asked for it
-// could not be written: the actions that end an upgrade (obligations, clearing the boot-once,
+// could not be written: the actions that end an upgrade (obligations, ending the trial,
 // a reboot into the committed slot) are each safe with the older record on disk, because the
 // next boot redoes or settles them from that record. Step's answer to PersistFailed holds
 // only such actions (TestPersistFailedIsSafe).

@@ -71,7 +71,7 @@ func (e *Executor) Rollback(ctx context.Context, booted boot.Slot, minVersion st
 }
 
 // Boot steps the boot event and performs the actions that must precede the mounts (a wipe
-// interrupted before, clearing a stale boot-once); the others wait for Ready.
+// interrupted before, disarming a stale trial); the others wait for Ready.
 func (e *Executor) Boot(ctx context.Context, b Booted) error {
 	reply := make(chan error, 1)
 	return e.call(ctx, bootIn{ev: b, reply: reply}, reply)

@@ -519,7 +519,7 @@ func isObligation(a Action) bool {
 }
 
 // isEarly: actions a boot performs before mounting (EPHEMERAL is re-made before it is
-// mounted; a stale boot-once must go before anything can reboot).
+// mounted; a stale trial must be disarmed before anything can reboot).
 func isEarly(a Action) bool {
 	switch a.(type) {
 	case ActWipe, ActDisarm:

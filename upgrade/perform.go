@@ -124,13 +124,13 @@ func (e *Executor) perform(ctx context.Context, a Action, post func(Event)) outc
 
 	case ActArm:
 		if err := fx.Boot.Arm(a.Slot); err != nil {
-			return fail("arm boot-once %s: %v", a.Slot, err)
+			return fail("arm the trial of slot %s: %v", a.Slot, err)
 		}
 		return outcome{ev: Completed{Now: now()}}
 
 	case ActDisarm:
 		if err := fx.Boot.Disarm(); err != nil {
-			e.o.Log.Warn("upgrade: clear boot-once", "err", err)
+			e.o.Log.Warn("upgrade: disarm the trial", "err", err)
 		}
 		return outcome{}
 

@@ -37,7 +37,7 @@ const (
 	Stopping   State = "stopping"   // stop services, kill what holds STATE/EPHEMERAL, unmount
 	Writing    State = "writing"    // stream the slot onto the inactive partition, re-read, verify
 	Wiping     State = "wiping"     // preserve=false: re-create EPHEMERAL
-	Arming     State = "arming"     // set the boot-once entry (grubenv next_entry)
+	Arming     State = "arming"     // put the new slot under trial (grubenv next_entry, trial_tries)
 	Rebooting  State = "rebooting"  // point of no return passed: reboot into the new slot
 	Trial      State = "trial"      // booted the new slot: watchdog armed, health gates running
 	Committing State = "committing" // make the new slot the default (grubenv saved_entry)
@@ -81,7 +81,10 @@ type Upgrade struct {
 	Boots         int       `json:"boots"` // boots seen while this upgrade was in flight
 	// TrialBoots counts the boots of the new slot that reached its init: more than one is a
 	// trial resumed after a cut (GRUB gives the slot boot.TrialTries boots).
-	TrialBoots  int       `json:"trial_boots,omitempty"`
+	TrialBoots int `json:"trial_boots,omitempty"`
+	// SentBack: after the upgrade ended, a boot of the new slot on a try left over was sent
+	// back to the committed slot (once only).
+	SentBack    bool      `json:"sent_back,omitempty"`
 	Progress    Progress  `json:"progress"`
 	RequestedAt time.Time `json:"requested_at"`
 	UpdatedAt   time.Time `json:"updated_at"`

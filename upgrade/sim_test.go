@@ -167,7 +167,7 @@ func check(t testing.TB, s scenario, w *world, r Record, desc string) {
 	if w.next != "" {
 		t.Fatalf("%s: boot-once %s left armed", desc, w.next)
 	}
-	if u.Boots > MaxBoots+1 {
+	if u.Boots > MaxBoots {
 		t.Fatalf("%s: %d boots", desc, u.Boots)
 	}
 	if u.State != Done && u.Reason == "" {

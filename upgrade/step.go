@@ -259,11 +259,12 @@ func Step(r Record, ev Event) (Record, []Action, error) {
 		case Rebooting:
 			return r, nil, fmt.Errorf("%w: failed in %s", ErrUnexpected, u.State)
 		case Committing:
-			// grubenv may or may not hold the commit: reboot, and the boot decides from it
-			// (the new slot committed: done; else rolled back).
+			// grubenv may or may not hold the commit: end the trial (no try of the new slot
+			// left to retry on: the outcome must not depend on earlier cuts), reboot, and the
+			// boot decides from grubenv (the new slot committed: done; else rolled back).
 			u.Warning = appendNote(u.Warning, "commit: "+e.Reason+"; rebooting to settle it from grubenv")
 			u.UpdatedAt = e.Now
-			return n, []Action{ActRebootCurrent{Reason: fmt.Sprintf("upgrade %s: the commit failed", u.ID)}}, nil
+			return n, []Action{ActDisarm{}, ActRebootCurrent{Reason: fmt.Sprintf("upgrade %s: the commit failed", u.ID)}}, nil
 		}
 		return failed(n, e.Reason, e.Now)
 
@@ -325,7 +326,7 @@ func persistFailed(r, n Record, e PersistFailed) (Record, []Action, error) {
 		// from it (the new slot committed: done, its obligations then; else rolled back).
 		u.Warning = appendNote(u.Warning, reason+"; rebooting to settle the commit from grubenv")
 		u.UpdatedAt = e.Now
-		return n, []Action{ActRebootCurrent{Reason: fmt.Sprintf("upgrade %s: %s", u.ID, reason)}}, nil
+		return n, []Action{ActDisarm{}, ActRebootCurrent{Reason: fmt.Sprintf("upgrade %s: %s", u.ID, reason)}}, nil
 	}
 	return failed(n, reason, e.Now)
 }
@@ -386,9 +387,10 @@ func stepRollback(r, n Record, ev Event) (Record, []Action, error) {
 	return r, nil, fmt.Errorf("%w: %T", ErrUnexpected, ev)
 }
 
-// stepBoot decides what a boot means for the upgrade (or rollback) in flight. GRUB consumes a
-// one-shot before booting it, so a boot of the old slot after arming means the new one did not
-// make it to a healthy trial (panic, hang and watchdog, or power loss).
+// stepBoot decides what a boot means for the upgrade (or rollback) in flight. GRUB spends a try
+// before each boot of the slot under trial, so a boot of the new slot after arming is its trial
+// (first or resumed), and a boot of the old one means the new one spent its tries without a
+// healthy trial (panic, hang and watchdog, or power loss each time).
 func stepBoot(n Record, e Booted) (Record, []Action, error) {
 	if rb := n.RollingBack; rb != nil {
 		// A reboot cut the rollback short. grubenv says whether its commit landed.
@@ -404,11 +406,14 @@ func stepBoot(n Record, e Booted) (Record, []Action, error) {
 	}
 	if !n.Active() {
 		if u := n.Current; u != nil {
-			if (u.State == RolledBack || u.State == Aborted) && e.Slot == u.ToSlot && e.Slot != u.FromSlot && e.Slot != e.Committed {
+			rolledSince := len(n.Rollbacks) > 0 && n.Rollbacks[0].At.After(u.FinishedAt)
+			if (u.State == RolledBack || u.State == Aborted) && e.Slot == u.ToSlot && e.Slot != e.Committed && !u.SentBack && !rolledSince {
 				// The upgrade ended, but a cut between recording that and the disarm left
 				// GRUB a try of the new slot, which it just spent: back to the committed
-				// slot (GRUB runs out of tries by itself should the disarm fail again). The
+				// slot, once (SentBack: should grubenv be unreadable, or the disarm fail,
+				// this must not become a loop; GRUB's tries run out by themselves). The
 				// obligations wait for that boot.
+				u.SentBack = true
 				return n, []Action{ActDisarm{}, ActRebootCurrent{Reason: fmt.Sprintf("upgrade %s %s: booted slot %s on a try left over; back to the committed slot", u.ID, u.State, e.Slot)}}, nil
 			}
 			// Obligations a reboot interrupted (or deferred to this boot): go on.
@@ -476,7 +481,7 @@ func stepBoot(n Record, e Booted) (Record, []Action, error) {
 			}
 			return keepLease(enter(n, Committing, e.Now))
 		}
-		return finish(n, RolledBack, "power lost while committing; the old slot is still the default", e.Now)
+		return finish(n, RolledBack, "the commit never reached grubenv (power lost, or its write failed); the old slot is still the default", e.Now)
 	}
 	return n, nil, fmt.Errorf("%w: boot in %s", ErrUnexpected, u.State)
 }

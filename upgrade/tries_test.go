@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"keel/boot"
 )
@@ -29,6 +30,9 @@ func actionIndex(log []string, prefix string) int {
 // the trial resumes on the new slot and the upgrade ends done, the record saying it took two
 // trial boots. Two cuts, one in each trial boot, spend both tries: rolled back, saying so.
 func TestCutDuringTrialEndsDone(t *testing.T) {
+	if boot.TrialTries != 2 {
+		t.Fatalf("TrialTries = %d: this test's second cut assumes 2", boot.TrialTries)
+	}
 	for _, s := range scenarios {
 		if s.broken || s.unhealthy || s.pullFails || s.stopFails || (s.drainFails && !s.force) || s.checkFails || s.leaveFails || (s.snapFails && !s.force) || s.commitFails {
 			continue
@@ -73,7 +77,26 @@ func TestCutDuringTrialEndsDone(t *testing.T) {
 			}
 		})
 	}
-	if boot.TrialTries != 2 {
-		t.Fatalf("TrialTries = %d: this test's second cut assumes 2", boot.TrialTries)
+}
+
+// TestLeftoverTry: a boot of the new slot after its upgrade ended (a try left by a cut before
+// the disarm) is sent back to the committed slot, once; not after an operator rollback to it.
+func TestLeftoverTry(t *testing.T) {
+	now := time.Unix(1000, 0)
+	ended := Record{Current: &Upgrade{ID: "u", State: RolledBack, FromSlot: boot.SlotA, ToSlot: boot.SlotB, FinishedAt: now}}
+	r, acts, err := Step(ended, Booted{Slot: boot.SlotB, Committed: boot.SlotA, Now: now})
+	if err != nil || len(acts) != 2 || acts[0] != (ActDisarm{}) || !r.Current.SentBack {
+		t.Fatalf("first leftover boot: %v %v, sent back %v", acts, err, r.Current.SentBack)
+	}
+	if _, acts, _ := Step(r, Booted{Slot: boot.SlotB, Committed: boot.SlotA, Now: now}); len(acts) != 0 {
+		t.Fatalf("second leftover boot sent back again: %v (a loop if grubenv cannot be written)", acts)
+	}
+	rolled := ended.Clone()
+	rolled.Rollbacks = []Rollback{{From: boot.SlotA, To: boot.SlotB, At: now.Add(time.Minute)}}
+	if _, acts, _ := Step(rolled, Booted{Slot: boot.SlotB, Committed: boot.SlotA, Now: now}); len(acts) != 0 {
+		t.Fatalf("a boot after a rollback to the slot was sent back: %v", acts)
+	}
+	if _, acts, _ := Step(ended, Booted{Slot: boot.SlotA, Committed: boot.SlotA, Now: now}); len(acts) != 0 {
+		t.Fatalf("a boot of the committed slot: %v", acts)
 	}
 }
