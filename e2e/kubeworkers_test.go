@@ -200,7 +200,9 @@ func waitUpgradeTimed(t *testing.T, vm *vmtest.VM, id string, timeout time.Durat
 				seen[st.Upgrade.State] = time.Now()
 				t.Logf("upgrade %s: %s %s", id, st.Upgrade.State, st.Upgrade.Reason)
 			}
-			if st.Upgrade.State.Terminal() {
+			// Settled on the committed slot too (see vmtest.WaitUpgrade): a failed gate is
+			// recorded on the new slot just before the node disarms and reboots.
+			if st.Upgrade.State.Terminal() && st.BootedSlot == st.CommittedSlot {
 				return st, seen
 			}
 		}

@@ -54,7 +54,10 @@ func (vm *VM) WaitUpgrade(id string, timeout time.Duration) netapi.Status {
 				vm.t.Logf("upgrade %s: %s %s", id, st.Upgrade.State, st.Upgrade.Reason)
 				last = st.Upgrade.State
 			}
-			if st.Upgrade.State.Terminal() {
+			// Terminal, and settled on the committed slot: a trial that failed its gate is
+			// recorded rolled-back on the new slot a moment before the node disarms and
+			// reboots into the old one.
+			if st.Upgrade.State.Terminal() && st.BootedSlot == st.CommittedSlot {
 				return st
 			}
 		}
