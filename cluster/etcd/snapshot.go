@@ -30,7 +30,7 @@ type Snapshot struct {
 	Member      string    `json:"member"`
 	UpgradeID   string    `json:"upgrade_id,omitempty"`
 	Revision    int64     `json:"revision"`
-	EtcdVersion string    `json:"etcd_version,omitempty"` // its storage version: the etcd to restore it with
+	EtcdVersion string    `json:"etcd_version,omitempty"` // its storage version (the member's version before one is written): the etcd to restore it with
 	Size        int64     `json:"size"`
 	SHA256      string    `json:"sha256"` // of the whole file
 	TakenAt     time.Time `json:"taken_at"`
@@ -109,6 +109,12 @@ func Save(ctx context.Context, cli *clientv3.Client, endpoint, dir string, meta 
 		return Snapshot{}, fmt.Errorf("etcd: snapshot: %w", err)
 	}
 	s.EtcdVersion, s.Size, s.TakenAt = resp.Version, n, now.UTC()
+	if s.EtcdVersion == "" {
+		// The stream names the storage version only once the member has written it, which
+		// a young cluster may not have yet: the member's own version then says which etcd
+		// wrote (and restores) the file.
+		s.EtcdVersion = st.Version
+	}
 	s.SHA256 = hex.EncodeToString(whole.Sum(nil))
 	s.File = filepath.Join(dir, fmt.Sprintf("etcd-%s-%s-rev%d.db", s.Member, s.TakenAt.Format("20060102T150405Z"), s.Revision))
 	if err := os.Rename(partial, s.File); err != nil {
