@@ -64,8 +64,13 @@ func List(ctx context.Context, cli *clientv3.Client) ([]Member, error) {
 	if err != nil {
 		return nil, fmt.Errorf("etcd: member list: %w", err)
 	}
+	return members(resp.Members), nil
+}
+
+// members are the list's members by name.
+func members(list []*pb.Member) []Member {
 	var out []Member
-	for _, m := range resp.Members {
+	for _, m := range list {
 		name := m.Name
 		if name == "" {
 			name = fmt.Sprintf("(unstarted %v)", m.PeerURLs)
@@ -73,7 +78,7 @@ func List(ctx context.Context, cli *clientv3.Client) ([]Member, error) {
 		out = append(out, Member{Member: quorum.Member{Name: name, Learner: m.IsLearner}, ID: m.ID, PeerURLs: m.PeerURLs, ClientURLs: m.ClientURLs})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out, nil
+	return out
 }
 
 // Probe lists the members and measures each, all at once: a voter is healthy when a
@@ -85,10 +90,12 @@ func Probe(ctx context.Context, cli *clientv3.Client, timeout time.Duration) ([]
 	if err != nil {
 		return nil, err
 	}
-	return probe(ctx, cli, ms, timeout)
+	return probe(ctx, cli, ms, timeout), nil
 }
 
-func probe(ctx context.Context, cli *clientv3.Client, ms []Member, timeout time.Duration) ([]Member, error) {
+// probe measures ms at once. A member whose answer the end of ctx cut short is unhealthy
+// like one that timed out: the verdict names who did not answer instead of being lost.
+func probe(ctx context.Context, cli *clientv3.Client, ms []Member, timeout time.Duration) []Member {
 	errs := make([]error, len(ms))
 	done := make(chan struct{})
 	for i := range ms {
@@ -106,7 +113,7 @@ func probe(ctx context.Context, cli *clientv3.Client, ms []Member, timeout time.
 			ms[i].Error = errs[i].Error()
 		}
 	}
-	return ms, ctx.Err()
+	return ms
 }
 
 func probeOne(ctx context.Context, cli *clientv3.Client, m Member, timeout time.Duration) error {

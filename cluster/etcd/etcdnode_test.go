@@ -26,6 +26,9 @@ import (
 
 const probeTimeout = 2 * time.Second
 
+// budget is the checks': the host's etcd elects within its default 1 s.
+var budget = etcdnode.BudgetFor(probeTimeout, time.Second)
+
 func TestMain(m *testing.M) {
 	// Re-executed as a lock holder that a test kills (see TestHolderKilled).
 	if eps := os.Getenv("ETCDNODE_HOLD"); eps != "" {
@@ -61,7 +64,7 @@ func hold(endpoints []string, ttl, pkiDir string) int {
 
 func check(t *testing.T, c *etcdtest.Cluster, self string, op quorum.Op) quorum.Decision {
 	t.Helper()
-	d, ms, err := etcdnode.Check(context.Background(), c.Client(), self, op, probeTimeout)
+	d, ms, err := etcdnode.Check(context.Background(), c.Client(), self, op, budget)
 	if err != nil {
 		t.Fatalf("check %s %s: %v", self, op, err)
 	}
@@ -107,7 +110,7 @@ func TestQuorumChecksOnRealClusters(t *testing.T) {
 		}
 		// A node holding the lock re-checks until its deadline, and then says why.
 		wctx, wcancel := context.WithTimeout(context.Background(), 3*probeTimeout)
-		_, err := etcdnode.WaitCheck(wctx, c.Client(), "m0", quorum.Restart, probeTimeout, 500*time.Millisecond, nil)
+		_, err := etcdnode.WaitCheck(wctx, c.Client(), "m0", quorum.Restart, budget, 500*time.Millisecond, nil)
 		wcancel()
 		if err == nil || !strings.Contains(err.Error(), "unhealthy voters: m2") || !strings.Contains(err.Error(), "gave up") {
 			t.Errorf("WaitCheck with m2 stopped: %v, want the last refusal and that it gave up", err)
@@ -294,7 +297,7 @@ func TestHolderKilled(t *testing.T) {
 	}()
 	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	d, err := etcdnode.WaitCheck(wctx, cli, "m1", quorum.Restart, probeTimeout, 500*time.Millisecond, func(r string) { reports = append(reports, r) })
+	d, err := etcdnode.WaitCheck(wctx, cli, "m1", quorum.Restart, budget, 500*time.Millisecond, func(r string) { reports = append(reports, r) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -348,7 +351,7 @@ func TestLeaveAndRejoin(t *testing.T) {
 	}
 	// An unstarted learner does not count towards quorum: restarting m0 is still refused
 	// (2 voters, quorum 2), and the learner is named.
-	if d, _, _ := etcdnode.Check(ctx, cli, "m0", quorum.Restart, probeTimeout); d.OK {
+	if d, _, _ := etcdnode.Check(ctx, cli, "m0", quorum.Restart, budget); d.OK {
 		t.Errorf("restart with 2 voters and an unstarted learner: %+v", d)
 	}
 	c.Join(m2, initial)

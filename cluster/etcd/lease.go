@@ -8,9 +8,11 @@ import (
 	"strings"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
+	"google.golang.org/grpc"
 )
 
 // LockPrefix is the upgrade lock's key prefix: a concurrency.Mutex whose waiters are keys
@@ -151,6 +153,23 @@ func CurrentHolder(ctx context.Context, cli *clientv3.Client) (Holder, bool, err
 	if err != nil {
 		return Holder{}, false, fmt.Errorf("etcd: lock holder: %w", err)
 	}
+	return holder(resp)
+}
+
+// HolderHint is who holds the upgrade lock as the first member to answer knows it, leader or
+// not (a serializable read): quick while the cluster elects, possibly stale. Only for advice:
+// taking the lock is what orders upgrades.
+func HolderHint(ctx context.Context, cli *clientv3.Client) (Holder, bool, error) {
+	resp, err := first(ctx, cli, func(ctx context.Context, conn *grpc.ClientConn) (*clientv3.GetResponse, error) {
+		return clientv3.NewKVFromKVClient(pb.NewKVClient(conn), nil).Get(ctx, LockPrefix+"/", append(clientv3.WithFirstCreate(), clientv3.WithSerializable())...)
+	})
+	if err != nil {
+		return Holder{}, false, fmt.Errorf("etcd: lock holder: %w", err)
+	}
+	return holder(resp)
+}
+
+func holder(resp *clientv3.GetResponse) (Holder, bool, error) {
 	if len(resp.Kvs) == 0 {
 		return Holder{}, false, nil
 	}

@@ -93,6 +93,16 @@ func op(preserve bool) quorum.Op {
 	return quorum.Leave
 }
 
+// budget is the quorum check's: probe_timeout_s per member, and the member list waits out an
+// election of election_ms (etcd's 1 s by default).
+func (n *Node) budget() Budget {
+	election := time.Duration(n.o.Config.ElectionMS) * time.Millisecond
+	if election == 0 {
+		election = time.Second
+	}
+	return BudgetFor(time.Duration(n.o.Config.ProbeTimeout())*time.Second, election)
+}
+
 // ErrRefused is a request-time check that refuses the upgrade (the answer names members and
 // numbers).
 var ErrRefused = errors.New("etcd quorum check")
@@ -109,13 +119,18 @@ func (n *Node) Precheck(ctx context.Context, preserve, force bool) (note string,
 	if err != nil {
 		return "", false, err
 	}
-	probe := time.Duration(n.o.Config.ProbeTimeout()) * time.Second
-	ctx, cancel := context.WithTimeout(ctx, probe+5*time.Second)
-	defer cancel()
-	if h, ok, err := CurrentHolder(ctx, cli); err == nil && ok && h.Node != n.o.Name {
+	b := n.budget()
+	hctx, hcancel := context.WithTimeout(ctx, b.Probe)
+	h, ok, err := HolderHint(hctx, cli)
+	hcancel()
+	if err == nil && ok && h.Node != n.o.Name {
 		return fmt.Sprintf("waiting for the upgrade lease, held by %s; the quorum check runs once it is ours", h), false, nil
 	}
-	d, _, err := Check(ctx, cli, n.o.Name, op(preserve), probe)
+	// A budget of its own: the holder's read, however slow, cannot eat the check's, and a
+	// refusal names the members that did not answer.
+	ctx, cancel := context.WithTimeout(ctx, b.Total())
+	defer cancel()
+	d, _, err := Check(ctx, cli, n.o.Name, op(preserve), b)
 	if err != nil {
 		return "", false, fmt.Errorf("%w: %v", ErrRefused, err)
 	}
@@ -219,7 +234,7 @@ func (n *Node) Check(ctx context.Context, preserve bool) (string, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, time.Duration(n.o.Config.CheckWait())*time.Second)
 	defer cancel()
-	d, err := WaitCheck(ctx, cli, n.o.Name, op(preserve), time.Duration(n.o.Config.ProbeTimeout())*time.Second, 2*time.Second,
+	d, err := WaitCheck(ctx, cli, n.o.Name, op(preserve), n.budget(), 2*time.Second,
 		func(why string) {
 			n.o.Log.Warn("upgrade: waiting for the cluster to spare this member", "reason", why)
 			n.o.Event("upgrade", "etcd", "waiting for a healthy cluster: "+why, nil)

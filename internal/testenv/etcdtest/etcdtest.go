@@ -37,6 +37,7 @@ type Cluster struct {
 	// etcd/admin.crt, ...); TLS is a client configuration with its etcd admin certificate.
 	PKIDir string
 	TLS    *tls.Config
+	o      Options
 }
 
 // Member is one etcd process.
@@ -70,6 +71,9 @@ type Options struct {
 	// (`etcdutl snapshot restore`, the README's recipe) before it starts: a new cluster with
 	// the snapshot's keys and revision.
 	Restore string
+	// HeartbeatMS and ElectionMS replace etcd's raft timings (100 and 1000 ms) when set: a
+	// slow election, as on emulated nodes, on demand.
+	HeartbeatMS, ElectionMS int
 }
 
 // StartWith is Start with options.
@@ -79,7 +83,7 @@ func StartWith(t testing.TB, n int, o Options) *Cluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &Cluster{t: t, bin: bin, dir: t.TempDir()}
+	c := &Cluster{t: t, bin: bin, dir: t.TempDir(), o: o}
 	c.PKIDir = filepath.Join(c.dir, "pki")
 	if _, err := pki.EnsureDev(c.PKIDir, nil, nil, time.Now()); err != nil {
 		t.Fatal(err)
@@ -145,7 +149,18 @@ func (c *Cluster) args(m *Member, initial, state string) []string {
 		"--listen-client-urls", m.ClientURL, "--advertise-client-urls", m.ClientURL,
 		"--listen-peer-urls", m.PeerURL, "--initial-advertise-peer-urls", m.PeerURL,
 		"--initial-cluster", initial, "--initial-cluster-state", state,
-		"--initial-cluster-token", "keel-test", "--log-level", "warn"}, c.tlsArgs(m)...)
+		"--initial-cluster-token", "keel-test", "--log-level", "warn"}, append(c.raftArgs(), c.tlsArgs(m)...)...)
+}
+
+func (c *Cluster) raftArgs() []string {
+	var a []string
+	if c.o.HeartbeatMS > 0 {
+		a = append(a, "--heartbeat-interval", strconv.Itoa(c.o.HeartbeatMS))
+	}
+	if c.o.ElectionMS > 0 {
+		a = append(a, "--election-timeout", strconv.Itoa(c.o.ElectionMS))
+	}
+	return a
 }
 
 func (c *Cluster) tlsArgs(m *Member) []string {
