@@ -94,6 +94,7 @@ func TestBootStatusShutdown(t *testing.T) {
 		t.Errorf("slots = %+v", st.Slots)
 	}
 	checkHostPrepared(t, st)
+	checkDrivers(t, st, "virtio_pci", "virtio_blk", "virtio_net", "i6300esb")
 	machineID := st.Host.MachineID
 
 	// No client certificate: refused in the TLS handshake, before any HTTP.

@@ -64,7 +64,7 @@ func main() {
 		Version: version,
 		Log:     log,
 		Console: os.Stdout,
-		Modules: machine.DefaultModules,
+		Modules: machine.BaseModules,
 		Fault:   fault.Fault(faultName),
 		InitLog: ring,
 		Events:  events.New(5000, nil),

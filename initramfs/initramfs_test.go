@@ -120,7 +120,7 @@ func kernelTree(t *testing.T) (root, kver string) {
 func TestAddModulesRealKernel(t *testing.T) {
 	root, kver := kernelTree(t)
 	a := New()
-	paths, err := a.AddModules(root, kver, machine.DefaultModules)
+	paths, err := a.AddModules(root, kver, append(append([]string(nil), machine.BaseModules...), machine.HardwareModules...))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,12 +134,32 @@ func TestAddModulesRealKernel(t *testing.T) {
 			t.Errorf("closure lacks %s: %v", want, paths)
 		}
 	}
-	if len(paths) > 30 {
+	if len(paths) > 80 {
 		t.Errorf("closure has %d modules, expected a small set: %v", len(paths), paths)
 	}
 	if !a.Has("lib/modules/" + kver + "/modules.dep") {
 		t.Error("no modules.dep")
 	}
+	// The alias file carries the carried drivers' aliases and nothing else.
+	aliases, err := os.ReadFile(filepath.Join(root, "lib", "modules", kver, "modules.alias"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept := string(CarriedAliases(aliases, names))
+	for _, want := range []string{"pci:v*d*sv*sd*bc01sc08i02* nvme", "pci:v*d*sv*sd*bc01sc06i01* ahci", " e1000e\n", "virtio:d00000002v* virtio_blk"} {
+		if !strings.Contains(kept, want) {
+			t.Errorf("carried aliases lack %q", want)
+		}
+	}
+	for _, not := range []string{" snd_hda_intel\n", " nouveau\n"} {
+		if strings.Contains(kept, not) {
+			t.Errorf("carried aliases have %q, a module not carried", not)
+		}
+	}
+	if !a.Has("lib/modules/" + kver + "/modules.alias") {
+		t.Error("no modules.alias")
+	}
+	t.Logf("%d modules carried; modules.alias %d → %d bytes", len(paths), len(aliases), len(kept))
 }
 
 // TestAddBinaryRuns packs mke2fs with its library closure, unpacks it into an empty directory

@@ -2,6 +2,7 @@ package initramfs
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"os"
 	"path"
@@ -134,5 +135,30 @@ func (a *Archive) AddModules(root, kver string, names []string) ([]string, error
 	if err := a.AddFile(path.Join(dst, "modules.builtin"), builtinText, 0o644); err != nil {
 		return nil, err
 	}
+	aliasText, err := os.ReadFile(filepath.Join(modDir, "modules.alias"))
+	if err != nil {
+		return nil, fmt.Errorf("initramfs: modules for %s: %w (did depmod -b run?)", kver, err)
+	}
+	carried := map[string]bool{}
+	for _, p := range paths {
+		carried[ModuleName(p)] = true
+	}
+	if err := a.AddFile(path.Join(dst, "modules.alias"), CarriedAliases(aliasText, carried), 0o644); err != nil {
+		return nil, err
+	}
 	return paths, nil
+}
+
+// CarriedAliases is modules.alias trimmed to the lines of carried modules: the node's
+// coldplug then matches only drivers it can load, and does not scan a Debian kernel's 26,000
+// aliases at every boot.
+func CarriedAliases(text []byte, carried map[string]bool) []byte {
+	var out bytes.Buffer
+	for _, line := range strings.SplitAfter(string(text), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 3 && f[0] == "alias" && carried[strings.ReplaceAll(f[2], "-", "_")] {
+			out.WriteString(strings.TrimRight(line, "\n") + "\n")
+		}
+	}
+	return out.Bytes()
 }

@@ -2,6 +2,7 @@ package netapi
 
 import (
 	"keel/boot"
+	"keel/machine"
 	"keel/supervisor"
 	"keel/upgrade"
 	"time"
@@ -38,8 +39,11 @@ type Status struct {
 	Partitions []Partition `json:"partitions"`
 	Addresses  []string    `json:"addresses"`
 	Slots      []SlotInfo  `json:"slots,omitempty"`
-	Warnings   []string    `json:"warnings,omitempty"`
-	Role       string      `json:"role,omitempty"`
+	// Drivers are the modules the boot loaded for the machine's devices (by modalias), each
+	// with the device that asked for it.
+	Drivers  []machine.Driver `json:"drivers,omitempty"`
+	Warnings []string         `json:"warnings,omitempty"`
+	Role     string           `json:"role,omitempty"`
 	// Kubernetes says whether the upgrade's cordon and drain steps run on this node.
 	Kubernetes string `json:"kubernetes"`
 	// Drain is the last drain's progress (pods left, the pod that went last).

@@ -46,7 +46,7 @@ type Options struct {
 	Version string
 	Log     *slog.Logger
 	Console io.Writer // where the ready line goes (the init's stdout is the console)
-	Modules []string  // kernel modules to load at boot
+	Modules []string  // kernel modules to load at boot whatever the hardware; drivers come by modalias
 	// PartitionWait bounds the wait for the disk's partitions to appear.
 	PartitionWait time.Duration
 	// Fault is a test image's injected failure (empty in production).
@@ -70,6 +70,7 @@ type Node struct {
 	initAt    time.Duration
 	readyAt   time.Duration
 	phases    []netapi.Phase
+	drivers   *machine.Drivers // the machine's drivers by modalias (nil before the modules phase)
 	bootID    string
 	cmdline   boot.Cmdline
 	booted    boot.Slot

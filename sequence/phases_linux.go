@@ -143,10 +143,29 @@ func (n *Node) readCmdline(context.Context) error {
 	return err
 }
 
-func (n *Node) loadModules(context.Context) error {
+// loadModules loads the base modules, then the drivers the devices ask for (coldplug), and
+// goes on loading drivers for devices that appear later (hotplug).
+func (n *Node) loadModules(ctx context.Context) error {
 	loaded, errs := machine.LoadModules(n.opts.Modules)
-	n.log.Info("modules loaded", "count", loaded, "failed", len(errs))
-	return errors.Join(errs...)
+	d, err := machine.OpenDrivers()
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	n.mu.Lock()
+	n.drivers = d
+	n.mu.Unlock()
+	err = d.Coldplug()
+	var names []string
+	for _, dr := range d.List() {
+		names = append(names, dr.Module)
+	}
+	n.log.Info("modules loaded", "base", loaded, "failed", len(errs), "drivers", names)
+	d.Loaded = func(dr machine.Driver) {
+		n.log.Info("driver loaded for a new device", "module", dr.Module, "device", dr.Device, "err", dr.Error)
+		n.publish("driver", dr.Module, "loaded for "+dr.Device, map[string]any{"modalias": dr.Modalias, "error": dr.Error})
+	}
+	go d.Hotplug(context.WithoutCancel(ctx))
+	return errors.Join(append(errs, err)...)
 }
 
 func (n *Node) findPartitions(ctx context.Context) error {

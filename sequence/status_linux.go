@@ -49,8 +49,11 @@ func (n *Node) status() netapi.Status {
 	for _, s := range h.sysctls {
 		st.Host.Sysctls[s.Name] = s.Value
 	}
-	parts := n.parts
+	parts, drivers := n.parts, n.drivers
 	n.mu.Unlock()
+	if drivers != nil {
+		st.Drivers = drivers.List()
+	}
 	if n.esp != nil {
 		e := n.esp.Entries()
 		st.CommittedSlot, st.NextSlot, st.TrialTries = string(e.Committed), string(e.Next), e.Tries

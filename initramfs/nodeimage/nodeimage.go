@@ -89,7 +89,7 @@ func BuildStatic(ctx context.Context, repoRoot, pkg, out string) error {
 type InitramfsOptions struct {
 	Init    string // path of the built init
 	Kernel  Kernel
-	Modules []string          // default: machine.DefaultModules and host.ContainerModules
+	Modules []string          // default: machine.BaseModules, HardwareModules and host.ContainerModules
 	Files   map[string]string // archive path → host file
 	// Binaries are host executables to include with their shared-library closure
 	// (archive path → host path).
@@ -104,7 +104,7 @@ func BuildInitramfs(o InitramfsOptions) ([]byte, error) {
 	}
 	mods := o.Modules
 	if mods == nil {
-		mods = append(append([]string(nil), machine.DefaultModules...), host.ContainerModules...)
+		mods = append(append(append([]string(nil), machine.BaseModules...), machine.HardwareModules...), host.ContainerModules...)
 	}
 	if _, err := a.AddModules(o.Kernel.Root, o.Kernel.Release, mods); err != nil {
 		return nil, err

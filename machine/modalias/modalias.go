@@ -1,9 +1,8 @@
 // Package modalias finds the kernel modules a machine's devices need, the way udev's coldplug
 // does: each device in sysfs names itself with a modalias ("pci:v00008086d000010D3sv...");
 // the kernel's modules.alias maps glob patterns of such strings to modules. Pure: it reads a
-// file system given to it (the node's /sys, a test's fixture) and the alias file's bytes; the
-// loading is the caller's (machine.LoadModules). Groundwork for bare metal (issue 16): not yet
-// wired into the boot.
+// file system given to it (the node's /sys, a test's fixture), the alias file's bytes and
+// uevent messages; the loading is the caller's (machine.Drivers).
 package modalias
 
 import (

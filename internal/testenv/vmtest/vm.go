@@ -49,9 +49,14 @@ type VM struct {
 	// Forward maps more host ports (on 127.0.0.1) to guest ports, e.g. an etcd member's.
 	Forward map[int]int
 	// Memory is the guest's RAM (default 512M; a kubelet and containerd need more).
-	Memory  string
-	logPath string
-	logFile *os.File
+	Memory string
+	// Disk and NIC are the guest's disk controller ("virtio" by default, "nvme", "ahci": q35's
+	// own SATA controller) and network card ("virtio" by default, "e1000e"), as on servers.
+	DiskBus, NIC string
+	// HotplugPort adds an empty PCIe root port "hp0" that QMP device_add can plug a card into.
+	HotplugPort bool
+	logPath     string
+	logFile     *os.File
 
 	mu      sync.Mutex
 	cmd     *exec.Cmd
@@ -112,19 +117,47 @@ func (vm *VM) Args() []string {
 	if mem == "" {
 		mem = "512M"
 	}
-	return append(accel,
+	args := append(accel,
 		"-machine", "q35", "-m", mem, "-smp", "1",
 		"-display", "none", "-no-user-config", "-nodefaults",
 		"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+OVMFCode,
 		"-drive", "if=pflash,format=raw,unit=1,file="+vm.vars,
 		"-drive", "if=none,id=d0,format=raw,file="+vm.Disk,
-		"-device", "virtio-blk-pci,drive=d0,bootindex=0",
+		"-device", vm.diskDevice()+",drive=d0,bootindex=0",
 		"-netdev", fmt.Sprintf("user,id=n0,hostfwd=tcp:127.0.0.1:%d-:%d", vm.Port, config.DefaultAPIPort)+vm.forwards(),
-		"-device", "virtio-net-pci,netdev=n0",
+		"-device", vm.nicDevice()+",netdev=n0",
 		"-device", "i6300esb", "-action", "watchdog=reset",
 		"-chardev", "stdio,id=ser0,signal=off", "-serial", "chardev:ser0",
 		"-qmp", "unix:"+filepath.Join(vm.Dir, "qmp.sock")+",server=on,wait=off",
 	)
+	if vm.HotplugPort {
+		args = append(args, "-device", "pcie-root-port,id=hp0,chassis=1,slot=1")
+	}
+	return args
+}
+
+func (vm *VM) diskDevice() string {
+	switch vm.DiskBus {
+	case "nvme":
+		return "nvme,serial=keel-nvme0"
+	case "ahci":
+		return "ide-hd,bus=ide.0" // q35's ICH9 AHCI, there with -nodefaults too
+	case "", "virtio":
+		return "virtio-blk-pci"
+	}
+	vm.t.Fatalf("vmtest: unknown disk bus %q", vm.DiskBus)
+	return ""
+}
+
+func (vm *VM) nicDevice() string {
+	switch vm.NIC {
+	case "e1000e":
+		return "e1000e"
+	case "", "virtio":
+		return "virtio-net-pci"
+	}
+	vm.t.Fatalf("vmtest: unknown NIC %q", vm.NIC)
+	return ""
 }
 
 func (vm *VM) forwards() string {
