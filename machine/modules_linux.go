@@ -148,14 +148,23 @@ func (d *Drivers) Hotplug(ctx context.Context) {
 	_ = unix.SetsockoptTimeval(d.sock, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 1})
 	buf := make([]byte, 64<<10)
 	for ctx.Err() == nil {
-		n, _, err := unix.Recvfrom(d.sock, buf, 0)
-		if errors.Is(err, unix.ENOBUFS) {
+		n, from, err := unix.Recvfrom(d.sock, buf, 0)
+		switch {
+		case errors.Is(err, unix.ENOBUFS):
 			// The socket overflowed and dropped messages: walk /sys for what they said.
 			_ = d.Coldplug()
 			continue
+		case errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR):
+			continue // the timeout
+		case err != nil:
+			d.mu.Lock()
+			d.list = append(d.list, Driver{Error: "hotplug stopped: " + err.Error()})
+			d.mu.Unlock()
+			return
 		}
-		if err != nil || n <= 0 {
-			continue // EAGAIN: the timeout
+		// Only the kernel's: another process with CAP_NET_ADMIN could send made-up devices.
+		if nl, ok := from.(*unix.SockaddrNetlink); !ok || nl.Pid != 0 || n <= 0 {
+			continue
 		}
 		u, err := modalias.ParseUevent(buf[:n])
 		if err != nil {

@@ -149,7 +149,10 @@ func (n *Node) loadModules(ctx context.Context) error {
 	loaded, errs := machine.LoadModules(n.opts.Modules)
 	d, err := machine.OpenDrivers()
 	if err != nil {
-		return errors.Join(append(errs, err)...)
+		// No alias file or no uevent socket: load every driver carried rather than none (the
+		// disk would not be found).
+		_, more := machine.LoadModules(machine.HardwareModules)
+		return errors.Join(append(append(errs, err), more...)...)
 	}
 	n.mu.Lock()
 	n.drivers = d

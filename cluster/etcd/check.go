@@ -9,13 +9,16 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"keel/cluster/etcd/quorum"
 )
 
 // Budget bounds a check. The member list is a linearizable read: with the leader frozen or
 // gone it first waits out an election. A follower starts one after one to two election
-// timeouts without news, and a split vote costs another: three timeouts in all. Each
+// timeouts without news; three timeouts cover that and most split votes (a rare longer
+// election is answered as "no member answered the member list", a refusal). Each
 // member's probe then has its own timeout. A check whose context ends sooner still ends
 // with a verdict: a member that did not answer in time is unhealthy, and named.
 type Budget struct {
@@ -77,15 +80,20 @@ func first[T any](ctx context.Context, cli *clientv3.Client, ask func(context.Co
 				return
 			}
 			defer conn.Close()
+			var last error // the last answer that was not the deadline's
 			for {
 				v, err := ask(ctx, conn)
-				if err == nil || ctx.Err() != nil {
+				if err == nil || ctx.Err() != nil || !askAgain(err) {
 					if err != nil {
+						if ctx.Err() != nil && last != nil {
+							err = fmt.Errorf("%w (before that: %v)", err, last)
+						}
 						err = fmt.Errorf("%s: %w", ep, err)
 					}
 					answers <- answer{v, err}
 					return
 				}
+				last = err
 				// "leader changed", "no leader": the election ends within the budget.
 				select {
 				case <-ctx.Done():
@@ -107,6 +115,16 @@ func first[T any](ctx context.Context, cli *clientv3.Client, ask func(context.Co
 		return zero, errors.New("no endpoints")
 	}
 	return zero, errors.Join(errs...)
+}
+
+// askAgain: an election or a member not ready yet, not a refusal (credentials,
+// permissions, a request the member will never serve).
+func askAgain(err error) bool {
+	switch status.Code(err) {
+	case codes.Unauthenticated, codes.PermissionDenied, codes.InvalidArgument, codes.Unimplemented:
+		return false
+	}
+	return true
 }
 
 // WaitCheck repeats Check every interval until it passes or ctx ends, calling report with

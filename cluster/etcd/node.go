@@ -120,17 +120,29 @@ func (n *Node) Precheck(ctx context.Context, preserve, force bool) (note string,
 		return "", false, err
 	}
 	b := n.budget()
-	hctx, hcancel := context.WithTimeout(ctx, b.Probe)
-	h, ok, err := HolderHint(hctx, cli)
-	hcancel()
-	if err == nil && ok && h.Node != n.o.Name {
-		return fmt.Sprintf("waiting for the upgrade lease, held by %s; the quorum check runs once it is ours", h), false, nil
-	}
-	// A budget of its own: the holder's read, however slow, cannot eat the check's, and a
-	// refusal names the members that did not answer.
+	// The hint and the check run side by side, the whole bounded by the check's budget: the
+	// holder's read, however slow, cannot eat the check's time, and the answer comes before
+	// a client's 30 s timeout. The hint may be stale (a serializable read): a request it
+	// wrongly accepts waits for the lock, which needs a quorum, and the check runs again
+	// under it.
 	ctx, cancel := context.WithTimeout(ctx, b.Total())
 	defer cancel()
+	type hint struct {
+		h   Holder
+		ok  bool
+		err error
+	}
+	hints := make(chan hint, 1)
+	go func() {
+		hctx, hcancel := context.WithTimeout(ctx, b.Probe)
+		defer hcancel()
+		h, ok, err := HolderHint(hctx, cli)
+		hints <- hint{h, ok, err}
+	}()
 	d, _, err := Check(ctx, cli, n.o.Name, op(preserve), b)
+	if h := <-hints; h.err == nil && h.ok && h.h.Node != n.o.Name {
+		return fmt.Sprintf("waiting for the upgrade lease, held by %s; the quorum check runs once it is ours", h.h), false, nil
+	}
 	if err != nil {
 		return "", false, fmt.Errorf("%w: %v", ErrRefused, err)
 	}

@@ -120,6 +120,7 @@ func reserve(p int) bool {
 	if err := os.MkdirAll(dir, 0o777); err != nil {
 		return false
 	}
+	_ = os.Chmod(dir, 0o1777) // past the umask: every user's tests share it, as /tmp
 	f, err := os.OpenFile(filepath.Join(dir, strconv.Itoa(p)), os.O_CREATE|os.O_RDWR, 0o666)
 	if err != nil {
 		return false
