@@ -60,9 +60,10 @@ func listFirst(ctx context.Context, cli *clientv3.Client) ([]Member, error) {
 }
 
 // first asks every endpoint of cli at once, each over a connection of its own and again
-// after each failure until ctx ends, and returns the first answer. The shared client balances requests over its connections, and a frozen
-// member's stays open until its keep-alive fails: a check sent down it would wait out its
-// whole budget while the other members could have answered at once.
+// after each failure until ctx ends, and returns the first answer. The shared client
+// balances requests over its connections, and a frozen member's stays open until its
+// keep-alive fails: a check sent down it would wait out its whole budget while the other
+// members could have answered at once.
 func first[T any](ctx context.Context, cli *clientv3.Client, ask func(context.Context, *grpc.ClientConn) (T, error)) (T, error) {
 	eps := cli.Endpoints()
 	ctx, cancel := context.WithCancel(ctx)
