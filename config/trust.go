@@ -125,3 +125,24 @@ func validRegistryHost(r string) error {
 	}
 	return nil
 }
+
+// PullPolicy is what a node accepts of an installer image (for a slot of maxSlot bytes) and
+// how it reaches registries, from this configuration. warn hears of parts that do not apply
+// (a key that does not parse; the config was validated, so only a bug gets there).
+func (u Upgrade) PullPolicy(arch string, maxSlot int64, warn func(error)) (installer.Policy, installer.PullOptions) {
+	p := installer.Policy{Arch: arch, AllowUnsigned: u.AllowUnsigned, MaxSlotSize: maxSlot}
+	for _, k := range u.TrustedKeys {
+		if ik, err := k.Installer(); err == nil {
+			p.TrustedKeys = append(p.TrustedKeys, ik)
+		} else {
+			warn(err)
+		}
+	}
+	o := installer.PullOptions{Insecure: u.InsecureRegistries}
+	if pool, err := u.CertPool(); err == nil {
+		o.RootCAs = pool
+	} else {
+		warn(err)
+	}
+	return p, o
+}

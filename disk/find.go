@@ -37,7 +37,12 @@ func ParseUevent(text string) map[string]string {
 // ScanPartitions lists the GPT partitions under sysRoot/class/block (sysRoot is /sys on a
 // node). A name seen twice (two disks carrying our layout) is an error: picking one would be
 // a guess about which disk is ours.
-func ScanPartitions(sysRoot string) (map[string]Device, error) {
+func ScanPartitions(sysRoot string) (map[string]Device, error) { return scan(sysRoot, "") }
+
+// ScanDisk is ScanPartitions limited to the partitions of one disk (e.g. /dev/nvme0n1).
+func ScanDisk(sysRoot, diskDev string) (map[string]Device, error) { return scan(sysRoot, diskDev) }
+
+func scan(sysRoot, only string) (map[string]Device, error) {
 	dir := filepath.Join(sysRoot, "class", "block")
 	ents, err := os.ReadDir(dir)
 	if err != nil {
@@ -62,6 +67,9 @@ func ScanPartitions(sysRoot string) (map[string]Device, error) {
 		if real, err := filepath.EvalSymlinks(filepath.Join(dir, e.Name())); err == nil {
 			d.Disk = "/dev/" + filepath.Base(filepath.Dir(real))
 		}
+		if only != "" && d.Disk != only {
+			continue
+		}
 		if prev, dup := out[d.Name]; dup {
 			return nil, fmt.Errorf("scan partitions: %q is on both %s and %s", d.Name, prev.Dev, d.Dev)
 		}
@@ -82,8 +90,13 @@ func readSectors(p string) int64 {
 // WaitPartitions polls until every name is present or ctx ends. Partitions appear a few
 // milliseconds after the disk driver loads, asynchronously.
 func WaitPartitions(ctx context.Context, sysRoot string, names ...string) (map[string]Device, error) {
+	return WaitDisk(ctx, sysRoot, "", names...)
+}
+
+// WaitDisk is WaitPartitions on one disk ("" for any).
+func WaitDisk(ctx context.Context, sysRoot, diskDev string, names ...string) (map[string]Device, error) {
 	for {
-		found, err := ScanPartitions(sysRoot)
+		found, err := scan(sysRoot, diskDev)
 		if err != nil {
 			return nil, err
 		}

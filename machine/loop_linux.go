@@ -22,13 +22,19 @@ func AttachLoop(file string) (string, error) {
 // detaches itself when target is unmounted (autoclear), so a plain unmount frees the device
 // and the filesystem holding file.
 func MountLoop(file, target, fstype string, flags uintptr) error {
+	return MountLoopRange(file, 0, 0, target, fstype, flags)
+}
+
+// MountLoopRange is MountLoop of the size bytes at byte offset off of file (0, 0: all of it),
+// e.g. a partition of a disk whose table the kernel has not read.
+func MountLoopRange(file string, off, size int64, target, fstype string, flags uintptr) error {
 	lf, dev, err := attachLoop(file, os.O_RDONLY) // the device is as writable as the file
 	if err != nil {
 		return err
 	}
 	// Autoclear detaches at the device's last close: lf stays open until the mount holds it.
 	defer lf.Close()
-	info := unix.LoopInfo64{Flags: unix.LO_FLAGS_AUTOCLEAR}
+	info := unix.LoopInfo64{Flags: unix.LO_FLAGS_AUTOCLEAR, Offset: uint64(off), Sizelimit: uint64(size)}
 	copy(info.File_name[:unix.LO_NAME_SIZE-1], file)
 	if err := unix.IoctlLoopSetStatus64(int(lf.Fd()), &info); err != nil {
 		_ = unix.IoctlSetInt(int(lf.Fd()), unix.LOOP_CLR_FD, 0)

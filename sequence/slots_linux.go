@@ -21,21 +21,8 @@ type slotIO struct{ n *Node }
 
 // policy is what this node accepts of an installer image headed for slot.
 func (s slotIO) policy(image string, slot boot.Slot) (installer.Policy, installer.PullOptions) {
-	cfg := s.n.config().Upgrade
-	p := installer.Policy{Arch: runtime.GOARCH, AllowUnsigned: cfg.AllowUnsigned, MaxSlotSize: s.n.partition(slot.Partition()).Size}
-	for _, k := range cfg.TrustedKeys {
-		// The config was validated at boot: a key that does not parse is not there.
-		if ik, err := k.Installer(); err == nil {
-			p.TrustedKeys = append(p.TrustedKeys, ik)
-		}
-	}
-	o := installer.PullOptions{Insecure: cfg.InsecureRegistries}
-	if pool, err := cfg.CertPool(); err == nil {
-		o.RootCAs = pool
-	} else {
-		s.n.log.Warn("upgrade: registry CAs", "err", err)
-	}
-	return p, o
+	return s.n.config().Upgrade.PullPolicy(runtime.GOARCH, s.n.partition(slot.Partition()).Size,
+		func(err error) { s.n.log.Warn("upgrade: policy", "err", err) })
 }
 
 // Pull implements upgrade.Slots: the whole image is checked, nothing is written.

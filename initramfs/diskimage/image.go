@@ -11,7 +11,6 @@ import (
 	"strconv"
 
 	diskfs "github.com/diskfs/go-diskfs"
-	"github.com/diskfs/go-diskfs/partition/gpt"
 
 	"keel/disk"
 )
@@ -47,17 +46,7 @@ func BuildImage(imagePath string, spec ImageSpec) error {
 	if err != nil {
 		return fmt.Errorf("build image %s: create: %w", imagePath, err)
 	}
-	table := &gpt.Table{ProtectiveMBR: true, LogicalSectorSize: 512, PhysicalSectorSize: 512}
-	for _, p := range spec.Layout.Parts {
-		typ := gpt.LinuxFilesystem
-		if p.Kind == disk.KindESP {
-			typ = gpt.EFISystemPartition
-		}
-		table.Partitions = append(table.Partitions, &gpt.Partition{
-			Index: p.Number, Start: uint64(p.Start / 512), End: uint64((p.Start+p.Size)/512 - 1),
-			Size: uint64(p.Size), Type: typ, Name: p.Name,
-		})
-	}
+	table := spec.Layout.GPT()
 	if err := d.Partition(table); err != nil {
 		return fmt.Errorf("build image %s: partition: %w", imagePath, err)
 	}
