@@ -33,7 +33,10 @@ var faultName = ""
 func main() {
 	initAt := machine.Uptime()
 	ring := events.NewRing(20000, 4<<20)
-	log := slog.New(slog.NewTextHandler(io.MultiWriter(os.Stdout, ring), &slog.HandlerOptions{Level: slog.LevelInfo}))
+	// The console: /dev/console, and the other console= devices once the boot has read the
+	// command line (a screen and a serial line both).
+	con := machine.NewConsole(os.Stdout)
+	log := slog.New(slog.NewTextHandler(io.MultiWriter(con, ring), &slog.HandlerOptions{Level: slog.LevelInfo}))
 	// Libraries that use the log package (u-root's DHCP client) land in the same log, at
 	// debug level: they print whole DHCP packets, and their failures come back as errors.
 	slog.SetDefault(log)
@@ -63,7 +66,7 @@ func main() {
 	node := sequence.New(sequence.Options{
 		Version: version,
 		Log:     log,
-		Console: os.Stdout,
+		Console: con,
 		Modules: machine.BaseModules,
 		Fault:   fault.Fault(faultName),
 		InitLog: ring,

@@ -202,3 +202,35 @@ func TestAddBinaryRuns(t *testing.T) {
 		t.Errorf("unexpected output: %s", out)
 	}
 }
+
+// TestAddFirmwareRealKernel: tg3 (Broadcom NICs) declares firmware; a file in the firmware
+// directory is carried at lib/firmware/NAME, one that is missing is reported, not fatal.
+func TestAddFirmwareRealKernel(t *testing.T) {
+	root, kver := kernelTree(t)
+	a := New()
+	paths, err := a.AddModules(root, kver, []string{"tg3", "e1000e"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "tigon"), 0o755)
+	os.WriteFile(filepath.Join(dir, "tigon", "tg3_tso5.bin"), []byte("firmware"), 0o644)
+	fws, err := a.AddFirmware(root, kver, paths, []string{filepath.Join(dir, "absent"), dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	found, missing := 0, 0
+	for _, f := range fws {
+		if f.Module != "tg3" {
+			t.Errorf("firmware of %s: %+v (only tg3 declares any)", f.Module, f)
+		}
+		if f.Found != "" {
+			found++
+		} else {
+			missing++
+		}
+	}
+	if found != 1 || missing < 2 || !a.Has("lib/firmware/tigon/tg3_tso5.bin") || a.Has("lib/firmware/tigon/tg3.bin") {
+		t.Errorf("firmware: %+v", fws)
+	}
+}

@@ -17,7 +17,7 @@ var BaseModules = []string{
 // for a USB stick. Drivers whose devices need firmware from Debian's non-free packages (tg3
 // for some chips, bnx2) are carried, but not that firmware yet.
 var HardwareModules = []string{
-	"virtio_pci", "virtio_blk", "virtio_net", "virtio_scsi", "i6300esb",
+	"virtio_pci", "virtio_blk", "virtio_net", "virtio_scsi", "virtio_console", "i6300esb",
 	"nvme", "ahci", "sd_mod", "mpt3sas", "megaraid_sas",
 	"e1000e", "igb", "ixgbe", "i40e", "tg3", "bnxt_en",
 	"xhci_pci", "usb_storage",
