@@ -1,6 +1,7 @@
 # keel: a Go PID 1 that boots and upgrades Kubernetes nodes, A/B, image-based.
 #
 #   make run        build everything, boot the disk image in QEMU (console here, API on 127.0.0.1:$(PORT))
+#   make run-install install onto a blank disk from the kernel and initramfs (needs `make registry`)
 #   make stop       shut that VM down through its own API
 #   make test       unit tests + QEMU end-to-end tests (what CI runs)
 #   make test-unit  the quick loop: vet + unit tests, no VM
@@ -24,7 +25,7 @@ E2E_TIMEOUT  ?= 40m
 UNIT_PKGS = $(shell $(GO) list ./... | grep -v -e /e2e -e /internal/testenv/ -e 'keel/cluster/kube$$' -e 'keel/cluster/etcd$$')
 INTEGRATION_PKGS = ./cluster/kube ./cluster/etcd ./internal/testenv/registrytest
 
-.PHONY: all deps k8s-bins etcd-bin node-bins cosign-bin pki key disk image push registry run stop test test-unit test-integration test-e2e bench fuzz vet clean
+.PHONY: all deps k8s-bins etcd-bin node-bins cosign-bin pki key disk image push registry run run-install stop test test-unit test-integration test-e2e bench fuzz vet clean
 
 all: disk
 
@@ -77,6 +78,12 @@ registry:
 
 run: disk
 	@KVM=$(KVM) scripts/qemu-run.sh build/disk.img $(PORT)
+
+# Install mode on a blank disk: the kernel and initramfs of VERSION booted directly with
+# keel.install=, its document served over HTTPS, the image pushed to REGISTRY (`make registry`
+# must be running); then the installed disk boots. WIPE=1 installs over a used disk.
+run-install: push pki
+	@KVM=$(KVM) REGISTRY=$(REGISTRY) scripts/install-run.sh $(VERSION) $(PORT)
 
 stop:
 	@scripts/qemu-stop.sh

@@ -5,6 +5,10 @@ import (
 	"strings"
 )
 
+// DefaultKernelArgs go on every slot's kernel command line (after slot= and panic=) unless
+// the image build or the install document says otherwise.
+const DefaultKernelArgs = "console=ttyS0,115200 quiet"
+
 // GrubConfig describes the grub.cfg that implements the bootloader contract.
 type GrubConfig struct {
 	// SlotPartitions maps each slot to its GPT partition number on the boot disk.

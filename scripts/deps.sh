@@ -9,9 +9,9 @@ CACHE=${CACHE:-build/cache}
 # squashfs-tools packs the slots' system images; libseccomp-dev and busybox-static: runc is
 # linked statically with seccomp, busybox gives the node its mount(8) and the test images a shell;
 # docker-registry (CNCF distribution) is the TLS registry of the image-trust tests, and
-# ca-certificates the CA bundle every initramfs carries.
+# ca-certificates the CA bundle every initramfs carries; gdisk (sgdisk -v) checks installed disks.
 PKGS=(qemu-system-x86 qemu-utils ovmf grub-efi-amd64-bin e2fsprogs dosfstools mtools kmod curl ca-certificates
-	squashfs-tools libseccomp-dev busybox-static docker-registry)
+	squashfs-tools libseccomp-dev busybox-static docker-registry gdisk)
 
 missing=()
 for p in "${PKGS[@]}"; do

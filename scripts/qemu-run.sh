@@ -3,7 +3,9 @@
 # The serial console shows on this terminal; the node's endpoint is forwarded to 127.0.0.1:PORT.
 # Ctrl-C (or `make stop` from another terminal) shuts the node down through its own API.
 #
-#   scripts/qemu-run.sh DISK [PORT]      env: KVM=1 to use KVM (default TCG), RUN_DIR, PKI_DIR
+#   scripts/qemu-run.sh DISK [PORT]      env: KVM=1 to use KVM (default TCG), RUN_DIR, PKI_DIR;
+#                                        KERNEL, INITRD, APPEND boot those directly (install
+#                                        mode), and NO_REBOOT=1 ends QEMU when the guest reboots
 set -euo pipefail
 
 disk=${1:?usage: qemu-run.sh DISK [PORT]}
@@ -27,15 +29,24 @@ echo "$port" > "$run/port"
 accel=(-accel tcg -cpu max)
 [ "${KVM:-0}" = 1 ] && accel=(-accel kvm -cpu host)
 
+direct=()
+bootindex=0
+if [ -n "${KERNEL:-}" ]; then
+	direct=(-kernel "$KERNEL" -initrd "${INITRD:?INITRD with KERNEL}" -append "${APPEND:-}")
+	bootindex=1 # QEMU gives -kernel index 0
+fi
+[ "${NO_REBOOT:-0}" = 1 ] && direct+=(-no-reboot)
+
 qemu=(qemu-system-x86_64 "${accel[@]}" -machine q35 -m 512M -smp 1
 	-display none -no-user-config -nodefaults
 	-drive if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd
 	-drive if=pflash,format=raw,unit=1,file="$run/vars.fd"
-	-drive if=none,id=d0,format=raw,file="$disk" -device virtio-blk-pci,drive=d0,bootindex=0
+	-drive if=none,id=d0,format=raw,file="$disk" -device virtio-blk-pci,drive=d0,bootindex=$bootindex
 	-netdev user,id=n0,hostfwd=tcp:127.0.0.1:"$port"-:50000 -device virtio-net-pci,netdev=n0
 	-device i6300esb -action watchdog=reset
 	-serial file:"$run/serial.log"
 	-qmp unix:"$run/qmp.sock",server=on,wait=off
+	"${direct[@]}"
 	-daemonize -pidfile "$run/qemu.pid")
 echo "run: ${qemu[*]}"
 "${qemu[@]}"

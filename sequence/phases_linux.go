@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -17,6 +18,7 @@ import (
 	"keel/config"
 	"keel/disk"
 	"keel/host"
+	"keel/install"
 	"keel/internal/fault"
 	"keel/machine"
 	"keel/netapi"
@@ -32,15 +34,13 @@ type phase struct {
 	run   func(context.Context) error
 }
 
-// bootPhases are the boot, in order. STATE comes before META: the upgrade's executor needs the
+// bootPhases are the boot of an installed node, in order, after the early phases (the
+// mounts, the command line, the drivers) that install mode shares. STATE comes before META: the upgrade's executor needs the
 // node's configuration, and what a boot may have to redo first (re-making EPHEMERAL, clearing a
 // trial) never touches STATE. The host's preparation for containers (prepare_linux.go)
 // runs between them, and its name resolution once the network is up.
 func (n *Node) bootPhases() []phase {
 	return []phase{
-		{"mount-early", true, n.mountEarly},
-		{"cmdline", false, n.readCmdline},
-		{"modules", false, n.loadModules},
 		{"partitions", true, n.findPartitions},
 		{"bootloader", false, n.readBootloader},
 		{"state", true, n.mountState},
@@ -92,6 +92,25 @@ func (n *Node) runPhase(ctx context.Context, p phase) error {
 // executor go on with what this boot means (a trial, a commit, obligations). An error wraps
 // ErrFatal.
 func (n *Node) Boot(ctx context.Context) error {
+	early := []phase{
+		{"mount-early", true, n.mountEarly},
+		{"cmdline", false, n.readCmdline},
+		{"modules", false, n.loadModules},
+		{"consoles", false, n.consoles},
+	}
+	for _, p := range early {
+		if err := n.runPhase(ctx, p); err != nil {
+			return err
+		}
+	}
+	if n.installing() {
+		for _, p := range n.installPhases() {
+			if err := n.runPhase(ctx, p); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	for _, p := range n.bootPhases() {
 		if err := n.runPhase(ctx, p); err != nil {
 			return err
@@ -140,7 +159,42 @@ func (n *Node) readCmdline(context.Context) error {
 	n.mu.Lock()
 	n.cmdline, n.booted = c, s
 	n.mu.Unlock()
+	if install.Requested(c) {
+		return nil // not booted by GRUB: no slot
+	}
 	return err
+}
+
+// consoles is a console that can write to more devices (machine.Console).
+type consoles interface {
+	Attach(devs []string, open func(string) (io.WriteCloser, error)) []error
+}
+
+// openConsole opens a console device for writing, waiting a moment for its node (a driver
+// just loaded makes it asynchronously).
+func openConsole(dev string) (io.WriteCloser, error) {
+	for i := 0; ; i++ {
+		f, err := os.OpenFile(dev, os.O_WRONLY|unix.O_NOCTTY, 0)
+		if err == nil || !errors.Is(err, os.ErrNotExist) || i == 20 {
+			return f, err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// consoles makes the init write to every console= device (a screen and a serial line), once
+// the drivers are loaded (a virtio console appears with its module).
+func (n *Node) consoles(context.Context) error {
+	con, ok := n.opts.Console.(consoles)
+	if !ok {
+		return nil
+	}
+	b, err := os.ReadFile("/proc/cmdline")
+	if err != nil {
+		return err
+	}
+	active, _ := os.ReadFile("/sys/class/tty/console/active")
+	return errors.Join(con.Attach(machine.ExtraConsoles(string(b), string(active)), openConsole)...)
 }
 
 // loadModules loads the base modules, then the drivers the devices ask for (coldplug), and

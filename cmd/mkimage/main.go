@@ -7,6 +7,8 @@
 //	mkimage image -version v2 -out build/installer-v2   installer image (OCI image layout)
 //	mkimage push -image build/installer-v2 -ref 127.0.0.1:5000/keel:v2   push, sign with cosign
 //	mkimage registry -addr 127.0.0.1:5000            a local OCI registry (in memory) to push to
+//	mkimage install-doc -image REF -out build/install/node.json   install mode's document
+//	mkimage serve-install -dir build/install          serve it over HTTPS; prints the kernel arguments
 //
 // The Makefile drives it; every step prints what it made.
 package main
@@ -28,6 +30,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"keel/boot"
 	"keel/config"
 	"keel/initramfs/nodeimage"
 	"keel/initramfs/release"
@@ -54,6 +57,10 @@ func main() {
 		err = cmdPush(os.Args[2:])
 	case "registry":
 		err = cmdRegistry(os.Args[2:])
+	case "install-doc":
+		err = cmdInstallDoc(os.Args[2:])
+	case "serve-install":
+		err = cmdServeInstall(os.Args[2:])
 	default:
 		usage()
 	}
@@ -64,7 +71,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: mkimage pki|disk|slot|key|image|push|registry [flags] (-h for flags)")
+	fmt.Fprintln(os.Stderr, "usage: mkimage pki|disk|slot|key|image|push|registry|install-doc|serve-install [flags] (-h for flags)")
 	os.Exit(2)
 }
 
@@ -121,7 +128,7 @@ func cmdDisk(args []string) error {
 	fs.Var(&insecure, "insecure-registry", "a registry the node may reach over plain HTTP (host or host:port); repeatable")
 	var add addFlag
 	fs.Var(&add, "add", "DST=SRC: also pack host binary SRC (with its libraries) at DST; repeatable")
-	args0 := fs.String("kernel-args", nodeimage.DefaultKernelArgs, "kernel command line after slot= and panic=")
+	args0 := fs.String("kernel-args", boot.DefaultKernelArgs, "kernel command line after slot= and panic=")
 	fs.Parse(args)
 	k, err := nodeimage.FindKernel(*cache)
 	if err != nil {

@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"keel/boot"
@@ -24,12 +25,10 @@ import (
 	"keel/host"
 	"keel/initramfs"
 	"keel/initramfs/diskimage"
+	"keel/install"
 	"keel/machine"
 	"keel/pki"
 )
-
-// DefaultKernelArgs go on every slot's kernel command line (after slot= and panic=).
-const DefaultKernelArgs = "console=ttyS0,115200 quiet"
 
 // GrubModules are built into BOOTX64.EFI; the prefix has no device, so GRUB reads grub.cfg
 // and grubenv from the ESP it was loaded from.
@@ -96,6 +95,18 @@ type InitramfsOptions struct {
 	Binaries map[string]string
 }
 
+// FirmwareDirs are where BuildInitramfs looks for the firmware carried drivers declare.
+var FirmwareDirs = []string{"/lib/firmware"}
+
+var warned sync.Map
+
+// warnOnce prints a build warning once per process.
+func warnOnce(msg string) {
+	if _, dup := warned.LoadOrStore(msg, true); !dup {
+		fmt.Fprintln(os.Stderr, msg)
+	}
+}
+
 // BuildInitramfs returns the gzipped cpio archive.
 func BuildInitramfs(o InitramfsOptions) ([]byte, error) {
 	a := initramfs.New()
@@ -106,8 +117,24 @@ func BuildInitramfs(o InitramfsOptions) ([]byte, error) {
 	if mods == nil {
 		mods = append(append(append([]string(nil), machine.BaseModules...), machine.HardwareModules...), host.ContainerModules...)
 	}
-	if _, err := a.AddModules(o.Kernel.Root, o.Kernel.Release, mods); err != nil {
+	paths, err := a.AddModules(o.Kernel.Root, o.Kernel.Release, mods)
+	if err != nil {
 		return nil, err
+	}
+	// Firmware the carried drivers declare, from the build host's /lib/firmware (Debian's
+	// firmware packages; most are in its non-free-firmware component).
+	fws, err := a.AddFirmware(o.Kernel.Root, o.Kernel.Release, paths, FirmwareDirs)
+	if err != nil {
+		return nil, err
+	}
+	var missing []string
+	for _, f := range fws {
+		if f.Found == "" {
+			missing = append(missing, f.Module+":"+f.Name)
+		}
+	}
+	if len(missing) > 0 {
+		warnOnce("initramfs: firmware not on this host (left out; those devices may not work without it): " + strings.Join(missing, " "))
 	}
 	for _, dst := range sortedKeys(o.Files) {
 		if err := a.AddHostFile(dst, o.Files[dst]); err != nil {
@@ -131,11 +158,14 @@ func BuildInitramfs(o InitramfsOptions) ([]byte, error) {
 // against it (the node's config may add a private CA).
 const SystemCABundle = "/etc/ssl/certs/ca-certificates.crt"
 
-// DefaultBinaries ride in every initramfs: mke2fs re-creates EPHEMERAL on the node.
+// DefaultBinaries ride in every initramfs: mke2fs re-creates EPHEMERAL on the node, and
+// install mode makes STATE with it and the ESP with mkfs.fat.
 func DefaultBinaries() map[string]string {
 	m := map[string]string{}
-	if p, err := exec.LookPath("mke2fs"); err == nil {
-		m["/sbin/mke2fs"] = p
+	for _, b := range []string{"mke2fs", "mkfs.fat"} {
+		if p, err := exec.LookPath(b); err == nil {
+			m["/sbin/"+b] = p
+		}
 	}
 	return m
 }
@@ -208,7 +238,17 @@ func BuildSlot(ctx context.Context, o SlotOptions) (Slot, error) {
 	if err != nil {
 		return Slot{}, err
 	}
-	content := []diskimage.Content{{Path: "/vmlinuz", Data: kernel}, {Path: "/initramfs", Data: rd}}
+	// The bootloader rides in the slot, covered by its manifest and the image's signature:
+	// install mode copies it onto the ESP it makes.
+	efiPath := filepath.Join(o.OutDir, "BOOTX64.EFI-"+o.Version)
+	if err := BuildGrubEFI(ctx, efiPath); err != nil {
+		return Slot{}, err
+	}
+	efi, err := os.ReadFile(efiPath)
+	if err != nil {
+		return Slot{}, err
+	}
+	content := []diskimage.Content{{Path: "/vmlinuz", Data: kernel}, {Path: "/initramfs", Data: rd}, {Path: "/" + install.BootloaderFile, Data: efi}}
 	if !o.System.Empty() {
 		sys, err := BuildSystemImage(ctx, o.System, o.OutDir)
 		if err != nil {
@@ -263,7 +303,7 @@ func BuildDisk(ctx context.Context, o DiskOptions) error {
 		o.Size = 1024 * disk.MiB
 	}
 	if o.KernelArgs == "" {
-		o.KernelArgs = DefaultKernelArgs
+		o.KernelArgs = boot.DefaultKernelArgs
 	}
 	layout, err := disk.Plan(o.Size, disk.DefaultSpecs)
 	if err != nil {
@@ -299,35 +339,12 @@ func BuildDisk(ctx context.Context, o DiskOptions) error {
 
 	// STATE: machine config and the endpoint's key material.
 	state := filepath.Join(work, "state")
-	if err := os.MkdirAll(filepath.Join(state, "pki"), 0o700); err != nil {
+	files, err := StateFiles(o.PKIDir, o.Config, o.StateFiles)
+	if err != nil {
 		return err
 	}
-	for _, f := range []string{"ca.crt", "server.crt", "server.key"} {
-		b, err := os.ReadFile(filepath.Join(o.PKIDir, f))
-		if err != nil {
-			return fmt.Errorf("state: %w (run `make pki`)", err)
-		}
-		if err := os.WriteFile(filepath.Join(state, "pki", f), b, 0o600); err != nil {
-			return err
-		}
-	}
-	if e := o.Config.Etcd; e != nil && e.TLS() {
-		files, err := etcdMemberFiles(o.PKIDir, o.Config)
-		if err != nil {
-			return err
-		}
-		for name, b := range files {
-			p := filepath.Join(state, "pki", name)
-			if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-				return err
-			}
-			if err := os.WriteFile(p, b, 0o600); err != nil {
-				return err
-			}
-		}
-	}
-	for name, b := range o.StateFiles {
-		p := filepath.Join(state, filepath.Clean("/"+name))
+	for name, b := range files {
+		p := filepath.Join(state, name)
 		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 			return err
 		}
@@ -360,6 +377,58 @@ func BuildDisk(ctx context.Context, o DiskOptions) error {
 			disk.PartEphemeral: {Label: disk.PartEphemeral},
 		},
 	})
+}
+
+// StateFiles are the files a node's STATE holds beside config.json (paths relative to it):
+// the endpoint's CA and server key pair from pkiDir, a control-plane node's etcd certificates
+// issued from the etcd CA there, and extra.
+func StateFiles(pkiDir string, cfg config.Config, extra map[string][]byte) (map[string][]byte, error) {
+	files := map[string][]byte{}
+	for _, f := range []string{pki.FileCA, pki.FileServer, pki.FileServerKey} {
+		b, err := os.ReadFile(filepath.Join(pkiDir, f))
+		if err != nil {
+			return nil, fmt.Errorf("state: %w (run `make pki`)", err)
+		}
+		files[filepath.Join("pki", f)] = b
+	}
+	if e := cfg.Etcd; e != nil && e.TLS() {
+		member, err := etcdMemberFiles(pkiDir, cfg)
+		if err != nil {
+			return nil, err
+		}
+		for name, b := range member {
+			files[filepath.Join("pki", name)] = b
+		}
+	}
+	for name, b := range extra {
+		files[strings.TrimPrefix(filepath.Clean("/"+name), "/")] = b
+	}
+	return files, nil
+}
+
+// InstallDocument is what install mode fetches to install a node with cfg from image:
+// StateFiles as text, the config, the image and kernel arguments ("" for the default).
+func InstallDocument(pkiDir string, cfg config.Config, extra map[string][]byte, image, kernelArgs string) ([]byte, error) {
+	files, err := StateFiles(pkiDir, cfg, extra)
+	if err != nil {
+		return nil, err
+	}
+	cb, err := json.Marshal(cfg)
+	if err != nil {
+		return nil, err
+	}
+	d := install.Document{Image: image, Config: cb, Files: map[string]string{}, KernelArgs: kernelArgs}
+	for name, b := range files {
+		d.Files[filepath.ToSlash(name)] = string(b)
+	}
+	b, err := json.MarshalIndent(d, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	if _, _, err := install.ParseDocument(b); err != nil {
+		return nil, err
+	}
+	return append(b, '\n'), nil
 }
 
 func sortedKeys(m map[string]string) []string { return slices.Sorted(maps.Keys(m)) }

@@ -121,14 +121,9 @@ func BuildImage(ctx context.Context, o ImageOptions) (*Image, error) {
 		}
 		img.SlotB = &b
 	}
-	_, pub, err := HarnessKey()
+	cfg, err := HarnessConfig(o.Config, o.HTTPSOnly)
 	if err != nil {
 		return nil, err
-	}
-	cfg := o.Config
-	cfg.Upgrade.TrustedKeys = append([]config.TrustedKey{{Name: "harness", PublicKey: pub}}, cfg.Upgrade.TrustedKeys...)
-	if len(cfg.Upgrade.InsecureRegistries) == 0 && !o.HTTPSOnly {
-		cfg.Upgrade.InsecureRegistries = []string{"10.0.2.2"}
 	}
 	err = nodeimage.BuildDisk(ctx, nodeimage.DiskOptions{
 		Path: img.Disk, SlotA: img.SlotA, SlotB: img.SlotB, PKIDir: pkiDir, Config: cfg, StateFiles: o.StateFiles, WorkDir: dir,

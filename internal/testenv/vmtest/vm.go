@@ -55,6 +55,13 @@ type VM struct {
 	DiskBus, NIC string
 	// HotplugPort adds an empty PCIe root port "hp0" that QMP device_add can plug a card into.
 	HotplugPort bool
+	// Direct boots a kernel and initramfs instead of the disk (install mode); NoReboot makes
+	// a guest's reboot end QEMU (the test then starts it again, from the disk).
+	Direct   *Direct
+	NoReboot bool
+	// VirtConsole is a file the guest's virtio console (hvc0) writes to: a second console,
+	// as a server's screen beside its serial line.
+	VirtConsole string
 	logPath     string
 	logFile     *os.File
 
@@ -117,13 +124,17 @@ func (vm *VM) Args() []string {
 	if mem == "" {
 		mem = "512M"
 	}
+	bootIndex := "0"
+	if vm.Direct != nil {
+		bootIndex = "1" // QEMU gives -kernel index 0
+	}
 	args := append(accel,
 		"-machine", "q35", "-m", mem, "-smp", "1",
 		"-display", "none", "-no-user-config", "-nodefaults",
 		"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+OVMFCode,
 		"-drive", "if=pflash,format=raw,unit=1,file="+vm.vars,
 		"-drive", "if=none,id=d0,format=raw,file="+vm.Disk,
-		"-device", vm.diskDevice()+",drive=d0,bootindex=0",
+		"-device", vm.diskDevice()+",drive=d0,bootindex="+bootIndex,
 		"-netdev", fmt.Sprintf("user,id=n0,hostfwd=tcp:127.0.0.1:%d-:%d", vm.Port, config.DefaultAPIPort)+vm.forwards(),
 		"-device", vm.nicDevice()+",netdev=n0",
 		"-device", "i6300esb", "-action", "watchdog=reset",
@@ -132,6 +143,15 @@ func (vm *VM) Args() []string {
 	)
 	if vm.HotplugPort {
 		args = append(args, "-device", "pcie-root-port,id=hp0,chassis=1,slot=1")
+	}
+	if d := vm.Direct; d != nil {
+		args = append(args, "-kernel", d.Kernel, "-initrd", d.Initrd, "-append", d.Append)
+	}
+	if vm.NoReboot {
+		args = append(args, "-no-reboot")
+	}
+	if vm.VirtConsole != "" {
+		args = append(args, "-device", "virtio-serial-pci", "-chardev", "file,id=vc0,path="+vm.VirtConsole, "-device", "virtconsole,chardev=vc0")
 	}
 	return args
 }

@@ -1,0 +1,314 @@
+package install
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"keel/disk"
+)
+
+const testDiskSize = 1 << 30
+
+// memDisk is a disk in memory that records every write, so a test can cut the power after any
+// of them. Sparse: only written MiB-blocks are kept.
+type memDisk struct {
+	size   int64
+	blocks map[int64][]byte
+	writes []write
+	off    int64
+}
+
+type write struct {
+	off  int64
+	data []byte
+}
+
+func newMemDisk(size int64) *memDisk { return &memDisk{size: size, blocks: map[int64][]byte{}} }
+
+func (d *memDisk) ReadAt(b []byte, off int64) (int, error) {
+	if off >= d.size {
+		return 0, io.EOF
+	}
+	n := 0
+	for n < len(b) && off+int64(n) < d.size {
+		p := off + int64(n)
+		blk, in := p/disk.MiB, p%disk.MiB
+		k := min(len(b)-n, int(disk.MiB-in))
+		if data, ok := d.blocks[blk]; ok {
+			copy(b[n:n+k], data[in:])
+		} else {
+			clear(b[n : n+k])
+		}
+		n += k
+	}
+	if n < len(b) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+func (d *memDisk) WriteAt(b []byte, off int64) (int, error) {
+	d.writes = append(d.writes, write{off, bytes.Clone(b)})
+	d.apply(b, off)
+	return len(b), nil
+}
+
+func (d *memDisk) apply(b []byte, off int64) {
+	for n := 0; n < len(b); {
+		p := off + int64(n)
+		blk, in := p/disk.MiB, p%disk.MiB
+		data, ok := d.blocks[blk]
+		if !ok {
+			data = make([]byte, disk.MiB)
+			d.blocks[blk] = data
+		}
+		k := copy(data[in:], b[n:])
+		n += k
+	}
+}
+
+func (d *memDisk) clone() *memDisk {
+	c := newMemDisk(d.size)
+	for k, v := range d.blocks {
+		c.blocks[k] = bytes.Clone(v)
+	}
+	return c
+}
+
+func (d *memDisk) Sync() error { return nil }
+func (d *memDisk) Read(b []byte) (int, error) {
+	n, err := d.ReadAt(b, d.off)
+	d.off += int64(n)
+	return n, err
+}
+func (d *memDisk) Close() error               { return nil }
+func (d *memDisk) Stat() (fs.FileInfo, error) { return sizedInfo{d.size}, nil }
+func (d *memDisk) Seek(off int64, whence int) (int64, error) {
+	return (&sized{size: d.size, off: d.off}).Seek(off, whence)
+}
+
+func classify(t *testing.T, d io.ReaderAt, size int64) Content {
+	t.Helper()
+	c, err := Classify(d, size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func testLayout(t *testing.T) disk.Layout {
+	l, err := disk.Plan(testDiskSize, disk.DefaultSpecs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+func TestClassifyKeel(t *testing.T) {
+	l := testLayout(t)
+	d := newMemDisk(testDiskSize)
+	if c := classify(t, d, d.size); c.State != Blank {
+		t.Fatalf("zeroed disk: %+v", c)
+	}
+	if err := writeGPT(d, l); err != nil {
+		t.Fatal(err)
+	}
+	c := classify(t, d, d.size)
+	esp, _ := l.Find(disk.PartEFI)
+	if c.State != KeelIncomplete || c.ESP.Start != esp.Start || c.ESP.Size != esp.Size {
+		t.Fatalf("keel GPT: %+v, want KeelIncomplete with the ESP at %d+%d", c, esp.Start, esp.Size)
+	}
+	// The primary copy lost: the backup still says keel.
+	d.apply(make([]byte, disk.MiB), 0)
+	if c := classify(t, d, d.size); c.State != KeelIncomplete {
+		t.Fatalf("backup GPT only: %+v", c)
+	}
+	// Both copies damaged: someone's data.
+	d2 := newMemDisk(testDiskSize)
+	writeGPT(d2, l)
+	d2.apply([]byte{0xff}, 512+16)              // primary header CRC field
+	d2.apply([]byte{0xff}, testDiskSize-512+16) // backup's
+	if c := classify(t, d2, d2.size); c.State != Data || !strings.Contains(c.What, "damaged GPT") {
+		t.Fatalf("damaged GPT: %+v", c)
+	}
+	// Another system's GPT.
+	other := l
+	other.Parts = append([]disk.Part(nil), l.Parts...)
+	other.Parts[4].Name = "root"
+	d3 := newMemDisk(testDiskSize)
+	writeGPT(d3, other)
+	if c := classify(t, d3, d3.size); c.State != Data || !strings.Contains(c.What, "root") {
+		t.Fatalf("other GPT: %+v", c)
+	}
+}
+
+// TestInstallWritesCutAnywhere cuts the power after every single write of the disk's
+// preparation (clearing an interrupted install, then the partition table): every disk left
+// behind must read as blank or as an interrupted keel install, which a rerun installs onto
+// without wipe. Never as data (the rerun would refuse) and never with the old ESP's boot
+// sector (an old loader would boot a half-written disk).
+func TestInstallWritesCutAnywhere(t *testing.T) {
+	l := testLayout(t)
+	old := newMemDisk(testDiskSize)
+	if err := writeGPT(old, l); err != nil {
+		t.Fatal(err)
+	}
+	esp, _ := l.Find(disk.PartEFI)
+	old.apply(bytes.Repeat([]byte{0xAB}, 4096), esp.Start) // an earlier attempt's FAT
+	old.writes = nil
+	start := old.clone()
+
+	run := start.clone()
+	if err := clearDisk(run, l); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeGPT(run, l); err != nil {
+		t.Fatal(err)
+	}
+	if len(run.writes) < 8 {
+		t.Fatalf("only %d writes recorded", len(run.writes))
+	}
+	for k := 0; k <= len(run.writes); k++ {
+		d := start.clone()
+		for _, w := range run.writes[:k] {
+			d.apply(w.data, w.off)
+		}
+		c := classify(t, d, d.size)
+		if c.State != Blank && c.State != KeelIncomplete {
+			t.Fatalf("cut after write %d of %d: %v (%s)", k, len(run.writes), c.State, c.What)
+		}
+		if k == len(run.writes) && c.State != KeelIncomplete {
+			t.Fatalf("all writes: %v", c.State)
+		}
+		// Once the clearing reached the ESP, its old boot sector never comes back.
+		if k >= 1 {
+			b := make([]byte, 4096)
+			d.ReadAt(b, esp.Start)
+			if !allZero(b) {
+				t.Fatalf("cut after write %d: the old ESP's sectors survive", k)
+			}
+		}
+	}
+	t.Logf("%d writes, every cut reads as blank or an interrupted install", len(run.writes))
+}
+
+// TestClassifyData: what other systems leave on a disk, made by the real tools where the host
+// has them.
+func TestClassifyData(t *testing.T) {
+	const size = 64 << 20
+	mk := func(t *testing.T, name string, args ...string) string {
+		p := filepath.Join(t.TempDir(), "disk")
+		if err := os.Truncate(p, 0); err != nil && !errors.Is(err, os.ErrNotExist) {
+			t.Fatal(err)
+		}
+		f, err := os.Create(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Truncate(size)
+		f.Close()
+		if name != "" {
+			bin, err := exec.LookPath(name)
+			if err != nil {
+				t.Skipf("%s not on this host", name)
+			}
+			if out, err := exec.Command(bin, append(args, p)...).CombinedOutput(); err != nil {
+				t.Fatalf("%s: %v: %s", name, err, out)
+			}
+		}
+		return p
+	}
+	check := func(t *testing.T, p, want string) {
+		f, err := os.Open(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		c := classify(t, f, size)
+		if c.State != Data || !strings.Contains(c.What, want) {
+			t.Fatalf("got %v (%s), want data: %s", c.State, c.What, want)
+		}
+	}
+	t.Run("ext4", func(t *testing.T) { check(t, mk(t, "mke2fs", "-q", "-t", "ext4", "-F"), "an ext2/3/4 filesystem") })
+	t.Run("fat32", func(t *testing.T) { check(t, mk(t, "mkfs.fat", "-F", "32"), "a FAT32 filesystem") })
+	t.Run("mbr", func(t *testing.T) {
+		p := mk(t, "")
+		f, _ := os.OpenFile(p, os.O_RDWR, 0)
+		f.WriteAt([]byte{0x80, 0, 0, 0, 0x83, 0, 0, 0, 0, 8, 0, 0, 0, 0, 1, 0}, 446)
+		f.WriteAt([]byte{0x55, 0xaa}, 510)
+		f.Close()
+		check(t, p, "MBR partition table")
+	})
+	t.Run("unknown", func(t *testing.T) {
+		p := mk(t, "")
+		f, _ := os.OpenFile(p, os.O_RDWR, 0)
+		f.WriteAt([]byte("some bytes"), size-4096)
+		f.Close()
+		check(t, p, "unknown content")
+	})
+	if _, err := Classify(bytes.NewReader(nil), disk.MiB); !errors.Is(err, ErrTooSmall) {
+		t.Errorf("tiny disk: %v", err)
+	}
+}
+
+func TestChoose(t *testing.T) {
+	blank := Content{State: Blank}
+	data := Content{State: Data, What: "an ext2/3/4 filesystem"}
+	nvme := Disk{Dev: "/dev/nvme0n1", Size: 512 << 30, Model: "Samsung SSD 980", Serial: "S4EW", Content: blank}
+	sata := Disk{Dev: "/dev/sda", Size: 4 << 40, Model: "ST4000NM", Content: data}
+	usb := Disk{Dev: "/dev/sdb", Size: 16 << 30, Model: "Cruzer", Removable: true, Content: blank}
+	interrupted := Disk{Dev: "/dev/sdc", Size: 256 << 30, Content: Content{State: KeelIncomplete}}
+	complete := Disk{Dev: "/dev/sdd", Size: 256 << 30, Content: Content{State: KeelComplete}}
+	all := []Disk{nvme, sata, usb}
+	ok := []struct {
+		name  string
+		disks []Disk
+		sel   Selector
+		wipe  bool
+		want  string
+	}{
+		{"the only empty disk (the stick is removable)", all, Selector{}, false, "/dev/nvme0n1"},
+		{"named", all, Selector{Dev: "/dev/nvme0n1"}, false, "/dev/nvme0n1"},
+		{"named removable", all, Selector{Dev: "/dev/sdb"}, false, "/dev/sdb"},
+		{"model", all, Selector{Model: "ST4000*"}, true, "/dev/sda"},
+		{"size", all, Selector{MinSize: 1 << 40}, true, "/dev/sda"},
+		{"serial", all, Selector{Serial: "S4*"}, false, "/dev/nvme0n1"},
+		{"an interrupted install needs no wipe", []Disk{interrupted, sata}, Selector{}, false, "/dev/sdc"},
+		{"wipe a complete install", []Disk{complete}, Selector{}, true, "/dev/sdd"},
+	}
+	for _, c := range ok {
+		d, err := Choose(c.disks, c.sel, c.wipe)
+		if err != nil || d.Dev != c.want {
+			t.Errorf("%s: got %s, %v; want %s", c.name, d.Dev, err, c.want)
+		}
+	}
+	bad := []struct {
+		name  string
+		disks []Disk
+		sel   Selector
+		err   error
+		msg   string
+	}{
+		{"data without wipe", all, Selector{Dev: "/dev/sda"}, ErrHoldsData, "holds an ext2/3/4 filesystem): refusing"},
+		{"complete install without wipe", []Disk{complete}, Selector{}, ErrHoldsData, "a complete keel install"},
+		{"two empty disks", []Disk{nvme, {Dev: "/dev/nvme1n1", Size: 1 << 40, Content: blank}}, Selector{}, ErrNoDisk, "2 disks match and 2 of them are empty"},
+		{"only data disks", []Disk{sata, {Dev: "/dev/sdx", Size: 1 << 40, Content: data}}, Selector{}, ErrNoDisk, "0 of them are empty"},
+		{"no match", all, Selector{Model: "Intel*"}, ErrNoDisk, "no disk matches"},
+		{"absent device", all, Selector{Dev: "/dev/vda"}, ErrNoDisk, "/dev/nvme0n1 (524288 MiB, Samsung SSD 980, serial S4EW, blank)"},
+		{"read-only", []Disk{{Dev: "/dev/sr0", Size: 1 << 30, ReadOnly: true}}, Selector{Dev: "/dev/sr0"}, ErrNoDisk, "read-only"},
+		{"too big", all, Selector{MaxSize: 100 << 30, Model: "Samsung*"}, ErrNoDisk, "no disk matches"},
+	}
+	for _, c := range bad {
+		_, err := Choose(c.disks, c.sel, false)
+		if !errors.Is(err, c.err) || !strings.Contains(err.Error(), c.msg) {
+			t.Errorf("%s: got %v, want %v saying %q", c.name, err, c.err, c.msg)
+		}
+	}
+}
