@@ -3,7 +3,12 @@ package e2e
 import (
 	"bytes"
 	"crypto/sha256"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -135,6 +140,8 @@ func TestInstall(t *testing.T) {
 	if r.Version != "v1.0.0-e2e" || r.Slot != "A" || !strings.HasPrefix(partition(st, disk.PartState).Device, "/dev/nvme0n1p") {
 		t.Fatalf("installed node: version %s slot %s STATE %+v", r.Version, r.Slot, partition(st, disk.PartState))
 	}
+	// What a person at either console reads: the node's endpoint.
+	vm.Expect(`keel: v1.0.0-e2e ready \(slot A\); endpoint https://10\.0\.2\.15:50000 \(mTLS\)`, 10*time.Second)
 	id := vm.Upgrade(v2, true)
 	st = vm.WaitUpgrade(id, upgradeTimeout)
 	mustState(t, st, upgrade.Done, "v2.0.0-e2e", boot.SlotB)
@@ -294,5 +301,74 @@ func extract(t *testing.T, img string, p disk.Part, out string) {
 				t.Fatal(err)
 			}
 		}
+	}
+}
+
+// TestInstallPushed: with keel.install.token instead of a document URL, install mode serves
+// its maintenance endpoint and waits: a SATA disk, an e1000e NIC, no disk named (the only empty
+// disk). Without the token nothing is answered; a bad document is refused with its reason and
+// nothing written; the good one installs and the node reboots.
+func TestInstallPushed(t *testing.T) {
+	t.Parallel()
+	reg := vmtest.NewRegistry(t)
+	v1 := reg.PushInstaller(t, "keel:v1.0.0-e2e", vmtest.InstallerOptions{Version: "v1.0.0-e2e"})
+	img := image(t, vmtest.ImageOptions{VersionA: "v1.0.0-e2e"})
+	cfg, err := vmtest.HarnessConfig(config.Config{}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, err := nodeimage.InstallDocument(img.PKIDir, cfg, nil, v1, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	token := "e2e-install-token"
+	th := sha256.Sum256([]byte(token))
+	vm := vmtest.NewBlank(t, img, 1024)
+	vm.DiskBus, vm.NIC, vm.NoReboot = "ahci", "e1000e", true
+	vm.Direct = img.Direct(t, "console=ttyS0,115200 panic=1 keel.install= keel.install.token=sha256:"+hex.EncodeToString(th[:]))
+	vm.Start()
+	m := vm.Expect(`keel-install: maintenance: waiting for the install document: .*public key sha256:([0-9a-f]{64})`, installTimeout)
+	pin := m[1]
+	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if hex.EncodeToString(install.PinHash(cs.PeerCertificates[0])) != pin {
+				return errors.New("not the key the console printed")
+			}
+			return nil
+		}}}}
+	call := func(method, tok string, body []byte) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest(method, fmt.Sprintf("https://127.0.0.1:%d/v1/install", vm.Port), bytes.NewReader(body))
+		if tok != "" {
+			req.Header.Set("Authorization", "Bearer "+tok)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, _ := call("GET", "", nil); code != http.StatusUnauthorized {
+		t.Errorf("no token: %d", code)
+	}
+	if code, b := call("GET", token, nil); code != 200 || !strings.Contains(b, `"waiting"`) || !strings.Contains(b, "/dev/sda (1024 MiB") {
+		t.Errorf("status: %d %s", code, b)
+	}
+	if code, b := call("POST", token, []byte(`{"image": "x", "config": {}, "files": {}}`)); code != 400 || !strings.Contains(b, "no pki/ca.crt") {
+		t.Errorf("bad document: %d %s", code, b)
+	}
+	if c, _ := diskState(t, vm.Disk); c.State != install.Blank {
+		t.Fatalf("a refused document changed the disk: %v", c.State)
+	}
+	if code, b := call("POST", token, doc); code != http.StatusAccepted {
+		t.Fatalf("push: %d %s", code, b)
+	}
+	vm.Expect(`keel-install: disk: installing on /dev/sda`, installTimeout)
+	vm.Expect(`keel-install: done version=v1.0.0-e2e disk=/dev/sda`, installTimeout)
+	vm.WaitExit(time.Minute)
+	if c, loader := diskState(t, vm.Disk); c.State != install.KeelIncomplete || !loader {
+		t.Fatalf("pushed install: disk %v, loader %v", c.State, loader)
 	}
 }

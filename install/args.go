@@ -8,6 +8,9 @@
 //	keel.config=https://...     the install document
 //	keel.config.ca=sha256:HEX   the pinned CA: SHA-256 of its SubjectPublicKeyInfo (kubeadm's
 //	                            discovery hash), required for https
+//	keel.install.token=sha256:HEX  instead of keel.config: serve the maintenance endpoint
+//	                            (maintenance.go) and wait for an admin to push the document
+//	                            with the token of that hash
 //
 // args.go, content.go and document.go are pure; fetch.go talks HTTPS; install_linux.go does
 // the disk work.
@@ -29,6 +32,7 @@ const (
 	ArgInstall  = "keel.install"
 	ArgConfig   = "keel.config"
 	ArgConfigCA = "keel.config.ca"
+	ArgToken    = "keel.install.token"
 )
 
 // ErrArgs wraps every command line error.
@@ -51,6 +55,9 @@ type Args struct {
 	Wipe   bool
 	Config string // https URL of the install document
 	CAHash []byte // SHA-256 of the pinned CA's SubjectPublicKeyInfo
+	// TokenHash, instead of Config: the node serves a maintenance endpoint and waits for an
+	// admin to push the document with the token whose SHA-256 this is.
+	TokenHash []byte
 }
 
 // Requested reports whether the command line asks for install mode.
@@ -109,20 +116,39 @@ func ParseArgs(c boot.Cmdline) (Args, error) {
 		return a, fmt.Errorf("%w: %s: max-size is below min-size", ErrArgs, ArgInstall)
 	}
 	a.Config = c[ArgConfig]
+	tok, hasToken := c[ArgToken]
 	switch {
+	case a.Config == "" && hasToken:
+		h, err := parseHash(tok)
+		if err != nil {
+			return a, fmt.Errorf("%w: %s=%q: %w (the SHA-256 of the token an admin sends: printf %%s TOKEN | sha256sum)", ErrArgs, ArgToken, tok, err)
+		}
+		a.TokenHash = h
+		return a, nil
 	case a.Config == "":
-		return a, fmt.Errorf("%w: no %s= (the install document's https URL)", ErrArgs, ArgConfig)
+		return a, fmt.Errorf("%w: no %s= (the install document's https URL) and no %s= (wait for an admin to push it)", ErrArgs, ArgConfig, ArgToken)
+	case hasToken:
+		return a, fmt.Errorf("%w: %s= and %s= both given: the document comes from one place", ErrArgs, ArgConfig, ArgToken)
 	case !strings.HasPrefix(a.Config, "https://"):
 		// The document carries the node's private key: never over plain HTTP.
 		return a, fmt.Errorf("%w: %s=%q: must be an https URL", ErrArgs, ArgConfig, a.Config)
 	}
-	pin, ok := strings.CutPrefix(c[ArgConfigCA], "sha256:")
-	b, err := hex.DecodeString(pin)
-	if !ok || err != nil || len(b) != 32 {
-		return a, fmt.Errorf("%w: %s=%q: want sha256:<64 hex digits> of the CA's public key (openssl x509 -pubkey -noout | openssl pkey -pubin -outform der | sha256sum)", ErrArgs, ArgConfigCA, c[ArgConfigCA])
+	b, err := parseHash(c[ArgConfigCA])
+	if err != nil {
+		return a, fmt.Errorf("%w: %s=%q: %w of the CA's public key (openssl x509 -pubkey -noout | openssl pkey -pubin -outform der | sha256sum)", ErrArgs, ArgConfigCA, c[ArgConfigCA], err)
 	}
 	a.CAHash = b
 	return a, nil
+}
+
+// parseHash reads sha256:HEX.
+func parseHash(v string) ([]byte, error) {
+	h, ok := strings.CutPrefix(v, "sha256:")
+	b, err := hex.DecodeString(h)
+	if !ok || err != nil || len(b) != 32 {
+		return nil, errors.New("want sha256:<64 hex digits>")
+	}
+	return b, nil
 }
 
 // ParseSize reads a byte count with an optional K, M, G or T suffix (powers of 1024).

@@ -38,6 +38,9 @@ func TestParseArgs(t *testing.T) {
 		{"keel.install=/dev/sda keel.config.ca=" + pin, "no keel.config="},
 		{"keel.install=/dev/sda keel.config=http://h/n.json keel.config.ca=" + pin, "must be an https URL"},
 		{"keel.install=/dev/sda keel.config=https://h/n.json", "keel.config.ca"},
+		{"keel.install=/dev/sda", "no keel.install.token="},
+		{"keel.install=/dev/sda keel.install.token=abc", "keel.install.token"},
+		{"keel.install=/dev/sda keel.config=https://h/n.json keel.config.ca=" + pin + " keel.install.token=" + pin, "both given"},
 		{"keel.install=/dev/sda keel.config=https://h/n.json keel.config.ca=sha256:abcd", "keel.config.ca"},
 		{"keel.install=/dev/sda keel.config=https://h/n.json keel.config.ca=md5:" + pin[7:], "keel.config.ca"},
 		{"keel.install=/dev/sda,/dev/sdb keel.config=https://h/n.json keel.config.ca=" + pin, "two disks"},
@@ -53,6 +56,10 @@ func TestParseArgs(t *testing.T) {
 		if !errors.Is(err, ErrArgs) || !strings.Contains(err.Error(), c.msg) {
 			t.Errorf("%q: got %v, want an ErrArgs saying %q", c.in, err, c.msg)
 		}
+	}
+	a, err := ParseArgs(cl("keel.install=,wipe keel.install.token=" + pin))
+	if err != nil || len(a.TokenHash) != 32 || a.Config != "" || !a.Wipe {
+		t.Errorf("maintenance args: %+v %v", a, err)
 	}
 	if Requested(cl("slot=A quiet")) || !Requested(cl("keel.install")) {
 		t.Error("Requested")

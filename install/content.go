@@ -186,7 +186,10 @@ type Disk struct {
 	Serial    string
 	Removable bool // USB sticks and the like: never chosen unless named
 	ReadOnly  bool
-	Content   Content
+	// SectorSize is the logical sector size (0: unknown, taken as 512). keel's layout is
+	// written for 512-byte sectors.
+	SectorSize int64
+	Content    Content
 }
 
 func (d Disk) String() string {
@@ -262,6 +265,9 @@ func Choose(disks []Disk, s Selector, wipe bool) (Disk, error) {
 	d := match[0]
 	if d.ReadOnly {
 		return Disk{}, fmt.Errorf("%w: %s is read-only", ErrNoDisk, d)
+	}
+	if d.SectorSize != 0 && d.SectorSize != 512 {
+		return Disk{}, fmt.Errorf("%w: %s has %d-byte logical sectors; keel's partition table is laid out for 512", ErrNoDisk, d, d.SectorSize)
 	}
 	if (d.Content.State == Data || d.Content.State == KeelComplete) && !wipe {
 		return Disk{}, fmt.Errorf("%w: %s: refusing to install over it; add wipe to keel.install to erase it", ErrHoldsData, d)

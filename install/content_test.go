@@ -28,6 +28,7 @@ type memDisk struct {
 type write struct {
 	off  int64
 	data []byte
+	sync bool // a Sync, not a write: what was written before it is durable
 }
 
 func newMemDisk(size int64) *memDisk { return &memDisk{size: size, blocks: map[int64][]byte{}} }
@@ -55,7 +56,7 @@ func (d *memDisk) ReadAt(b []byte, off int64) (int, error) {
 }
 
 func (d *memDisk) WriteAt(b []byte, off int64) (int, error) {
-	d.writes = append(d.writes, write{off, bytes.Clone(b)})
+	d.writes = append(d.writes, write{off: off, data: bytes.Clone(b)})
 	d.apply(b, off)
 	return len(b), nil
 }
@@ -82,7 +83,7 @@ func (d *memDisk) clone() *memDisk {
 	return c
 }
 
-func (d *memDisk) Sync() error { return nil }
+func (d *memDisk) Sync() error { d.writes = append(d.writes, write{sync: true}); return nil }
 func (d *memDisk) Read(b []byte) (int, error) {
 	n, err := d.ReadAt(b, d.off)
 	d.off += int64(n)
@@ -91,7 +92,10 @@ func (d *memDisk) Read(b []byte) (int, error) {
 func (d *memDisk) Close() error               { return nil }
 func (d *memDisk) Stat() (fs.FileInfo, error) { return sizedInfo{d.size}, nil }
 func (d *memDisk) Seek(off int64, whence int) (int64, error) {
-	return (&sized{size: d.size, off: d.off}).Seek(off, whence)
+	z := &sized{size: d.size, off: d.off}
+	n, err := z.Seek(off, whence)
+	d.off = n
+	return n, err
 }
 
 func classify(t *testing.T, d io.ReaderAt, size int64) Content {
@@ -117,7 +121,7 @@ func TestClassifyKeel(t *testing.T) {
 	if c := classify(t, d, d.size); c.State != Blank {
 		t.Fatalf("zeroed disk: %+v", c)
 	}
-	if err := writeGPT(d, l); err != nil {
+	if err := writeGPT(d, l, d.size); err != nil {
 		t.Fatal(err)
 	}
 	c := classify(t, d, d.size)
@@ -132,7 +136,7 @@ func TestClassifyKeel(t *testing.T) {
 	}
 	// Both copies damaged: someone's data.
 	d2 := newMemDisk(testDiskSize)
-	writeGPT(d2, l)
+	writeGPT(d2, l, d2.size)
 	d2.apply([]byte{0xff}, 512+16)              // primary header CRC field
 	d2.apply([]byte{0xff}, testDiskSize-512+16) // backup's
 	if c := classify(t, d2, d2.size); c.State != Data || !strings.Contains(c.What, "damaged GPT") {
@@ -143,60 +147,118 @@ func TestClassifyKeel(t *testing.T) {
 	other.Parts = append([]disk.Part(nil), l.Parts...)
 	other.Parts[4].Name = "root"
 	d3 := newMemDisk(testDiskSize)
-	writeGPT(d3, other)
+	writeGPT(d3, other, d3.size)
 	if c := classify(t, d3, d3.size); c.State != Data || !strings.Contains(c.What, "root") {
 		t.Fatalf("other GPT: %+v", c)
 	}
 }
 
-// TestInstallWritesCutAnywhere cuts the power after every single write of the disk's
-// preparation (clearing an interrupted install, then the partition table): every disk left
-// behind must read as blank or as an interrupted keel install, which a rerun installs onto
-// without wipe. Never as data (the rerun would refuse) and never with the old ESP's boot
-// sector (an old loader would boot a half-written disk).
+// TestInstallWritesCutAnywhere cuts the power at every point of the disk's preparation
+// (clearing, the mark, the partition table), with every subset of the writes since the last
+// sync made durable (a disk may persist unsynced writes in any order). From an interrupted
+// install or a blank disk, every disk left behind must read as blank or as an interrupted
+// install, which a rerun installs onto without wipe; never as data (the rerun would refuse).
+// From a disk holding data (installed over with wipe) it may also still read as data: the
+// rerun has the same wipe. The disk is 1 GiB and 4 KiB: not whole MiBs, as most real disks.
 func TestInstallWritesCutAnywhere(t *testing.T) {
+	const size = testDiskSize + 4096
 	l := testLayout(t)
-	old := newMemDisk(testDiskSize)
-	if err := writeGPT(old, l); err != nil {
-		t.Fatal(err)
-	}
 	esp, _ := l.Find(disk.PartEFI)
-	old.apply(bytes.Repeat([]byte{0xAB}, 4096), esp.Start) // an earlier attempt's FAT
-	old.writes = nil
-	start := old.clone()
-
-	run := start.clone()
-	if err := clearDisk(run, l); err != nil {
+	interrupted := newMemDisk(size)
+	if err := writeGPT(interrupted, l, size); err != nil {
 		t.Fatal(err)
 	}
-	if err := writeGPT(run, l); err != nil {
-		t.Fatal(err)
-	}
-	if len(run.writes) < 8 {
-		t.Fatalf("only %d writes recorded", len(run.writes))
-	}
-	for k := 0; k <= len(run.writes); k++ {
-		d := start.clone()
-		for _, w := range run.writes[:k] {
-			d.apply(w.data, w.off)
-		}
-		c := classify(t, d, d.size)
-		if c.State != Blank && c.State != KeelIncomplete {
-			t.Fatalf("cut after write %d of %d: %v (%s)", k, len(run.writes), c.State, c.What)
-		}
-		if k == len(run.writes) && c.State != KeelIncomplete {
-			t.Fatalf("all writes: %v", c.State)
-		}
-		// Once the clearing reached the ESP, its old boot sector never comes back.
-		if k >= 1 {
-			b := make([]byte, 4096)
-			d.ReadAt(b, esp.Start)
-			if !allZero(b) {
-				t.Fatalf("cut after write %d: the old ESP's sectors survive", k)
+	interrupted.apply([]byte("FAT32   "), esp.Start+0x52) // an earlier attempt's ESP, no loader yet
+	data := newMemDisk(size)
+	data.apply([]byte{0x53, 0xef}, 0x438)    // an ext4 filesystem
+	data.apply([]byte("EFI PART"), size-512) // and a stray backup GPT header at the real end
+	for _, c := range []struct {
+		name  string
+		start *memDisk
+		also  State
+	}{{"interrupted", interrupted, KeelIncomplete}, {"blank", newMemDisk(size), Blank}, {"data", data, Data}} {
+		t.Run(c.name, func(t *testing.T) {
+			run := c.start.clone()
+			if err := clearDisk(run, l, size); err != nil {
+				t.Fatal(err)
 			}
-		}
+			if err := writeGPT(run, l, size); err != nil {
+				t.Fatal(err)
+			}
+			ops := run.writes
+			states := 0
+			for k := 0; k <= len(ops); k++ {
+				last := 0 // writes before the last sync up to k are durable
+				for i := k - 1; i >= 0; i-- {
+					if ops[i].sync {
+						last = i + 1
+						break
+					}
+				}
+				var pending []write
+				for _, w := range ops[last:k] {
+					if !w.sync {
+						pending = append(pending, w)
+					}
+				}
+				if len(pending) > 12 {
+					t.Fatalf("%d unsynced writes at once", len(pending))
+				}
+				for mask := 0; mask < 1<<len(pending); mask++ {
+					d := c.start.clone()
+					for _, w := range ops[:last] {
+						if !w.sync {
+							d.apply(w.data, w.off)
+						}
+					}
+					for i, w := range pending {
+						if mask&(1<<i) != 0 {
+							d.apply(w.data, w.off)
+						}
+					}
+					got := classify(t, d, size)
+					if got.State != Blank && got.State != KeelIncomplete && got.State != c.also {
+						t.Fatalf("cut after op %d of %d (pending mask %b): %v (%s)", k, len(ops), mask, got.State, got.What)
+					}
+					states++
+				}
+			}
+			final := run.clone()
+			if got := classify(t, final, size); got.State != KeelIncomplete {
+				t.Fatalf("after every write: %v", got.State)
+			}
+			// The backup table is on the disk's real last sector: it alone still reads.
+			final.apply(make([]byte, disk.MiB), 0)
+			if got := classify(t, final, size); got.State != KeelIncomplete || got.ESP.Start != esp.Start {
+				t.Fatalf("backup table alone: %+v", got)
+			}
+			t.Logf("%d operations, %d disk states after a cut: each blank, an interrupted install or as it started", len(ops), states)
+		})
 	}
-	t.Logf("%d writes, every cut reads as blank or an interrupted install", len(run.writes))
+}
+
+// TestGPTOnOddSizedDisk: the table written for a disk that is not whole MiBs passes sgdisk -v
+// (the backup on the last sector).
+func TestGPTOnOddSizedDisk(t *testing.T) {
+	sgdisk, err := exec.LookPath("sgdisk")
+	if err != nil {
+		t.Skip("no sgdisk on this host (make deps installs gdisk)")
+	}
+	p := filepath.Join(t.TempDir(), "disk")
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const size = testDiskSize + 4096
+	f.Truncate(size)
+	if err := writeGPT(f, testLayout(t), size); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	out, err := exec.Command(sgdisk, "-v", p).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "No problems found") {
+		t.Fatalf("sgdisk -v: %v\n%s", err, out)
+	}
 }
 
 // TestClassifyData: what other systems leave on a disk, made by the real tools where the host
@@ -303,6 +365,7 @@ func TestChoose(t *testing.T) {
 		{"no match", all, Selector{Model: "Intel*"}, ErrNoDisk, "no disk matches"},
 		{"absent device", all, Selector{Dev: "/dev/vda"}, ErrNoDisk, "/dev/nvme0n1 (524288 MiB, Samsung SSD 980, serial S4EW, blank)"},
 		{"read-only", []Disk{{Dev: "/dev/sr0", Size: 1 << 30, ReadOnly: true}}, Selector{Dev: "/dev/sr0"}, ErrNoDisk, "read-only"},
+		{"4K sectors", []Disk{{Dev: "/dev/sdq", Size: 1 << 40, SectorSize: 4096, Content: blank}}, Selector{}, ErrNoDisk, "4096-byte logical sectors"},
 		{"too big", all, Selector{MaxSize: 100 << 30, Model: "Samsung*"}, ErrNoDisk, "no disk matches"},
 	}
 	for _, c := range bad {

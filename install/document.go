@@ -42,6 +42,10 @@ const MaxDocument = 4 << 20
 // requiredFiles are what the endpoint needs to serve at all (sequence's PKIDir).
 var requiredFiles = []string{"pki/" + pki.FileCA, "pki/" + pki.FileServer, "pki/" + pki.FileServerKey}
 
+// reservedArgs are kernel arguments the document may not set: the boot entries' own, and
+// those that would replace the init.
+var reservedArgs = []string{"slot", "panic", "init", "rdinit"}
+
 // kernelArgsRE keeps kernel arguments to what a grub.cfg line can hold without quoting: no
 // quotes, no $, no ;, no newline.
 var kernelArgsRE = regexp.MustCompile(`^[A-Za-z0-9 ._,:=/+@-]*$`)
@@ -87,6 +91,12 @@ func ParseDocument(b []byte) (Document, config.Config, error) {
 	}
 	if len(d.KernelArgs) > 1024 || !kernelArgsRE.MatchString(d.KernelArgs) {
 		return d, cfg, fmt.Errorf("%w: kernel_args %q: at most 1024 of letters, digits, spaces and ._,:=/+@-", ErrDocument, d.KernelArgs)
+	}
+	for _, f := range strings.Fields(d.KernelArgs) {
+		k, _, _ := strings.Cut(f, "=")
+		if strings.HasPrefix(k, "keel.") || slices.Contains(reservedArgs, k) {
+			return d, cfg, fmt.Errorf("%w: kernel_args: %q is keel's to set (the boot entries set slot= and panic=; keel.* would change what the node does at boot)", ErrDocument, f)
+		}
 	}
 	return d, cfg, nil
 }

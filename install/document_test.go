@@ -93,6 +93,9 @@ func TestParseDocument(t *testing.T) {
 		{"no CA PEM", files(func(f map[string]string) { f["pki/ca.crt"] = "junk" }), "key material"},
 		{"kernel args injection", func(m map[string]any) { m["kernel_args"] = "quiet\n}\nmenuentry evil {" }, "kernel_args"},
 		{"kernel args quote", func(m map[string]any) { m["kernel_args"] = `a="b"` }, "kernel_args"},
+		{"kernel args reinstall", func(m map[string]any) { m["kernel_args"] = "quiet keel.install=wipe" }, "keel's to set"},
+		{"kernel args slot", func(m map[string]any) { m["kernel_args"] = "slot=B" }, "keel's to set"},
+		{"kernel args init", func(m map[string]any) { m["kernel_args"] = "init=/bin/sh" }, "keel's to set"},
 		{"kernel args too long", func(m map[string]any) { m["kernel_args"] = strings.Repeat("a", 1025) }, "kernel_args"},
 	}
 	for _, c := range bad {
@@ -143,6 +146,18 @@ func TestFetchPinned(t *testing.T) {
 	// The pinned CA is in the chain, but the leaf is another CA's: the chain must verify.
 	if _, err := Fetch(ctx, serve(t, p.otherServer, p.ca, true, ok), PinHash(p.ca.Cert), nil); !errors.Is(err, ErrPin) {
 		t.Fatalf("leaf of another CA: %v", err)
+	}
+	// The certificate is for 127.0.0.1, not for the name asked.
+	if _, err := Fetch(ctx, strings.Replace(url, "127.0.0.1", "localhost", 1), PinHash(p.ca.Cert), nil); !errors.Is(err, ErrPin) {
+		t.Fatalf("host name mismatch: %v", err)
+	}
+	// A redirect is refused, not followed (not retried either).
+	t0 = time.Now()
+	redirect := serve(t, p.server, p.ca, true, func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, "http://127.0.0.1:1/node.json", http.StatusFound)
+	})
+	if _, err := Fetch(ctx, redirect, PinHash(p.ca.Cert), nil); err == nil || !strings.Contains(err.Error(), "redirects are not followed") || time.Since(t0) > 5*time.Second {
+		t.Fatalf("redirect: %v", err)
 	}
 	// 404 is an answer; 503 is retried until it works.
 	if _, err := Fetch(ctx, serve(t, p.server, p.ca, true, http.NotFound), PinHash(p.ca.Cert), nil); err == nil || !strings.Contains(err.Error(), "404") {

@@ -17,6 +17,8 @@ import (
 // verify against it.
 var ErrPin = errors.New("the server is not vouched for by the pinned CA")
 
+var errRedirect = errors.New("redirects are not followed: point keel.config at the document itself")
+
 // PinHash is the pin of a CA certificate: SHA-256 of its DER SubjectPublicKeyInfo.
 func PinHash(c *x509.Certificate) []byte {
 	h := sha256.Sum256(c.RawSubjectPublicKeyInfo)
@@ -67,7 +69,9 @@ func Fetch(ctx context.Context, url string, pin []byte, log func(error)) ([]byte
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %w", ErrDocument, url, err)
 	}
-	c := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: pinnedTLS(req.URL.Hostname(), pin)}}
+	c := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: pinnedTLS(req.URL.Hostname(), pin)},
+		// The pin is for this server: a redirect (to plain HTTP, or another host) is refused.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return errRedirect }}
 	defer c.CloseIdleConnections()
 	for {
 		b, retry, err := fetchOnce(c, req)
@@ -88,8 +92,8 @@ func Fetch(ctx context.Context, url string, pin []byte, log func(error)) ([]byte
 func fetchOnce(c *http.Client, req *http.Request) (b []byte, retry bool, err error) {
 	resp, err := c.Do(req)
 	if err != nil {
-		// A pin mismatch is an answer, not a hiccup.
-		return nil, !errors.Is(err, ErrPin), fmt.Errorf("fetch %s: %w", req.URL, err)
+		// A pin mismatch or a redirect is an answer, not a hiccup.
+		return nil, !errors.Is(err, ErrPin) && !errors.Is(err, errRedirect), fmt.Errorf("fetch %s: %w", req.URL, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -27,6 +28,9 @@ import (
 // Options are what an install needs from the init around it.
 type Options struct {
 	Args Args
+	// Document is the install document if an admin pushed it (Maintenance); nil: fetched
+	// from Args.Config.
+	Document []byte
 	// Run runs a command (PID 1's reaper: the child is the init's own).
 	Run func(*exec.Cmd) error
 	// Step hears each step as it starts and ends: the console and the event stream.
@@ -48,21 +52,31 @@ type Result struct {
 // signed installer image, like the rest of the slot.
 const BootloaderFile = "bootx64.efi"
 
+// The tools install mode runs, carried in the initramfs (nodeimage.DefaultBinaries).
+const (
+	mke2fs  = "/sbin/mke2fs"
+	mkfsFAT = "/sbin/mkfs.fat"
+)
+
 // Bootloader is where UEFI firmware looks for a removable-media loader; the install writes it
 // last, so a disk without it boots nothing and is an interrupted install.
 const Bootloader = "EFI/BOOT/BOOTX64.EFI"
 
-// Run installs keel: fetches the document, picks the disk, verifies the installer image
+// Run installs keel: fetches the document (unless pushed), picks the disk, verifies the installer image
 // (signature included) before anything is written, then lays the disk out and fills it so
 // that the firmware finds a bootloader only once everything else is on the disk and synced.
 func Run(ctx context.Context, o Options) (Result, error) {
 	var res Result
-	o.Step("document", "fetching "+o.Args.Config)
-	fctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
-	b, err := Fetch(fctx, o.Args.Config, o.Args.CAHash, o.Warn)
-	cancel()
-	if err != nil {
-		return res, err
+	b := o.Document
+	if b == nil {
+		o.Step("document", "fetching "+o.Args.Config)
+		fctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+		var err error
+		b, err = Fetch(fctx, o.Args.Config, o.Args.CAHash, o.Warn)
+		cancel()
+		if err != nil {
+			return res, err
+		}
 	}
 	doc, cfg, err := ParseDocument(b)
 	if err != nil {
@@ -79,6 +93,7 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		return res, err
 	}
 	res.Disk = d
+	// Partitions on whole MiBs; the backup GPT at the disk's real last sector.
 	layout, err := disk.Plan(d.Size/disk.MiB*disk.MiB, disk.DefaultSpecs)
 	if err != nil {
 		return res, fmt.Errorf("%s: %w", d.Dev, err)
@@ -95,14 +110,22 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		return res, err // nothing written yet
 	}
 	res.Version, res.Digest = pulled.Manifest.Version, pulled.Digest
+	if !slices.ContainsFunc(pulled.Manifest.Slot.Files, func(f disk.File) bool { return f.Name == BootloaderFile }) {
+		return res, fmt.Errorf("%s (version %s) carries no %s: an image built before install mode cannot install", doc.Image, pulled.Manifest.Version, BootloaderFile)
+	}
+	for _, tool := range []string{mke2fs, mkfsFAT} {
+		if _, err := os.Stat(tool); err != nil {
+			return res, fmt.Errorf("this initramfs lacks %s (the image was built on a host without it): %w", tool, err)
+		}
+	}
 	o.Step("pull", fmt.Sprintf("%s is version %s (%s), signed by %s", doc.Image, pulled.Manifest.Version, pulled.Digest, signer(pulled.Signed)))
 
 	// From here the disk changes. The order keeps it either bootless or complete.
-	if err := clearDev(d.Dev, layout); err != nil {
+	if err := clearDev(d.Dev, layout, d.Size); err != nil {
 		return res, err
 	}
 	o.Step("partition", "writing the GPT")
-	parts, err := partition(ctx, d.Dev, layout, o.SysRoot)
+	parts, err := partition(ctx, d.Dev, layout, d.Size, o.SysRoot)
 	if err != nil {
 		return res, err
 	}
@@ -151,13 +174,13 @@ func partList(parts map[string]disk.Device) string {
 }
 
 // clearDev zeroes the disk's old life (clearDisk).
-func clearDev(dev string, l disk.Layout) error {
+func clearDev(dev string, l disk.Layout, size int64) error {
 	f, err := os.OpenFile(dev, os.O_WRONLY|unix.O_EXCL, 0)
 	if err != nil {
 		return fmt.Errorf("open %s: %w", dev, err)
 	}
 	defer f.Close()
-	if err := clearDisk(f, l); err != nil {
+	if err := clearDisk(f, l, size); err != nil {
 		return fmt.Errorf("clear %s: %w", dev, err)
 	}
 	return nil
@@ -165,13 +188,13 @@ func clearDev(dev string, l disk.Layout) error {
 
 // partition writes the layout's GPT (writeGPT), has the kernel read it and waits for the
 // partitions.
-func partition(ctx context.Context, dev string, l disk.Layout, sysRoot string) (map[string]disk.Device, error) {
+func partition(ctx context.Context, dev string, l disk.Layout, size int64, sysRoot string) (map[string]disk.Device, error) {
 	f, err := os.OpenFile(dev, os.O_RDWR|unix.O_EXCL, 0)
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", dev, err)
 	}
 	defer f.Close()
-	if err := writeGPT(f, l); err != nil {
+	if err := writeGPT(f, l, size); err != nil {
 		return nil, fmt.Errorf("%s: %w", dev, err)
 	}
 	if err := f.Sync(); err != nil {
@@ -258,12 +281,12 @@ func writeSlot(ctx context.Context, o Options, dev, image string, p installer.Po
 	defer cancel()
 	r, err := installer.ParseReference(image, po.Insecure)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("slot A: %w", err)
 	}
 	// The write fetches exactly the image verified: by its digest.
 	src, err := installer.Open(wctx, r.Context().Digest(pulled.Digest).String(), p, po)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("slot A: %w", err)
 	}
 	defer src.Close()
 	if src.Manifest.SlotSHA256 != pulled.Manifest.SlotSHA256 || src.Manifest.SlotSize != pulled.Manifest.SlotSize {
@@ -276,7 +299,7 @@ func writeSlot(ctx context.Context, o Options, dev, image string, p installer.Po
 			o.Step("slot", fmt.Sprintf("%d of %d MiB", done>>20, total>>20))
 		}
 	}); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("slot A: %w", err)
 	}
 	dir := filepath.Join(o.WorkDir, "slot")
 	m, err := disk.ReadSlot(wctx, dev, dir, true)
@@ -323,7 +346,7 @@ func writeESP(o Options, dev string, l disk.Layout, kernelArgs string, efi []byt
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command("/sbin/mkfs.fat", "-F", "32", "-s", "1", "-S", "512", "-n", "EFI", dev)
+	cmd := exec.Command(mkfsFAT, "-F", "32", "-s", "1", "-S", "512", "-n", "EFI", dev)
 	var out strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := o.Run(cmd); err != nil {
@@ -398,12 +421,13 @@ func ListDisks(sysRoot, probeDir string) ([]Disk, error) {
 		if d.Size == 0 {
 			continue // an empty card reader
 		}
+		d.SectorSize = readInt(filepath.Join(dir, "queue", "logical_block_size"))
 		c, err := classifyDev(d.Dev, d.Size)
 		if err != nil {
 			c = Content{State: Data, What: "unreadable content (" + err.Error() + ")"}
 		}
-		if c.State == KeelIncomplete && hasBootloader(d.Dev, c.ESP, probeDir) {
-			c.State = KeelComplete
+		if c.State == KeelIncomplete {
+			c = espState(d.Dev, c, probeDir)
 		}
 		d.Content = c
 		out = append(out, d)
@@ -439,16 +463,38 @@ func classifyDev(dev string, size int64) (Content, error) {
 	return Classify(f, size)
 }
 
-// hasBootloader mounts the ESP of a keel disk read-only (through a loop device over its byte
-// range: the disk's partitions may not be known to the kernel yet) and looks for the loader.
-func hasBootloader(dev string, esp disk.Part, dir string) bool {
-	if esp.Size == 0 {
-		return false // only the Mark: the table never made it
+// espState tells a complete keel install from an interrupted one by its ESP, which install
+// mode makes last: no FAT boot sector (zeroed by the clearing) or no loader in it is
+// interrupted, the loader there is complete, and an ESP that has a FAT but cannot be read is
+// data (install mode cannot tell, so it is not overwritten without wipe).
+func espState(dev string, c Content, dir string) Content {
+	if c.ESP.Size == 0 {
+		return c // only the Mark: the table never made it
 	}
-	if err := machine.MountLoopRange(dev, esp.Start, esp.Size, dir, "vfat", unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC); err != nil {
-		return false
+	f, err := os.Open(dev)
+	if err != nil {
+		return Content{State: Data, What: "an unreadable disk (" + err.Error() + ")"}
 	}
-	defer machine.Unmount(dir, time.Second)
-	fi, err := os.Stat(filepath.Join(dir, Bootloader))
-	return err == nil && fi.Size() > 0
+	bs := make([]byte, 512)
+	_, err = f.ReadAt(bs, c.ESP.Start)
+	f.Close()
+	if err != nil {
+		return Content{State: Data, What: "an unreadable ESP (" + err.Error() + ")"}
+	}
+	if string(bs[0x52:0x5a]) != "FAT32   " {
+		return c // not made yet
+	}
+	// Through a loop device over the ESP's byte range: the kernel may not know the partitions.
+	if err := machine.MountLoopRange(dev, c.ESP.Start, c.ESP.Size, dir, "vfat", unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC); err != nil {
+		return Content{State: Data, What: "a keel disk whose ESP cannot be mounted (" + err.Error() + ")"}
+	}
+	fi, serr := os.Stat(filepath.Join(dir, Bootloader))
+	if err := machine.Unmount(dir, 5*time.Second); err != nil {
+		// The loop device would keep the disk open under the install.
+		return Content{State: Data, What: "a keel disk whose ESP stays mounted (" + err.Error() + ")"}
+	}
+	if serr == nil && fi.Size() > 0 {
+		c.State = KeelComplete
+	}
+	return c
 }

@@ -29,7 +29,7 @@ const (
 // become bootable under the new table), all of META (1 MiB), then the disk's last MiB and its
 // first (the old partition tables, the primary last: until then the disk reads as it was
 // classified, and after, as blank), then writes the Mark.
-func clearDisk(f syncWriter, l disk.Layout) error {
+func clearDisk(f syncWriter, l disk.Layout, size int64) error {
 	zero := make([]byte, disk.MiB)
 	for _, p := range l.Parts {
 		if _, err := f.WriteAt(zero, p.Start); err != nil {
@@ -39,7 +39,9 @@ func clearDisk(f syncWriter, l disk.Layout) error {
 	if err := f.Sync(); err != nil {
 		return err
 	}
-	for _, off := range []int64{l.Size - disk.MiB, 0} {
+	// The disk's real end: its size need not be whole MiBs, and the old backup table is at
+	// its last sector, beyond the layout's end.
+	for _, off := range []int64{size - disk.MiB, 0} {
 		if _, err := f.WriteAt(zero, off); err != nil {
 			return fmt.Errorf("zero the partition table at %d: %w", off, err)
 		}
@@ -58,14 +60,17 @@ func clearDisk(f syncWriter, l disk.Layout) error {
 // tables, same GUIDs) writes it first, so that whatever a cut leaves reads as no table at all
 // or as keel's whole table (from the primary or the backup copy): never as a bare MBR or a
 // damaged GPT, which a rerun would take for another system's data.
-func writeGPT(f backend.WritableFile, l disk.Layout) error {
+//
+// size is the disk's: the backup copy goes on its last sector, which lies past the layout's
+// end when the size is not whole MiBs.
+func writeGPT(f backend.WritableFile, l disk.Layout, size int64) error {
 	t := l.GPT()
 	t.ProtectiveMBR = false
-	if err := t.Write(f, l.Size); err != nil {
+	if err := t.Write(f, size); err != nil {
 		return fmt.Errorf("write GPT: %w", err)
 	}
 	t.ProtectiveMBR = true
-	if err := t.Write(f, l.Size); err != nil {
+	if err := t.Write(f, size); err != nil {
 		return fmt.Errorf("write GPT: %w", err)
 	}
 	return nil

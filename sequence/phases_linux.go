@@ -122,9 +122,13 @@ func (n *Node) Boot(ctx context.Context) error {
 		Version: n.opts.Version, Slot: string(n.booted), BootID: n.bootID,
 		KernelAtInitS: n.initAt.Seconds(), KernelAtReadyS: n.readyAt.Seconds(), Warnings: len(n.warnings),
 	}
+	for _, a := range n.addrs {
+		r.Endpoint = append(r.Endpoint, "https://"+net.JoinHostPort(a.Addr().String(), fmt.Sprint(n.cfg.APIPort())))
+	}
 	n.mu.Unlock()
 	n.log.Info("ready", "version", r.Version, "slot", r.Slot, "init_to_ready", time.Duration((r.KernelAtReadyS-r.KernelAtInitS)*float64(time.Second)).Round(time.Millisecond))
 	fmt.Fprintln(n.opts.Console, r.Line())
+	fmt.Fprintf(n.opts.Console, "keel: %s ready (slot %s); endpoint %s (mTLS)\n", r.Version, r.Slot, strings.Join(r.Endpoint, " "))
 	n.publish("boot", "ready", "ready", map[string]any{"version": r.Version, "slot": r.Slot, "init_to_ready_s": r.KernelAtReadyS - r.KernelAtInitS})
 	if n.exec != nil {
 		n.exec.Ready()
@@ -171,16 +175,34 @@ type consoles interface {
 }
 
 // openConsole opens a console device for writing, waiting a moment for its node (a driver
-// just loaded makes it asynchronously).
+// just loaded makes it asynchronously). Non-blocking, written with write(2) itself (os.File
+// would park a writer on the poller): a screen stopped with Ctrl-S or Scroll Lock drops what
+// it cannot take instead of stopping PID 1's log.
 func openConsole(dev string) (io.WriteCloser, error) {
 	for i := 0; ; i++ {
-		f, err := os.OpenFile(dev, os.O_WRONLY|unix.O_NOCTTY, 0)
-		if err == nil || !errors.Is(err, os.ErrNotExist) || i == 20 {
-			return f, err
+		fd, err := unix.Open(dev, unix.O_WRONLY|unix.O_NOCTTY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+		if err == nil {
+			return rawConsole(fd), nil
+		}
+		if !errors.Is(err, unix.ENOENT) || i == 20 {
+			return nil, fmt.Errorf("console %s: %w", dev, err)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// rawConsole is a console device's non-blocking descriptor.
+type rawConsole int
+
+func (c rawConsole) Write(b []byte) (int, error) {
+	n, err := unix.Write(int(c), b)
+	if errors.Is(err, unix.EAGAIN) {
+		return len(b), nil // dropped: the console is not taking output
+	}
+	return n, err
+}
+
+func (c rawConsole) Close() error { return unix.Close(int(c)) }
 
 // consoles makes the init write to every console= device (a screen and a serial line), once
 // the drivers are loaded (a virtio console appears with its module).

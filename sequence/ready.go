@@ -21,6 +21,9 @@ type Ready struct {
 	KernelAtInitS  float64 `json:"kernel_uptime_at_init_s"`
 	KernelAtReadyS float64 `json:"kernel_uptime_at_ready_s"`
 	Warnings       int     `json:"warnings"`
+	// Endpoint is where the control endpoint answers (mTLS), one URL per address: what a
+	// person at the console needs to reach the node.
+	Endpoint []string `json:"endpoint,omitempty"`
 }
 
 // Line renders the ready line (no trailing newline).

@@ -14,9 +14,7 @@ import (
 	"time"
 
 	"keel/config"
-	"keel/initramfs/nodeimage"
 	"keel/install"
-	"keel/internal/testenv"
 	"keel/pki"
 )
 
@@ -29,14 +27,7 @@ type Direct struct {
 // Direct is direct boot of img's slot A kernel and initramfs with the command line args.
 func (img *Image) Direct(t testing.TB, args string) *Direct {
 	t.Helper()
-	root, err := testenv.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := nodeimage.FindKernel(filepath.Join(root, "build", "cache"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, k := kernel(t)
 	return &Direct{Kernel: k.Vmlinuz(), Initrd: filepath.Join(filepath.Dir(img.SlotA.Path), "initramfs-"+img.SlotA.Manifest.Version), Append: args}
 }
 

@@ -111,14 +111,7 @@ type InstallerOptions struct {
 // reference.
 func (r *Registry) PushInstaller(t testing.TB, repoTag string, o InstallerOptions) string {
 	t.Helper()
-	root, err := testenv.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := nodeimage.FindKernel(filepath.Join(root, "build", "cache"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	root, k := kernel(t)
 	outDir := filepath.Join(root, "build", "vmtest", "images")
 	if o.Fault != "" {
 		outDir = filepath.Join(outDir, "fault-"+o.Fault)
@@ -180,6 +173,20 @@ func (r *Registry) PushInstaller(t testing.TB, repoTag string, o InstallerOption
 		}
 	}
 	return r.GuestRef(repoTag)
+}
+
+// kernel is the repository root and the kernel unpacked in its build cache (make deps).
+func kernel(t testing.TB) (string, nodeimage.Kernel) {
+	t.Helper()
+	root, err := testenv.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := nodeimage.FindKernel(filepath.Join(root, "build", "cache"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return root, k
 }
 
 var (
