@@ -26,6 +26,31 @@ else
 	echo "deps: debian packages ok"
 fi
 
+# Firmware the carried drivers declare (tg3's, for some Broadcom NICs) is in Debian's
+# non-free-firmware component, which this host's apt sources may not list: the pinned package
+# is fetched through a private source list into $CACHE/firmware (no change to the system's apt
+# configuration, nothing installed), and image builds carry the declared files from there.
+FW_PKG=firmware-misc-nonfree=20230210-5
+fwdir=$CACHE/firmware
+if [ -f "$fwdir/.done" ]; then
+	echo "deps: firmware ok ($(cat "$fwdir/.done"))"
+else
+	echo "deps: fetching $FW_PKG (Debian non-free-firmware)"
+	rm -rf "$fwdir.tmp"
+	mkdir -p "$fwdir.tmp/apt/lists/partial" "$fwdir.tmp/apt/cache/archives/partial" "$fwdir.tmp/dl"
+	apt=$(realpath "$fwdir.tmp/apt")
+	echo "deb http://deb.debian.org/debian bookworm non-free-firmware" > "$apt/sources.list"
+	apt_fw=(-q -o Dir::Etc::SourceList="$apt/sources.list" -o Dir::Etc::SourceParts=/dev/null
+		-o Dir::State::Lists="$apt/lists" -o Dir::Cache="$apt/cache")
+	apt-get "${apt_fw[@]}" update >/dev/null
+	(cd "$fwdir.tmp/dl" && apt-get "${apt_fw[@]}" download "$FW_PKG" >/dev/null 2>&1)
+	dpkg-deb -x "$fwdir.tmp"/dl/*.deb "$fwdir.tmp/root"
+	rm -rf "$fwdir.tmp/dl" "$fwdir.tmp/apt"
+	mv "$fwdir.tmp" "$fwdir"
+	echo "$FW_PKG" > "$fwdir/.done"
+	echo "deps: firmware unpacked in $fwdir/root/lib/firmware"
+fi
+
 # The kernel: the package linux-image-amd64 depends on (e.g. linux-image-6.1.0-41-amd64).
 kdir=$CACHE/kernel
 if [ -f "$kdir/.done" ]; then

@@ -39,6 +39,8 @@ var GrubModules = []string{"part_gpt", "fat", "normal", "configfile", "linux", "
 type Kernel struct {
 	Root    string // holds boot/vmlinuz-VER and lib/modules/VER
 	Release string
+	// Firmware are the directories the drivers' firmware is carried from, first match wins.
+	Firmware []string
 }
 
 // FindKernel reads the kernel unpacked by scripts/deps.sh under cacheDir/kernel.
@@ -48,7 +50,10 @@ func FindKernel(cacheDir string) (Kernel, error) {
 	if err != nil {
 		return Kernel{}, fmt.Errorf("no kernel in %s (run `make deps`): %w", dir, err)
 	}
-	return Kernel{Root: filepath.Join(dir, "root"), Release: strings.TrimSpace(string(b))}, nil
+	k := Kernel{Root: filepath.Join(dir, "root"), Release: strings.TrimSpace(string(b))}
+	// The firmware scripts/deps.sh unpacks beside it, then the host's own.
+	k.Firmware = []string{filepath.Join(cacheDir, "firmware", "root", "lib", "firmware"), "/lib/firmware"}
+	return k, nil
 }
 
 // Vmlinuz is the kernel image path.
@@ -95,9 +100,6 @@ type InitramfsOptions struct {
 	Binaries map[string]string
 }
 
-// FirmwareDirs are where BuildInitramfs looks for the firmware carried drivers declare.
-var FirmwareDirs = []string{"/lib/firmware"}
-
 var warned sync.Map
 
 // warnOnce prints a build warning once per process.
@@ -121,9 +123,9 @@ func BuildInitramfs(o InitramfsOptions) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Firmware the carried drivers declare, from the build host's /lib/firmware (Debian's
-	// firmware packages; most are in its non-free-firmware component).
-	fws, err := a.AddFirmware(o.Kernel.Root, o.Kernel.Release, paths, FirmwareDirs)
+	// Firmware the carried drivers declare (Debian's firmware packages: make deps unpacks
+	// firmware-misc-nonfree into the build cache).
+	fws, err := a.AddFirmware(o.Kernel.Root, o.Kernel.Release, paths, o.Kernel.Firmware)
 	if err != nil {
 		return nil, err
 	}

@@ -2,7 +2,9 @@ package nodeimage
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
+	"io"
 	"os"
 	"path/filepath"
 	"testing"
@@ -46,6 +48,22 @@ func TestInitramfsDeterministic(t *testing.T) {
 	b2, _ := os.ReadFile(init2)
 	if !bytes.Equal(b1, b2) {
 		t.Error("two builds of the init differ")
+	}
+	// The firmware tg3 declares rides along when make deps has unpacked it.
+	if _, err := os.Stat(filepath.Join(k.Firmware[0], "tigon", "tg3.bin")); err == nil {
+		zr, err := gzip.NewReader(bytes.NewReader(a))
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw, err := io.ReadAll(zr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range []string{"lib/firmware/tigon/tg3.bin", "lib/firmware/tigon/tg3_tso5.bin"} {
+			if !bytes.Contains(raw, []byte(f+"\x00")) {
+				t.Errorf("initramfs lacks %s", f)
+			}
+		}
 	}
 	t.Logf("initramfs: %d bytes", len(a))
 }
