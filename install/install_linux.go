@@ -62,9 +62,10 @@ const (
 // last, so a disk without it boots nothing and is an interrupted install.
 const Bootloader = "EFI/BOOT/BOOTX64.EFI"
 
-// Run installs keel: fetches the document (unless pushed), picks the disk, verifies the installer image
-// (signature included) before anything is written, then lays the disk out and fills it so
-// that the firmware finds a bootloader only once everything else is on the disk and synced.
+// Run installs keel: fetches the document (unless pushed), picks the disk, verifies the
+// installer image (signature included) before anything is written, then lays the disk out
+// and fills it so that the firmware finds a bootloader only once everything else is on the
+// disk and synced.
 func Run(ctx context.Context, o Options) (Result, error) {
 	var res Result
 	b := o.Document

@@ -34,11 +34,12 @@ type phase struct {
 	run   func(context.Context) error
 }
 
-// bootPhases are the boot of an installed node, in order, after the early phases (the
-// mounts, the command line, the drivers) that install mode shares. STATE comes before META: the upgrade's executor needs the
-// node's configuration, and what a boot may have to redo first (re-making EPHEMERAL, clearing a
-// trial) never touches STATE. The host's preparation for containers (prepare_linux.go)
-// runs between them, and its name resolution once the network is up.
+// bootPhases are the boot of an installed node, in order, after the early phases (the mounts,
+// the command line, the drivers, the consoles) that install mode shares. STATE comes before
+// META: the upgrade's executor needs the node's configuration, and what a boot may have to
+// redo first (re-making EPHEMERAL, clearing a trial) never touches STATE. The host's
+// preparation for containers (prepare_linux.go) runs between them, and its name resolution
+// once the network is up.
 func (n *Node) bootPhases() []phase {
 	return []phase{
 		{"partitions", true, n.findPartitions},

@@ -1,0 +1,26 @@
+package plan
+
+import (
+	"keel/netapi"
+	"keel/upgrade"
+)
+
+// Observe is a node's phase in a plan that aims at version target, from what its endpoint
+// reports (GET /v1/status): the node's META record is the truth, so a controller that
+// restarts mid-rollout reads the same phases again, and never upgrades a node twice.
+// requested is the id of the upgrade the plan started on this node ("" for none): only that
+// upgrade's failure fails the node (an older failure, toward another plan, does not halt this
+// one). Healthy is left false: the caller runs the gates.
+func Observe(name string, controlPlane bool, st netapi.Status, target, requested string) Node {
+	n := Node{Name: name, ControlPlane: controlPlane, Phase: Pending}
+	u := st.Upgrade
+	switch {
+	case u != nil && !u.State.Terminal():
+		n.Phase = Upgrading // whoever asked: the node is out of service
+	case st.Version == target:
+		n.Phase = Upgraded
+	case u != nil && requested != "" && u.ID == requested && (u.State == upgrade.Aborted || u.State == upgrade.RolledBack):
+		n.Phase, n.Reason = Failed, string(u.State)+": "+u.Reason
+	}
+	return n
+}
