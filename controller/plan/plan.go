@@ -22,6 +22,9 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	// Windows name IANA zones: the controller carries the zone database, so it needs none
+	// where it runs (a distroless image has none).
+	_ "time/tzdata"
 )
 
 // Phase is where a node is in the plan.

@@ -117,6 +117,15 @@ func TestWindows(t *testing.T) {
 			t.Errorf("%+v: %v", bad, err)
 		}
 	}
+	// A node in flight when the window closes finishes (nothing stops it); the next does not
+	// start until the window opens again.
+	closed := Spec{Concurrency: 2, Windows: []Window{{Start: "22:00", End: "23:00"}}}
+	if d, _ := Decide(closed, nodes("w0:upgrading w1:pending"), monday); len(d.Start) != 0 {
+		t.Errorf("closed window started %v", d.Start)
+	}
+	if d, _ := Decide(closed, nodes("w0:upgrading w1:pending"), monday.Add(10*time.Hour+30*time.Minute)); !slices.Equal(d.Start, []string{"w1"}) {
+		t.Errorf("open window: %+v", d)
+	}
 	// Outside the window nothing starts, and the decision says when it opens.
 	d, _ := Decide(Spec{Windows: []Window{{Start: "22:00", End: "23:00"}}}, nodes("w0:pending"), monday)
 	if len(d.Start) != 0 || !strings.Contains(d.Waiting, "the next opens at 2026-11-30T22:00:00Z") {
