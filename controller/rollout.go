@@ -1,0 +1,134 @@
+// Package controller is the cluster upgrade controller's logic: one reconcile pass of an
+// UpgradePlan over the nodes it selects (Pass). It reads each node's own record through the
+// node's endpoint, decides with controller/plan, starts the upgrades decided and reports the
+// plan's status. The Kubernetes side (watching plans and nodes, leader election, the status
+// write) and the HTTP client of the nodes' endpoints are adapters around it.
+package controller
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"keel/controller/api"
+	"keel/controller/plan"
+	"keel/netapi"
+)
+
+// Nodes reaches the nodes' keel endpoints.
+type Nodes interface {
+	Status(ctx context.Context, node string) (netapi.Status, error)
+	Upgrade(ctx context.Context, node string, req netapi.UpgradeRequest) (id string, err error)
+}
+
+// Health runs the gates between nodes: the Kubernetes node Ready, its pods Ready again, the
+// plan's HTTP check.
+type Health interface {
+	Healthy(ctx context.Context, node string) (bool, string)
+}
+
+// Node is a node the plan selects (from its Kubernetes Node object).
+type Node struct {
+	Name         string
+	ControlPlane bool
+}
+
+// Target is what the plan installs: the image and the version it carries.
+type Target struct {
+	Image   string
+	Version string
+}
+
+// Plan is an UpgradePlan as a pass reads it.
+type Plan struct {
+	Spec       api.UpgradePlanSpec
+	Generation int64 // metadata.generation: a spec edit makes a new one
+	Target     Target
+}
+
+// Pass is one reconcile of a plan: it returns the plan's new status. prev is the status the
+// last pass wrote: its node entries carry the upgrade ids this plan started, which is how a
+// restarted controller knows its own upgrades from older ones. A failed node halts the plan
+// until the spec changes: on a new generation its failed upgrade is forgotten (it is someone
+// else's failure now), and the node may be tried again.
+func Pass(ctx context.Context, p Plan, nodes []Node, prev api.UpgradePlanStatus, fleet Nodes, health Health, now time.Time) api.UpgradePlanStatus {
+	spec, t := p.Spec, p.Target
+	st := api.UpgradePlanStatus{Target: t.Version, Total: len(nodes), ObservedGeneration: p.Generation}
+	rules, err := spec.Rules()
+	if err != nil {
+		st.Phase, st.Message = "Invalid", err.Error()
+		return st
+	}
+	requested := map[string]string{}
+	for _, n := range prev.Nodes {
+		if n.UpgradeID != "" && !(n.Phase == string(plan.Failed) && prev.ObservedGeneration != p.Generation) {
+			requested[n.Name] = n.UpgradeID
+		}
+	}
+	var seen []plan.Node
+	byName := map[string]*api.NodeStatus{}
+	for _, n := range nodes {
+		ns := api.NodeStatus{Name: n.Name, UpgradeID: requested[n.Name]}
+		s, err := fleet.Status(ctx, n.Name)
+		var pn plan.Node
+		if err != nil {
+			// A node that does not answer may be rebooting into its new slot: out of service,
+			// and nothing more starts until it answers again.
+			pn = plan.Node{Name: n.Name, ControlPlane: n.ControlPlane, Phase: plan.Upgrading}
+			ns.Reason = "unreachable: " + err.Error()
+		} else {
+			pn = plan.Observe(n.Name, n.ControlPlane, s, t.Version, ns.UpgradeID)
+			ns.Version = s.Version
+			if pn.Phase == plan.Upgraded {
+				var why string
+				pn.Healthy, why = health.Healthy(ctx, n.Name)
+				if !pn.Healthy {
+					ns.Reason = "waiting for health: " + why
+				}
+			}
+			if pn.Reason != "" {
+				ns.Reason = pn.Reason
+			}
+		}
+		ns.Phase = string(pn.Phase)
+		if pn.Phase == plan.Upgraded && pn.Healthy {
+			st.Done++
+		}
+		seen = append(seen, pn)
+		st.Nodes = append(st.Nodes, ns)
+	}
+	for i := range st.Nodes {
+		byName[st.Nodes[i].Name] = &st.Nodes[i]
+	}
+	d, err := plan.Decide(rules, seen, now)
+	switch {
+	case err != nil:
+		st.Phase, st.Message = "Invalid", err.Error()
+		return st
+	case d.Done:
+		st.Phase = "Done"
+		return st
+	case d.Halted != "":
+		st.Phase, st.Message = "Halted", d.Halted
+		return st
+	}
+	st.Phase, st.Message = "Rolling", d.Waiting
+	started := 0
+	for _, name := range d.Start {
+		ns := byName[name]
+		id, err := fleet.Upgrade(ctx, name, netapi.UpgradeRequest{Image: t.Image, Preserve: spec.PreserveOrDefault(), DrainTimeoutS: spec.DrainTimeoutSeconds})
+		if err != nil {
+			// Refused (quorum, an upgrade of someone else's): it stays pending, tried again
+			// next pass.
+			ns.Reason = "upgrade refused: " + err.Error()
+			st.Message = fmt.Sprintf("%s: %v", name, err)
+			continue
+		}
+		ns.UpgradeID, ns.Phase, ns.Reason = id, string(plan.Upgrading), ""
+		started++
+	}
+	if started == 0 && d.Waiting != "" {
+		st.Phase = "Waiting"
+	}
+	return st
+}

@@ -1,0 +1,245 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"keel/controller/api"
+	"keel/netapi"
+	"keel/upgrade"
+)
+
+// simNode is a node at the API level, time-scaled: an upgrade takes upTicks passes (the last
+// rebootTicks of them unreachable, as a node rebooting into its new slot), then health
+// takes healthTicks more. A simulation: a cluster of 1,000 real nodes does not fit here.
+type simNode struct {
+	version  string
+	rec      *upgrade.Upgrade
+	left     int // ticks until the upgrade in flight ends
+	unhealty int // ticks until healthy after it ended
+	fail     bool
+	calls    int
+}
+
+type simFleet struct {
+	nodes                     map[string]*simNode
+	upTicks, rebootTicks, hTk int
+	target                    string
+	seq                       int
+}
+
+func (f *simFleet) Status(_ context.Context, name string) (netapi.Status, error) {
+	n := f.nodes[name]
+	if n.rec != nil && !n.rec.State.Terminal() && n.left <= f.rebootTicks {
+		return netapi.Status{}, errors.New("connection refused")
+	}
+	st := netapi.Status{Version: n.version}
+	if n.rec != nil {
+		r := *n.rec
+		st.Upgrade = &r
+	}
+	return st, nil
+}
+
+func (f *simFleet) Upgrade(_ context.Context, name string, req netapi.UpgradeRequest) (string, error) {
+	n := f.nodes[name]
+	if n.rec != nil && !n.rec.State.Terminal() {
+		return "", errors.New("409: an upgrade is in progress")
+	}
+	n.calls++
+	f.seq++
+	n.rec = &upgrade.Upgrade{ID: fmt.Sprintf("u%d", f.seq), State: upgrade.Pulling, ToVersion: f.target}
+	n.left = f.upTicks
+	return n.rec.ID, nil
+}
+
+func (f *simFleet) Healthy(_ context.Context, name string) (bool, string) {
+	if n := f.nodes[name]; n.unhealty > 0 {
+		return false, "pods not Ready"
+	}
+	return true, ""
+}
+
+// tick advances every node one step.
+func (f *simFleet) tick() {
+	for _, n := range f.nodes {
+		switch {
+		case n.rec != nil && !n.rec.State.Terminal():
+			if n.left--; n.left == 0 {
+				if n.fail {
+					n.rec.State, n.rec.Reason = upgrade.RolledBack, "health gate failed: kubernetes-ready"
+				} else {
+					n.rec.State, n.version, n.unhealty = upgrade.Done, f.target, f.hTk
+				}
+			} else {
+				n.rec.State = upgrade.Writing
+			}
+		case n.unhealty > 0:
+			n.unhealty--
+		}
+	}
+}
+
+// outOfService counts, from the nodes' own truth, control-plane and worker nodes not in service.
+func (f *simFleet) outOfService(cps map[string]bool) (cp, workers int) {
+	for name, n := range f.nodes {
+		if n.rec != nil && !n.rec.State.Terminal() || n.rec != nil && n.rec.State == upgrade.Done && n.unhealty > 0 {
+			if cps[name] {
+				cp++
+			} else {
+				workers++
+			}
+		}
+	}
+	return
+}
+
+func newFleet(cps, workers int) (*simFleet, []Node, map[string]bool) {
+	f := &simFleet{nodes: map[string]*simNode{}, upTicks: 6, rebootTicks: 2, hTk: 2, target: "v2"}
+	var nodes []Node
+	isCP := map[string]bool{}
+	for i := 0; i < cps+workers; i++ {
+		name := fmt.Sprintf("w%04d", i)
+		if i < cps {
+			name = fmt.Sprintf("cp%d", i)
+			isCP[name] = true
+		}
+		f.nodes[name] = &simNode{version: "v1"}
+		nodes = append(nodes, Node{Name: name, ControlPlane: i < cps})
+	}
+	return f, nodes, isCP
+}
+
+// TestRolloutAtScale: 3 control-plane nodes and 1,000 workers from v1 to v2 at concurrency
+// 50. At every pass: never more than 50 workers and 1 control-plane node out of service,
+// control plane alone and first; every node upgraded exactly once; the rollout takes within
+// 1.1× of ceil(N / concurrency) × the per-node time.
+func TestRolloutAtScale(t *testing.T) {
+	const cps, workers, conc = 3, 1000, 50
+	f, nodes, isCP := newFleet(cps, workers)
+	spec := api.UpgradePlanSpec{Image: "r/keel:v2", Concurrency: conc}
+	var st api.UpgradePlanStatus
+	ctx := context.Background()
+	passes := 0
+	t0 := time.Now()
+	for ; st.Phase != "Done"; passes++ {
+		if passes > 10000 {
+			t.Fatalf("no end: %+v", st.Message)
+		}
+		st = Pass(ctx, Plan{Spec: spec, Generation: 1, Target: Target{Image: spec.Image, Version: "v2"}}, nodes, st, f, f, time.Now())
+		cp, w := f.outOfService(isCP)
+		cpLeft := false
+		for name := range isCP {
+			if n := f.nodes[name]; n.version != "v2" || n.unhealty > 0 {
+				cpLeft = true
+			}
+		}
+		if cp > 1 || w > conc || cpLeft && w > 0 {
+			t.Fatalf("pass %d: %d control-plane and %d workers out of service", passes, cp, w)
+		}
+		f.tick()
+	}
+	for name, n := range f.nodes {
+		if n.calls != 1 || n.version != "v2" {
+			t.Fatalf("%s: %d upgrade calls, version %s", name, n.calls, n.version)
+		}
+	}
+	// Per node: from the request to the pass that sees it healthy (and starts the next).
+	per := f.upTicks + f.hTk
+	ideal := cps*per + (workers+conc-1)/conc*per
+	ratio := float64(passes) / float64(ideal)
+	t.Logf("%d nodes in %d passes (ideal %d: %.3f×); %d passes took %s (%.1f ms each)", cps+workers, passes, ideal, ratio, passes, time.Since(t0).Round(time.Millisecond), float64(time.Since(t0).Milliseconds())/float64(passes))
+	if ratio > 1.1 {
+		t.Errorf("rollout took %.2f× the ideal", ratio)
+	}
+	if st.Done != cps+workers || st.Total != cps+workers {
+		t.Errorf("status: done %d of %d", st.Done, st.Total)
+	}
+}
+
+// TestRolloutHaltsAndResumes: a worker whose upgrade rolls back halts the plan within one
+// pass, naming the node and its record's reason; nothing starts after; the nodes in flight
+// finish. A restarted controller (the status it wrote read back) halts the same way, and a
+// node that was upgraded is never asked again.
+func TestRolloutHaltsAndResumes(t *testing.T) {
+	f, nodes, _ := newFleet(1, 20)
+	f.nodes["w0007"].fail = true
+	spec := api.UpgradePlanSpec{Image: "r/keel:v2", Concurrency: 4}
+	p := Plan{Spec: spec, Generation: 1, Target: Target{Image: spec.Image, Version: "v2"}}
+	var st api.UpgradePlanStatus
+	ctx := context.Background()
+	halted := -1
+	for pass := 0; pass < 200 && halted < 0; pass++ {
+		st = Pass(ctx, p, nodes, st, f, f, time.Now())
+		if st.Phase == "Halted" {
+			halted = pass
+			break
+		}
+		f.tick()
+		if n := f.nodes["w0007"]; n.rec != nil && n.rec.State == upgrade.RolledBack {
+			// The very next pass must halt.
+			st = Pass(ctx, p, nodes, st, f, f, time.Now())
+			if st.Phase != "Halted" {
+				t.Fatalf("the pass after the rollback: %s %s", st.Phase, st.Message)
+			}
+			halted = pass
+		}
+	}
+	if halted < 0 || st.Message != "node w0007 failed: rolled-back: health gate failed: kubernetes-ready" {
+		t.Fatalf("halt: %d %q", halted, st.Message)
+	}
+	calls := 0
+	for _, n := range f.nodes {
+		calls += n.calls
+	}
+	// Halted passes start nothing, also after a restart (status read back), and while those
+	// in flight finish.
+	for i := 0; i < 20; i++ {
+		f.tick()
+		st = Pass(ctx, p, nodes, st, f, f, time.Now())
+		if st.Phase != "Halted" {
+			t.Fatalf("after the halt: %s", st.Phase)
+		}
+	}
+	after := 0
+	for _, n := range f.nodes {
+		after += n.calls
+	}
+	if after != calls {
+		t.Fatalf("%d upgrades started after the halt", after-calls)
+	}
+	// Resume: the operator fixed the image (a new target) and edited the spec.
+	f.nodes["w0007"].fail = false
+	f.target = "v3"
+	spec.Image = "r/keel:v3"
+	p = Plan{Spec: spec, Generation: 2, Target: Target{Image: spec.Image, Version: "v3"}}
+	for pass := 0; st.Phase != "Done"; pass++ {
+		if pass > 500 {
+			t.Fatalf("no end after resuming: %s", st.Message)
+		}
+		st = Pass(ctx, p, nodes, st, f, f, time.Now())
+		f.tick()
+	}
+	for name, n := range f.nodes {
+		if n.version != "v3" {
+			t.Errorf("%s on %s", name, n.version)
+		}
+	}
+}
+
+// TestInvalidPlan: a spec that breaks the rules starts nothing and says why.
+func TestInvalidPlan(t *testing.T) {
+	f, nodes, _ := newFleet(0, 3)
+	st := Pass(context.Background(), Plan{Spec: api.UpgradePlanSpec{Concurrency: 2}}, nodes, api.UpgradePlanStatus{}, f, f, time.Now())
+	if st.Phase != "Invalid" || st.Message == "" {
+		t.Fatalf("%+v", st)
+	}
+	for _, n := range f.nodes {
+		if n.calls != 0 {
+			t.Fatal("an invalid plan started an upgrade")
+		}
+	}
+}
