@@ -434,6 +434,20 @@ func writeNodeError(w http.ResponseWriter, err error) {
 	}
 }
 
+// ClientTLS is a client's side of the endpoint's mTLS: it trusts the nodes' CA (caPEM) and
+// presents certPEM/keyPEM, whose subject organization is its role.
+func ClientTLS(caPEM, certPEM, keyPEM []byte) (*tls.Config, error) {
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, errors.New("netapi: no CA certificate in PEM")
+	}
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("netapi: client key pair: %w", err)
+	}
+	return &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
+}
+
 // WriteJSON writes v as the JSON body with status code.
 func WriteJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")

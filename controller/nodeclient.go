@@ -1,0 +1,107 @@
+package controller
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"keel/netapi"
+)
+
+// Client reaches nodes' keel endpoints over mTLS with the controller's client certificate
+// (an admin role: it starts upgrades). It implements Nodes.
+type Client struct {
+	HTTP *http.Client
+	// Addr is a node's endpoint, host:port (from its Node object's addresses).
+	Addr func(node string) (string, error)
+}
+
+// NewClient trusts the nodes' CA and presents certPEM/keyPEM.
+func NewClient(caPEM, certPEM, keyPEM []byte, addr func(string) (string, error)) (*Client, error) {
+	cfg, err := netapi.ClientTLS(caPEM, certPEM, keyPEM)
+	if err != nil {
+		return nil, err
+	}
+	return &Client{Addr: addr, HTTP: &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg}}}, nil
+}
+
+// NodeError is a node's error answer: its HTTP status and the endpoint's code and message.
+type NodeError struct {
+	Node   string
+	Status int
+	Code   string
+	Msg    string
+}
+
+func (e *NodeError) Error() string {
+	return fmt.Sprintf("%s: %d %s: %s", e.Node, e.Status, e.Code, e.Msg)
+}
+
+// ErrNodeBusy is a node that refused an upgrade because one runs (409).
+var ErrNodeBusy = errors.New("an upgrade is in progress on the node")
+
+func (e *NodeError) Unwrap() error {
+	if e.Status == http.StatusConflict {
+		return ErrNodeBusy
+	}
+	return nil
+}
+
+// Status is GET /v1/status.
+func (c *Client) Status(ctx context.Context, node string) (netapi.Status, error) {
+	var st netapi.Status
+	err := c.call(ctx, node, http.MethodGet, "/v1/status", nil, http.StatusOK, &st)
+	return st, err
+}
+
+// Upgrade is POST /v1/upgrade; it returns the upgrade's id.
+func (c *Client) Upgrade(ctx context.Context, node string, req netapi.UpgradeRequest) (string, error) {
+	var acc netapi.UpgradeAccepted
+	if err := c.call(ctx, node, http.MethodPost, "/v1/upgrade", req, http.StatusAccepted, &acc); err != nil {
+		return "", err
+	}
+	return acc.ID, nil
+}
+
+func (c *Client) call(ctx context.Context, node, method, path string, body any, want int, out any) error {
+	addr, err := c.Addr(node)
+	if err != nil {
+		return fmt.Errorf("%s: endpoint: %w", node, err)
+	}
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "https://"+addr+path, rd)
+	if err != nil {
+		return fmt.Errorf("%s: %w", node, err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s: %w", node, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return fmt.Errorf("%s: %s %s: %w", node, method, path, err)
+	}
+	if resp.StatusCode != want {
+		var eb netapi.ErrorBody
+		json.Unmarshal(b, &eb)
+		return &NodeError{Node: node, Status: resp.StatusCode, Code: eb.Error.Code, Msg: eb.Error.Message}
+	}
+	if err := json.Unmarshal(b, out); err != nil {
+		return fmt.Errorf("%s: %s %s: %w", node, method, path, err)
+	}
+	return nil
+}
