@@ -24,7 +24,9 @@ type Nodes interface {
 // Health runs the gates between nodes: the Kubernetes node Ready, its pods Ready again, the
 // plan's HTTP check.
 type Health interface {
-	Healthy(ctx context.Context, node string) (bool, string)
+	// Healthy is given the node's own status (its boot id tells this boot's kubelet from
+	// the last one's).
+	Healthy(ctx context.Context, node string, st netapi.Status) (bool, string)
 }
 
 // Node is a node the plan selects (from its Kubernetes Node object).
@@ -81,7 +83,7 @@ func Pass(ctx context.Context, p Plan, nodes []Node, prev api.UpgradePlanStatus,
 			ns.Version = s.Version
 			if pn.Phase == plan.Upgraded {
 				var why string
-				pn.Healthy, why = health.Healthy(ctx, n.Name)
+				pn.Healthy, why = health.Healthy(ctx, n.Name, s)
 				if !pn.Healthy {
 					ns.Reason = "waiting for health: " + why
 				}

@@ -56,7 +56,7 @@ func (f *simFleet) Upgrade(_ context.Context, name string, req netapi.UpgradeReq
 	return n.rec.ID, nil
 }
 
-func (f *simFleet) Healthy(_ context.Context, name string) (bool, string) {
+func (f *simFleet) Healthy(_ context.Context, name string, _ netapi.Status) (bool, string) {
 	if n := f.nodes[name]; n.unhealty > 0 {
 		return false, "pods not Ready"
 	}

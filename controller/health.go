@@ -1,0 +1,97 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/client-go/kubernetes"
+
+	"keel/cluster/kube"
+	"keel/netapi"
+)
+
+// Gate is the health gate between nodes, from what the API server says of the node and its
+// pods: Ready as reported by the kubelet of the node's current boot (bootID, from the node's
+// own status: a Ready left from before the reboot does not count), not cordoned (the node's
+// upgrade lifts its cordon at its end), and every pod bound to it that is meant to run (not
+// finished, not being deleted) Ready again.
+func Gate(node *corev1.Node, bootID string, pods []corev1.Pod) (bool, string) {
+	if ok, why := kube.ReadyFor(node, bootID); !ok {
+		return false, "node not Ready: " + why
+	}
+	if node.Spec.Unschedulable {
+		return false, "node still cordoned"
+	}
+	var notReady []string
+	for _, p := range pods {
+		if p.Spec.NodeName != node.Name || p.DeletionTimestamp != nil || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+			continue
+		}
+		ready := false
+		for _, c := range p.Status.Conditions {
+			if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
+				ready = true
+			}
+		}
+		if !ready {
+			notReady = append(notReady, p.Namespace+"/"+p.Name)
+		}
+	}
+	if len(notReady) > 0 {
+		if len(notReady) > 5 {
+			notReady = append(notReady[:5], fmt.Sprintf("and %d more", len(notReady)-5))
+		}
+		return false, "pods not Ready: " + strings.Join(notReady, ", ")
+	}
+	return true, ""
+}
+
+// HTTPCheck is the plan's optional check: url answers 2xx.
+func HTTPCheck(ctx context.Context, c *http.Client, url string) (bool, string) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return false, err.Error()
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return false, "health check: " + err.Error()
+	}
+	defer resp.Body.Close()
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return false, fmt.Sprintf("health check %s: %s", url, resp.Status)
+	}
+	return true, ""
+}
+
+// KubeHealth is Health through the API server and the plan's HTTP check.
+type KubeHealth struct {
+	CS        kubernetes.Interface
+	HTTP      *http.Client
+	HTTPCheck string // "" for none
+}
+
+// Healthy implements Health.
+func (h KubeHealth) Healthy(ctx context.Context, node string, st netapi.Status) (bool, string) {
+	n, err := h.CS.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
+	if err != nil {
+		return false, err.Error()
+	}
+	pods, err := h.CS.CoreV1().Pods("").List(ctx, metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("spec.nodeName", node).String()})
+	if err != nil {
+		return false, err.Error()
+	}
+	if ok, why := Gate(n, st.BootID, pods.Items); !ok {
+		return false, why
+	}
+	if h.HTTPCheck != "" {
+		return HTTPCheck(ctx, h.HTTP, h.HTTPCheck)
+	}
+	return true, ""
+}
