@@ -16,17 +16,18 @@ import (
 	"keel/netapi"
 )
 
-// Gate is the health gate between nodes, from what the API server says of the node and its
-// pods: Ready as reported by the kubelet of the node's current boot (bootID, from the node's
-// own status: a Ready left from before the reboot does not count), not cordoned (the node's
-// upgrade lifts its cordon at its end), and every pod bound to it that is meant to run (not
-// finished, not being deleted) Ready again.
-func Gate(node *corev1.Node, bootID string, pods []corev1.Pod) (bool, string) {
-	if ok, why := kube.ReadyFor(node, bootID); !ok {
+// Gate is the health gate between nodes, from the node's own status (st) and what the API
+// server says of the node and its pods: Ready as reported by the kubelet of the node's current
+// boot (a Ready left from before the reboot does not count), the upgrade's own cordon lifted
+// (its record's uncordon obligation: a cordon someone else set stays, and does not hold the
+// plan), and every pod bound to it that is meant to run (not finished, not being deleted)
+// Ready again. A pod that was not Ready before the upgrade holds the gate too.
+func Gate(node *corev1.Node, st netapi.Status, pods []corev1.Pod) (bool, string) {
+	if ok, why := kube.ReadyFor(node, st.BootID); !ok {
 		return false, "node not Ready: " + why
 	}
-	if node.Spec.Unschedulable {
-		return false, "node still cordoned"
+	if st.Upgrade != nil && st.Upgrade.Uncordon {
+		return false, "the upgrade's cordon is not lifted yet"
 	}
 	var notReady []string
 	for _, p := range pods {
@@ -87,11 +88,15 @@ func (h KubeHealth) Healthy(ctx context.Context, node string, st netapi.Status) 
 	if err != nil {
 		return false, err.Error()
 	}
-	if ok, why := Gate(n, st.BootID, pods.Items); !ok {
+	if ok, why := Gate(n, st, pods.Items); !ok {
 		return false, why
 	}
 	if h.HTTPCheck != "" {
-		return HTTPCheck(ctx, h.HTTP, h.HTTPCheck)
+		c := h.HTTP
+		if c == nil {
+			c = http.DefaultClient
+		}
+		return HTTPCheck(ctx, c, h.HTTPCheck)
 	}
 	return true, ""
 }

@@ -9,6 +9,9 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"keel/netapi"
+	"keel/upgrade"
 )
 
 func TestGate(t *testing.T) {
@@ -43,11 +46,11 @@ func TestGate(t *testing.T) {
 		{"healthy", node("b2", corev1.ConditionTrue, false), []corev1.Pod{pod("web", corev1.PodRunning, true), pod("job", corev1.PodSucceeded, false), deleting, elsewhere}, true, ""},
 		{"Ready from the last boot", node("b1", corev1.ConditionTrue, false), nil, false, "not this boot's kubelet"},
 		{"not Ready", node("b2", corev1.ConditionFalse, false), nil, false, "node not Ready"},
-		{"cordoned", node("b2", corev1.ConditionTrue, true), nil, false, "still cordoned"},
+		{"cordoned by someone else: not ours to wait for", node("b2", corev1.ConditionTrue, true), nil, true, ""},
 		{"a pod not Ready", node("b2", corev1.ConditionTrue, false), []corev1.Pod{pod("web", corev1.PodRunning, true), pod("db", corev1.PodRunning, false)}, false, "pods not Ready: default/db"},
 		{"a pod pending", node("b2", corev1.ConditionTrue, false), []corev1.Pod{pod("ds", corev1.PodPending, false)}, false, "default/ds"},
 	} {
-		ok, why := Gate(c.node, "b2", c.pods)
+		ok, why := Gate(c.node, netapi.Status{BootID: "b2"}, c.pods)
 		if ok != c.ok || !strings.Contains(why, c.why) {
 			t.Errorf("%s: %v %q, want %v %q", c.name, ok, why, c.ok, c.why)
 		}
@@ -56,8 +59,12 @@ func TestGate(t *testing.T) {
 	for _, n := range []string{"a", "b", "c", "d", "e", "f", "g"} {
 		many = append(many, pod(n, corev1.PodRunning, false))
 	}
-	if _, why := Gate(node("b2", corev1.ConditionTrue, false), "b2", many); !strings.HasSuffix(why, "default/e, and 2 more") {
+	if _, why := Gate(node("b2", corev1.ConditionTrue, false), netapi.Status{BootID: "b2"}, many); !strings.HasSuffix(why, "default/e, and 2 more") {
 		t.Errorf("many: %q", why)
+	}
+	owed := netapi.Status{BootID: "b2", Upgrade: &upgrade.Upgrade{State: upgrade.Done, Uncordon: true}}
+	if ok, why := Gate(node("b2", corev1.ConditionTrue, true), owed, nil); ok || !strings.Contains(why, "cordon is not lifted") {
+		t.Errorf("our cordon still owed: %v %q", ok, why)
 	}
 }
 

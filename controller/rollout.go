@@ -7,7 +7,9 @@ package controller
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net/http"
 	"time"
 
 	"keel/controller/api"
@@ -58,8 +60,17 @@ func Pass(ctx context.Context, p Plan, nodes []Node, prev api.UpgradePlanStatus,
 	st := api.UpgradePlanStatus{Target: t.Version, Total: len(nodes), ObservedGeneration: p.Generation}
 	rules, err := spec.Rules()
 	if err != nil {
-		st.Phase, st.Message = "Invalid", err.Error()
+		// Keep what the plan knows of its nodes (their upgrade ids): a fixed spec resumes
+		// with them.
+		st.Phase, st.Message, st.Nodes, st.Done = "Invalid", err.Error(), prev.Nodes, prev.Done
 		return st
+	}
+	sameGen := prev.ObservedGeneration == p.Generation
+	refused := map[string]string{} // refusals stick until the spec changes
+	for _, n := range prev.Nodes {
+		if sameGen && n.Phase == string(plan.Failed) && n.UpgradeID == "" {
+			refused[n.Name] = n.Reason
+		}
 	}
 	requested := map[string]string{}
 	for _, n := range prev.Nodes {
@@ -79,7 +90,16 @@ func Pass(ctx context.Context, p Plan, nodes []Node, prev api.UpgradePlanStatus,
 			pn = plan.Node{Name: n.Name, ControlPlane: n.ControlPlane, Phase: plan.Upgrading}
 			ns.Reason = "unreachable: " + err.Error()
 		} else {
+			if u := s.Upgrade; ns.UpgradeID == "" && u != nil && !u.State.Terminal() && u.Image == t.Image {
+				// Our image, running, but its id never reached the status (a request that
+				// timed out after the node took it, a controller that crashed before writing
+				// the status): it is this plan's upgrade, and its failure halts the plan.
+				ns.UpgradeID = u.ID
+			}
 			pn = plan.Observe(n.Name, n.ControlPlane, s, t.Version, ns.UpgradeID)
+			if why, ok := refused[n.Name]; ok && pn.Phase == plan.Pending {
+				pn.Phase, pn.Reason = plan.Failed, why
+			}
 			ns.Version = s.Version
 			if pn.Phase == plan.Upgraded {
 				var why string
@@ -119,10 +139,18 @@ func Pass(ctx context.Context, p Plan, nodes []Node, prev api.UpgradePlanStatus,
 	for _, name := range d.Start {
 		ns := byName[name]
 		id, err := fleet.Upgrade(ctx, name, netapi.UpgradeRequest{Image: t.Image, Preserve: spec.PreserveOrDefault(), DrainTimeoutS: spec.DrainTimeoutSeconds})
-		if err != nil {
-			// Refused (quorum, an upgrade of someone else's): it stays pending, tried again
-			// next pass.
-			ns.Reason = "upgrade refused: " + err.Error()
+		var ne *NodeError
+		switch {
+		case errors.As(err, &ne) && ne.Status != http.StatusConflict && ne.Status < 500:
+			// Refused for good (a downgrade, a bad image, a quorum the plan cannot wait
+			// for): the node fails and the plan halts, as for a failed upgrade.
+			ns.Phase, ns.Reason = string(plan.Failed), "upgrade refused: "+err.Error()
+			st.Phase, st.Message = "Halted", fmt.Sprintf("node %s failed: %s", name, ns.Reason)
+			return st
+		case err != nil:
+			// Busy (an upgrade of someone else's) or unreachable: pending, tried again next
+			// pass.
+			ns.Reason = "upgrade not started: " + err.Error()
 			st.Message = fmt.Sprintf("%s: %v", name, err)
 			continue
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -51,7 +52,7 @@ func (f *simFleet) Upgrade(_ context.Context, name string, req netapi.UpgradeReq
 	}
 	n.calls++
 	f.seq++
-	n.rec = &upgrade.Upgrade{ID: fmt.Sprintf("u%d", f.seq), State: upgrade.Pulling, ToVersion: f.target}
+	n.rec = &upgrade.Upgrade{ID: fmt.Sprintf("u%d", f.seq), State: upgrade.Pulling, Image: req.Image, ToVersion: f.target}
 	n.left = f.upTicks
 	return n.rec.ID, nil
 }
@@ -162,8 +163,8 @@ func TestRolloutAtScale(t *testing.T) {
 
 // TestRolloutHaltsAndResumes: a worker whose upgrade rolls back halts the plan within one
 // pass, naming the node and its record's reason; nothing starts after; the nodes in flight
-// finish. A restarted controller (the status it wrote read back) halts the same way, and a
-// node that was upgraded is never asked again.
+// finish. Editing the spec resumes it: the failed node is tried again, and a node that was
+// upgraded is never asked again.
 func TestRolloutHaltsAndResumes(t *testing.T) {
 	f, nodes, _ := newFleet(1, 20)
 	f.nodes["w0007"].fail = true
@@ -195,8 +196,7 @@ func TestRolloutHaltsAndResumes(t *testing.T) {
 	for _, n := range f.nodes {
 		calls += n.calls
 	}
-	// Halted passes start nothing, also after a restart (status read back), and while those
-	// in flight finish.
+	// Halted passes start nothing while those in flight finish.
 	for i := 0; i < 20; i++ {
 		f.tick()
 		st = Pass(ctx, p, nodes, st, f, f, time.Now())
@@ -211,11 +211,10 @@ func TestRolloutHaltsAndResumes(t *testing.T) {
 	if after != calls {
 		t.Fatalf("%d upgrades started after the halt", after-calls)
 	}
-	// Resume: the operator fixed the image (a new target) and edited the spec.
+	// Resume: the operator fixed what failed (here: the node) and edited the spec (a new
+	// generation), same target: the failed node is tried again, the rest are not.
 	f.nodes["w0007"].fail = false
-	f.target = "v3"
-	spec.Image = "r/keel:v3"
-	p = Plan{Spec: spec, Generation: 2, Target: Target{Image: spec.Image, Version: "v3"}}
+	p.Generation = 2
 	for pass := 0; st.Phase != "Done"; pass++ {
 		if pass > 500 {
 			t.Fatalf("no end after resuming: %s", st.Message)
@@ -224,9 +223,92 @@ func TestRolloutHaltsAndResumes(t *testing.T) {
 		f.tick()
 	}
 	for name, n := range f.nodes {
-		if n.version != "v3" {
-			t.Errorf("%s on %s", name, n.version)
+		want := 1
+		if name == "w0007" {
+			want = 2
 		}
+		if n.version != "v2" || n.calls != want {
+			t.Errorf("%s on %s after %d upgrade calls, want v2 after %d", name, n.version, n.calls, want)
+		}
+	}
+}
+
+// lossyFleet loses the answer to the first upgrade request it takes: the node starts it, the
+// controller hears an error (a timeout after the node took the request).
+type lossyFleet struct {
+	*simFleet
+	lost bool
+}
+
+func (l *lossyFleet) Upgrade(ctx context.Context, name string, req netapi.UpgradeRequest) (string, error) {
+	id, err := l.simFleet.Upgrade(ctx, name, req)
+	if err == nil && !l.lost {
+		l.lost = true
+		return "", errors.New("context deadline exceeded")
+	}
+	return id, err
+}
+
+// TestRolloutAdoptsLostUpgrades: an upgrade the node took but whose answer was lost is still
+// this plan's: its failure halts the plan, and nothing is started twice.
+func TestRolloutAdoptsLostUpgrades(t *testing.T) {
+	sim, nodes, _ := newFleet(0, 3)
+	sim.nodes["w0000"].fail = true
+	f := &lossyFleet{simFleet: sim}
+	p := Plan{Spec: api.UpgradePlanSpec{Image: "r/keel:v2", Concurrency: 1}, Generation: 1, Target: Target{Image: "r/keel:v2", Version: "v2"}}
+	var st api.UpgradePlanStatus
+	for pass := 0; st.Phase != "Halted"; pass++ {
+		if pass > 50 {
+			t.Fatalf("never halted: %s %+v", st.Phase, st.Nodes)
+		}
+		st = Pass(context.Background(), p, nodes, st, f, sim, time.Now())
+		sim.tick()
+	}
+	if !strings.Contains(st.Message, "node w0000 failed: rolled-back") || sim.nodes["w0000"].calls != 1 || sim.nodes["w0001"].calls != 0 {
+		t.Fatalf("%q; calls %d %d", st.Message, sim.nodes["w0000"].calls, sim.nodes["w0001"].calls)
+	}
+}
+
+// refusingFleet refuses every upgrade of one node for good (a downgrade, say).
+type refusingFleet struct {
+	*simFleet
+	node string
+}
+
+func (r *refusingFleet) Upgrade(ctx context.Context, name string, req netapi.UpgradeRequest) (string, error) {
+	if name == r.node {
+		return "", &NodeError{Node: name, Status: 412, Code: "precondition_failed", Msg: "v2 is older than v9"}
+	}
+	return r.simFleet.Upgrade(ctx, name, req)
+}
+
+// TestRolloutRefusalHalts: a node that refuses its upgrade for good halts the plan (it would
+// otherwise take a slot every pass), and stays failed on the next pass; an invalid spec in the
+// middle keeps what the plan knew.
+func TestRolloutRefusalHalts(t *testing.T) {
+	sim, nodes, _ := newFleet(0, 3)
+	f := &refusingFleet{simFleet: sim, node: "w0001"}
+	p := Plan{Spec: api.UpgradePlanSpec{Image: "r/keel:v2", Concurrency: 1}, Generation: 1, Target: Target{Image: "r/keel:v2", Version: "v2"}}
+	var st api.UpgradePlanStatus
+	for pass := 0; st.Phase != "Halted"; pass++ {
+		if pass > 50 {
+			t.Fatalf("never halted: %s", st.Message)
+		}
+		st = Pass(context.Background(), p, nodes, st, f, sim, time.Now())
+		sim.tick()
+	}
+	if !strings.Contains(st.Message, "node w0001 failed: upgrade refused") {
+		t.Fatalf("%q", st.Message)
+	}
+	st = Pass(context.Background(), p, nodes, st, f, sim, time.Now())
+	if st.Phase != "Halted" || sim.nodes["w0002"].calls != 0 {
+		t.Fatalf("the next pass: %s, w0002 calls %d", st.Phase, sim.nodes["w0002"].calls)
+	}
+	bad := p
+	bad.Spec.Concurrency, bad.Generation = -1, 2
+	inv := Pass(context.Background(), bad, nodes, st, f, sim, time.Now())
+	if inv.Phase != "Invalid" || len(inv.Nodes) != len(st.Nodes) || inv.Nodes[0].UpgradeID != st.Nodes[0].UpgradeID || inv.Nodes[0].UpgradeID == "" {
+		t.Fatalf("invalid mid-rollout lost the nodes: %+v", inv)
 	}
 }
 

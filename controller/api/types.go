@@ -57,9 +57,10 @@ type Window struct {
 // ErrInvalid wraps every spec problem.
 var ErrInvalid = errors.New("UpgradePlan")
 
+// weekdays are spelled as the CRD's enum spells them.
 var weekdays = map[string]time.Weekday{
-	"sunday": time.Sunday, "monday": time.Monday, "tuesday": time.Tuesday, "wednesday": time.Wednesday,
-	"thursday": time.Thursday, "friday": time.Friday, "saturday": time.Saturday,
+	"Sunday": time.Sunday, "Monday": time.Monday, "Tuesday": time.Tuesday, "Wednesday": time.Wednesday,
+	"Thursday": time.Thursday, "Friday": time.Friday, "Saturday": time.Saturday,
 }
 
 // Rules checks the spec and returns the plan rules it means. Every problem is named with its
@@ -90,7 +91,7 @@ func (s UpgradePlanSpec) Rules() (plan.Spec, error) {
 	for i, w := range s.Windows {
 		pw := plan.Window{Start: w.Start, End: w.End, Zone: w.TimeZone}
 		for _, d := range w.Days {
-			wd, ok := weekdays[strings.ToLower(d)]
+			wd, ok := weekdays[d]
 			if !ok {
 				return r, fmt.Errorf("%w: spec.windows[%d].days: %q is not a day of the week", ErrInvalid, i, d)
 			}

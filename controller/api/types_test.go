@@ -10,7 +10,7 @@ import (
 func TestRules(t *testing.T) {
 	no := false
 	s := UpgradePlanSpec{Image: "registry.example/keel:v2.0.0", Concurrency: 3, Preserve: &no,
-		Windows: []Window{{Days: []string{"Saturday", "sunday"}, Start: "01:00", End: "05:00", TimeZone: "Europe/Berlin"}}}
+		Windows: []Window{{Days: []string{"Saturday", "Sunday"}, Start: "01:00", End: "05:00", TimeZone: "Europe/Berlin"}}}
 	r, err := s.Rules()
 	if err != nil {
 		t.Fatal(err)
@@ -36,6 +36,8 @@ func TestRules(t *testing.T) {
 		{UpgradePlanSpec{Image: "a:v1", HealthCheck: "ftp://x"}, "spec.healthCheck"},
 		{UpgradePlanSpec{Image: "a:v1", Windows: []Window{{Days: []string{"Funday"}, Start: "01:00", End: "02:00"}}}, "spec.windows[0].days"},
 		{UpgradePlanSpec{Image: "a:v1", Windows: []Window{{Start: "1am", End: "02:00"}}}, "spec.windows[0]"},
+		{UpgradePlanSpec{Image: "a:v1", Windows: []Window{{Days: []string{"monday"}, Start: "01:00", End: "02:00"}}}, "spec.windows[0].days"},
+		{UpgradePlanSpec{Image: "a:v1", Windows: []Window{{Start: "01:00", End: "01:00"}}}, "an empty window"},
 		{UpgradePlanSpec{Image: "a:v1", Windows: []Window{{Start: "01:00", End: "02:00", TimeZone: "Nowhere/Land"}}}, "spec.windows[0]"},
 	} {
 		_, err := c.spec.Rules()

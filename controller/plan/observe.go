@@ -17,10 +17,16 @@ func Observe(name string, controlPlane bool, st netapi.Status, target, requested
 	switch {
 	case u != nil && !u.State.Terminal():
 		n.Phase = Upgrading // whoever asked: the node is out of service
-	case st.Version == target:
-		n.Phase = Upgraded
+	case st.Version == target || ahead(st.Version, target):
+		n.Phase = Upgraded // a node already past the target is not taken back
 	case u != nil && requested != "" && u.ID == requested && (u.State == upgrade.Aborted || u.State == upgrade.RolledBack):
 		n.Phase, n.Reason = Failed, string(u.State)+": "+u.Reason
 	}
 	return n
+}
+
+// ahead reports whether version v orders after target (semantic versions only).
+func ahead(v, target string) bool {
+	c, ok := upgrade.CompareVersions(v, target)
+	return ok && c > 0
 }

@@ -166,14 +166,15 @@ func InWindow(ws []Window, now time.Time) (bool, time.Time, error) {
 			return false, time.Time{}, fmt.Errorf("%w: window %d: %w", ErrSpec, i, err)
 		}
 		t := now.In(loc)
+		// A window lasts its clock length from its start (past midnight when End is before
+		// Start): on a night the clocks change a wall time may not exist, and the end is not
+		// taken from one.
+		length := time.Duration((eh*60+em-sh*60-sm+24*60)%(24*60)) * time.Minute
 		// A window that opened yesterday may still be open past midnight.
 		for day := -1; day <= 7; day++ {
 			y, m, dd := t.Date()
 			start := time.Date(y, m, dd+day, sh, sm, 0, 0, loc)
-			end := time.Date(y, m, dd+day, eh, em, 0, 0, loc)
-			if !end.After(start) {
-				end = end.AddDate(0, 0, 1)
-			}
+			end := start.Add(length)
 			if len(w.Days) > 0 && !slices.Contains(w.Days, start.Weekday()) {
 				continue
 			}
@@ -190,7 +191,13 @@ func InWindow(ws []Window, now time.Time) (bool, time.Time, error) {
 
 func (w Window) parse() (loc *time.Location, sh, sm, eh, em int, err error) {
 	loc = time.UTC
-	if w.Zone != "" {
+	switch w.Zone {
+	case "", "UTC":
+	case "Local":
+		// The controller's own zone would make the plan mean different things where it runs.
+		err = errors.New(`time zone "Local" is the controller's: name the zone`)
+		return
+	default:
 		if loc, err = time.LoadLocation(w.Zone); err != nil {
 			return
 		}
@@ -198,7 +205,12 @@ func (w Window) parse() (loc *time.Location, sh, sm, eh, em int, err error) {
 	if sh, sm, err = clock(w.Start); err != nil {
 		return
 	}
-	eh, em, err = clock(w.End)
+	if eh, em, err = clock(w.End); err != nil {
+		return
+	}
+	if sh == eh && sm == em {
+		err = fmt.Errorf("start and end are both %s: an empty window (for always, give no window)", w.Start)
+	}
 	return
 }
 

@@ -105,6 +105,7 @@ func TestUpgradePlanCRD(t *testing.T) {
 		{"bad start", map[string]any{"image": "r/keel:v2", "windows": []any{map[string]any{"start": "25:00", "end": "01:00"}}}, "spec.windows[0].start"},
 		{"bad day", map[string]any{"image": "r/keel:v2", "windows": []any{map[string]any{"days": []any{"Funday"}, "start": "01:00", "end": "02:00"}}}, "spec.windows[0].days[0]"},
 		{"no end", map[string]any{"image": "r/keel:v2", "windows": []any{map[string]any{"start": "01:00"}}}, "spec.windows[0].end"},
+		{"empty window", map[string]any{"image": "r/keel:v2", "windows": []any{map[string]any{"start": "01:00", "end": "01:00"}}}, "an empty window"},
 		{"health check scheme", map[string]any{"image": "r/keel:v2", "healthCheck": "ftp://x"}, "spec.healthCheck"},
 		{"drain timeout", map[string]any{"image": "r/keel:v2", "drainTimeoutSeconds": int64(100000)}, "spec.drainTimeoutSeconds"},
 	} {
