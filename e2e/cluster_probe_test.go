@@ -115,13 +115,17 @@ func (w *lockWatch) add(e lockEvent) {
 	w.mu.Unlock()
 }
 
-// check fails the test if a read failed or took over 1 s.
+// check fails the test if a read failed: an error, or no answer within the client's 3 s, is
+// the cluster unavailable to its clients. Slow reads (over 1 s) are reported with the summary,
+// not failed: their latency under TCG on 2 cores depends on whatever else the machine runs (a
+// CI run once saw four reads of 1.0-1.5 s while a -race build ran beside the three VMs), and a
+// latency is a figure to report, not an assert.
 func (p *prober) check(t *testing.T, during string) {
 	t.Helper()
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if len(p.failures) > 0 || len(p.slow) > 0 {
-		t.Errorf("quorum reads during %s: %d failed, %d over 1 s: %v %v", during, len(p.failures), len(p.slow), p.failures, p.slow)
+	if len(p.failures) > 0 {
+		t.Errorf("quorum reads during %s: %d failed: %v (and %d over 1 s: %v)", during, len(p.failures), p.failures, len(p.slow), p.slow)
 	}
 }
 
