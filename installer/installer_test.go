@@ -20,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -337,5 +338,40 @@ func TestPullDamagedDownloads(t *testing.T) {
 				t.Errorf("stream error %v, want %v", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestPullVersionBeforeSlot: the version policy is asked once the signed manifest is read,
+// and a refusal ends the pull before the slot's layer is requested.
+func TestPullVersionBeforeSlot(t *testing.T) {
+	f := newFixture(t)
+	img, _ := release.Build(release.BuildOptions{SlotPath: f.slot, Slot: f.manifest})
+	layers, _ := img.Layers()
+	d, _ := layers[len(layers)-1].Digest()
+	var slotGets atomic.Int32
+	addr := serve(t, func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, d.String()) {
+				slotGets.Add(1)
+			}
+			h.ServeHTTP(w, r)
+		})
+	})
+	ref, digest := push(t, addr, "keel:v2", release.BuildOptions{SlotPath: f.slot, Slot: f.manifest})
+	sign(t, addr, digest, digest, f.key)
+	policy := installer.Policy{Arch: "amd64", TrustedKeys: []installer.TrustedKey{{Key: f.key.Public()}}}
+	o := local
+	var asked string
+	refusal := errors.New("version check: v2 is older than the running v3")
+	o.Version = func(v string) error { asked = v; return refusal }
+	if _, err := installer.Pull(context.Background(), ref, policy, o); !errors.Is(err, refusal) {
+		t.Fatalf("err = %v, want the policy's refusal", err)
+	}
+	if asked != "v2" || slotGets.Load() != 0 {
+		t.Fatalf("policy asked about %q; slot layer requested %d times, want 0", asked, slotGets.Load())
+	}
+	o.Version = func(v string) error { return nil }
+	if _, err := installer.Pull(context.Background(), ref, policy, o); err != nil || slotGets.Load() != 1 {
+		t.Fatalf("accepted: %v, slot layer requested %d times, want 1", err, slotGets.Load())
 	}
 }

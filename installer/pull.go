@@ -97,6 +97,9 @@ type PullOptions struct {
 	RootCAs *x509.CertPool
 	// Progress is called as the slot streams (bytes so far, total).
 	Progress func(done, total int64)
+	// Version, if set, judges the version the signed manifest declares before the slot is
+	// read (the node's version policy: a refused downgrade costs a manifest, not a slot).
+	Version func(version string) error
 }
 
 // httpGuard refuses plain-HTTP requests to registries not listed as insecure.
@@ -105,6 +108,18 @@ type PullOptions struct {
 type httpGuard struct {
 	rt       http.RoundTripper
 	insecure []string
+}
+
+// Transport is how keel talks to registries: TLS 1.2 or later checked against roots (nil:
+// the system's bundle), plain HTTP only to the registries listed in insecure.
+func Transport(insecure []string, roots *x509.CertPool) http.RoundTripper {
+	return &httpGuard{insecure: insecure, rt: &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           (&net.Dialer{Timeout: 10 * time.Second}).DialContext,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ResponseHeaderTimeout: 30 * time.Second,
+		TLSClientConfig:       &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12},
+	}}
 }
 
 func (g *httpGuard) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -122,6 +137,11 @@ func Pull(ctx context.Context, ref string, p Policy, o PullOptions) (Pulled, err
 	im, err := resolve(ctx, ref, p, o, true)
 	if err != nil {
 		return Pulled{}, err
+	}
+	if o.Version != nil {
+		if err := o.Version(im.m.Version); err != nil {
+			return Pulled{}, err
+		}
 	}
 	rc, err := im.slot()
 	if err != nil {
@@ -220,13 +240,7 @@ func resolve(ctx context.Context, ref string, p Policy, o PullOptions, verify bo
 	if _, pinned := r.(name.Digest); !verify && !pinned {
 		return nil, fmt.Errorf("%w: %q: an image opened without its signature check must be named by digest", ErrReference, ref)
 	}
-	guard := &httpGuard{insecure: o.Insecure, rt: &http.Transport{
-		DialContext:           (&net.Dialer{Timeout: 10 * time.Second}).DialContext,
-		TLSHandshakeTimeout:   10 * time.Second,
-		ResponseHeaderTimeout: 30 * time.Second,
-		TLSClientConfig:       &tls.Config{RootCAs: o.RootCAs, MinVersion: tls.VersionTLS12},
-	}}
-	ropts := []remote.Option{remote.WithContext(ctx), remote.WithTransport(guard), remote.WithPlatform(v1.Platform{OS: "linux", Architecture: p.Arch})}
+	ropts := []remote.Option{remote.WithContext(ctx), remote.WithTransport(Transport(o.Insecure, o.RootCAs)), remote.WithPlatform(v1.Platform{OS: "linux", Architecture: p.Arch})}
 	desc, err := remote.Get(r, ropts...)
 	if err != nil {
 		return nil, transportError(ref, err)

@@ -26,8 +26,10 @@ func (s slotIO) policy(image string, slot boot.Slot) (installer.Policy, installe
 }
 
 // Pull implements upgrade.Slots: the whole image is checked, nothing is written.
-func (s slotIO) Pull(ctx context.Context, image string, slot boot.Slot) (upgrade.PullResult, error) {
-	p, o := s.policy(image, slot)
+func (s slotIO) Pull(ctx context.Context, a upgrade.ActPull) (upgrade.PullResult, error) {
+	image := a.Image
+	p, o := s.policy(image, a.Slot)
+	o.Version = func(v string) error { return a.Versions.Check(image, v) }
 	last := time.Now()
 	o.Progress = func(done, total int64) {
 		if time.Since(last) > time.Second || done == total {

@@ -22,6 +22,9 @@ type (
 	ActPull struct {
 		Image string
 		Slot  boot.Slot // the slot it will go to (its partition bounds the slot size)
+		// Versions is checked as soon as the image's version is known, before its slot
+		// is downloaded (a refused downgrade costs a manifest, not the slot).
+		Versions VersionPolicy
 	}
 	// ActGrant grants the etcd lease the upgrade lock will be held with (control plane).
 	ActGrant struct{}

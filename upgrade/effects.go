@@ -37,7 +37,7 @@ type PullResult struct {
 type Slots interface {
 	// Pull fetches image and verifies it end to end (architecture, signature, slot size
 	// against slot's partition, every byte of the slot against its SHA-256), writing nothing.
-	Pull(ctx context.Context, image string, slot boot.Slot) (PullResult, error)
+	Pull(ctx context.Context, a ActPull) (PullResult, error)
 	// Write streams the slot of a.Image onto a.Slot's partition, syncs, re-reads it and checks
 	// its size and SHA-256. progress reports bytes written.
 	Write(ctx context.Context, a ActWriteSlot, progress func(written, total int64)) error

@@ -40,10 +40,10 @@ func (s *stub) note(c string) {
 	s.mu.Unlock()
 }
 
-func (s *stub) Pull(ctx context.Context, image string, slot boot.Slot) (PullResult, error) {
-	s.note("pull " + image)
+func (s *stub) Pull(ctx context.Context, a ActPull) (PullResult, error) {
+	s.note("pull " + a.Image)
 	if s.pull != nil {
-		return s.pull(ctx, image)
+		return s.pull(ctx, a.Image)
 	}
 	return PullResult{Digest: "sha256:d", Version: "v2", SlotSHA256: "s", SlotSize: 10}, nil
 }

@@ -20,7 +20,10 @@ func (e *Executor) perform(ctx context.Context, a Action, post func(Event)) outc
 	done := func() outcome { return outcome{ev: Completed{Now: now()}} } // when the effect ends
 	switch a := a.(type) {
 	case ActPull:
-		p, err := fx.Slots.Pull(ctx, a.Image, a.Slot)
+		p, err := fx.Slots.Pull(ctx, a)
+		if errors.Is(err, ErrVersion) {
+			return fail("refused: %v", err) // as Step says it of a pulled image
+		}
 		if err != nil {
 			return fail("pull %s: %v", a.Image, err)
 		}

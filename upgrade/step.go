@@ -45,7 +45,7 @@ func Step(r Record, ev Event) (Record, []Action, error) {
 			ControlPlane: e.ControlPlane, Member: bound(e.Member),
 			RequestedAt: e.Now, UpdatedAt: e.Now,
 		}
-		return n, []Action{ActPull{Image: e.Image, Slot: e.Booted.Other()}}, nil
+		return n, []Action{effect(n.Current, Pulling, n.Floor)}, nil
 
 	case Booted:
 		raiseFloor(&n, e.MinVersion)
@@ -495,10 +495,10 @@ func pastNoReturn(s State) bool {
 }
 
 // effect is the action that entering s performs.
-func effect(u *Upgrade, s State) Action {
+func effect(u *Upgrade, s State, floor string) Action {
 	switch s {
 	case Pulling:
-		return ActPull{Image: u.Image, Slot: u.ToSlot}
+		return ActPull{Image: u.Image, Slot: u.ToSlot, Versions: VersionPolicy{From: u.FromVersion, Floor: floor, Downgrade: u.Downgrade}}
 	case Locking:
 		if u.Lease != 0 {
 			return ActLock{Lease: u.Lease, ID: u.ID}
@@ -565,7 +565,7 @@ func enter(n Record, s State, now time.Time) (Record, []Action, error) {
 	case Done:
 		u.FinishedAt = now
 	}
-	acts := []Action{effect(u, s)}
+	acts := []Action{effect(u, s, n.Floor)}
 	if s == Done {
 		acts = append(acts, obligations(u)...) // uncordon, then release the lease
 	}

@@ -1,6 +1,7 @@
 package upgrade
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 
@@ -50,33 +51,48 @@ func imageTag(ref string) string {
 	return ""
 }
 
-// checkVersion is the version policy, applied to a pulled image before anything changes: its
-// version must agree with a version-like tag (a signed v1 pushed as :v9 is a substitution),
-// never be below the rollback floor, and not be lower than the running version unless the
-// request says downgrade.
-func checkVersion(u *Upgrade, floor string) error {
-	to, from := u.ToVersion, u.FromVersion
-	if tag := imageTag(u.Image); tag != "" && ValidVersion(tag) {
+// ErrVersion is an image refused by the version policy.
+var ErrVersion = errors.New("version check")
+
+// VersionPolicy is what an image's version must satisfy on this node: agree with a
+// version-like tag (a signed v1 pushed as :v9 is a substitution), never be below the rollback
+// floor, and not be lower than the running version (From) unless the request says Downgrade.
+// The pull checks it as soon as the image's signed manifest is read, before the slot streams;
+// Step checks it again on the pulled result, before anything changes.
+type VersionPolicy struct {
+	From, Floor string
+	Downgrade   bool
+}
+
+// Check applies the policy to image, whose signed manifest says version to.
+func (p VersionPolicy) Check(image, to string) error {
+	from := p.From
+	if tag := imageTag(image); tag != "" && ValidVersion(tag) {
 		if c, ok := CompareVersions(tag, to); !ok || c != 0 {
-			return fmt.Errorf("version check: the tag says %s but the image's signed manifest says %s (a signed image under another version's tag)", tag, to)
+			return fmt.Errorf("%w: the tag says %s but the image's signed manifest says %s (a signed image under another version's tag)", ErrVersion, tag, to)
 		}
 	}
-	if floor != "" {
-		if c, ok := CompareVersions(to, floor); !ok || c < 0 {
-			return fmt.Errorf("version check: %s is below the rollback floor %s (upgrade.min_version; downgrade does not pass it)", to, floor)
+	if p.Floor != "" {
+		if c, ok := CompareVersions(to, p.Floor); !ok || c < 0 {
+			return fmt.Errorf("%w: %s is below the rollback floor %s (upgrade.min_version; downgrade does not pass it)", ErrVersion, to, p.Floor)
 		}
 	}
-	if u.Downgrade || to == from {
+	if p.Downgrade || to == from {
 		return nil
 	}
 	c, ok := CompareVersions(to, from)
 	if !ok {
-		return fmt.Errorf("version check: %q and %q are not both semantic versions, so %s may be a downgrade: say \"downgrade\": true to install it", from, to, to)
+		return fmt.Errorf("%w: %q and %q are not both semantic versions, so %s may be a downgrade: say \"downgrade\": true to install it", ErrVersion, from, to, to)
 	}
 	if c < 0 {
-		return fmt.Errorf("version check: %s is older than the running %s: say \"downgrade\": true to install it", to, from)
+		return fmt.Errorf("%w: %s is older than the running %s: say \"downgrade\": true to install it", ErrVersion, to, from)
 	}
 	return nil
+}
+
+// checkVersion is the version policy applied to u's pulled image.
+func checkVersion(u *Upgrade, floor string) error {
+	return VersionPolicy{From: u.FromVersion, Floor: floor, Downgrade: u.Downgrade}.Check(u.Image, u.ToVersion)
 }
 
 // raiseFloor raises the record's rollback floor to v (from the config); it never lowers it.

@@ -1,6 +1,7 @@
 package upgrade
 
 import (
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -104,10 +105,28 @@ func TestFloor(t *testing.T) {
 		t.Fatalf("floor %q after a boot with min_version v2.0.0", r.Floor)
 	}
 	for _, lower := range []string{"v1.0.0", "", "garbage"} {
+		// A reboot: the record comes back from META's bytes, the config says less or nothing.
+		b, err := r.Encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r, err = Decode(b); err != nil {
+			t.Fatal(err)
+		}
 		r, _, _ = Step(r, Booted{Slot: boot.SlotA, Committed: boot.SlotA, MinVersion: lower, Now: now})
 		if r.Floor != "v2.0.0" {
 			t.Fatalf("floor %q after a boot with min_version %q: it must never fall", r.Floor, lower)
 		}
+	}
+	// The pull is told the floor with the running version and the request's downgrade, so
+	// it refuses before the slot is read.
+	_, acts, err := Step(r, Request{ID: "u", Image: "r/i:v1.5.0", FromVersion: "v2.0.0", Downgrade: true, Booted: boot.SlotA, Now: now})
+	want := ActPull{Image: "r/i:v1.5.0", Slot: boot.SlotB, Versions: VersionPolicy{From: "v2.0.0", Floor: "v2.0.0", Downgrade: true}}
+	if err != nil || len(acts) != 1 || acts[0] != want {
+		t.Fatalf("request under the floor: %v %#v, want %#v", err, acts, want)
+	}
+	if err := want.Versions.Check(want.Image, "v1.5.0"); !errors.Is(err, ErrVersion) || !strings.Contains(err.Error(), "below the rollback floor v2.0.0") {
+		t.Fatalf("the pull's check: %v", err)
 	}
 	r, _, _ = Step(r, RollbackRequest{Booted: boot.SlotA, MinVersion: "v2.1.0", Now: now})
 	if r.Floor != "v2.1.0" || r.RollingBack == nil {

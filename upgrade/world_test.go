@@ -225,7 +225,7 @@ func (f *store) Write(b []byte) error {
 }
 
 // Slots.
-func (f *fx) Pull(ctx context.Context, image string, slot boot.Slot) (PullResult, error) {
+func (f *fx) Pull(ctx context.Context, a ActPull) (PullResult, error) {
 	var err error
 	if f.do("pull", func(string) bool {
 		if f.w.pullFails {

@@ -15,6 +15,7 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"flag"
 	"fmt"
 	"net"
@@ -34,6 +35,7 @@ import (
 	"keel/config"
 	"keel/initramfs/nodeimage"
 	"keel/initramfs/release"
+	"keel/installer"
 	"keel/pki"
 )
 
@@ -249,11 +251,29 @@ func cmdPush(args []string) error {
 	if err != nil {
 		return err
 	}
-	r, err := name.ParseReference(*ref)
+	// The push goes as the node's pulls go: HTTPS checked against -registry-ca (or the
+	// system's bundle), plain HTTP only with -allow-http.
+	var insecure []string
+	if *allowHTTP {
+		if r, err := name.ParseReference(*ref); err == nil {
+			insecure = []string{r.Context().RegistryStr()}
+		}
+	}
+	r, err := installer.ParseReference(*ref, insecure)
 	if err != nil {
 		return err
 	}
-	if err := remote.Write(r, img); err != nil {
+	var roots *x509.CertPool
+	if *caFile != "" {
+		b, err := os.ReadFile(*caFile)
+		if err != nil {
+			return err
+		}
+		if roots = x509.NewCertPool(); !roots.AppendCertsFromPEM(b) {
+			return fmt.Errorf("-registry-ca %s: no PEM certificate in it", *caFile)
+		}
+	}
+	if err := remote.Write(r, img, remote.WithTransport(installer.Transport(insecure, roots))); err != nil {
 		return err
 	}
 	d, _ := img.Digest()
