@@ -22,8 +22,8 @@ GO       ?= go
 E2E_PARALLEL ?= 2
 E2E_TIMEOUT  ?= 40m
 
-UNIT_PKGS = $(shell $(GO) list ./... | grep -v -e /e2e -e /internal/testenv/ -e 'keel/cluster/kube$$' -e 'keel/cluster/etcd$$' -e 'keel/controller/api/crdtest$$')
-INTEGRATION_PKGS = ./cluster/kube ./cluster/etcd ./internal/testenv/registrytest ./controller/api/crdtest
+UNIT_PKGS = $(shell $(GO) list ./... | grep -v -e /e2e -e /internal/testenv/ -e 'keel/cluster/kube$$' -e 'keel/cluster/etcd$$' -e 'keel/controller/api/crdtest$$' -e 'keel/controller/controllertest$$')
+INTEGRATION_PKGS = ./cluster/kube ./cluster/etcd ./internal/testenv/registrytest ./controller/api/crdtest ./controller/controllertest
 
 .PHONY: all deps k8s-bins etcd-bin node-bins cosign-bin pki key disk image push registry run run-install stop test test-unit test-integration test-e2e bench fuzz vet clean
 

@@ -8,9 +8,6 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/client-go/kubernetes"
 
 	"keel/cluster/kube"
 	"keel/netapi"
@@ -67,36 +64,6 @@ func HTTPCheck(ctx context.Context, c *http.Client, url string) (bool, string) {
 	io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		return false, fmt.Sprintf("health check %s: %s", url, resp.Status)
-	}
-	return true, ""
-}
-
-// KubeHealth is Health through the API server and the plan's HTTP check.
-type KubeHealth struct {
-	CS        kubernetes.Interface
-	HTTP      *http.Client
-	HTTPCheck string // "" for none
-}
-
-// Healthy implements Health.
-func (h KubeHealth) Healthy(ctx context.Context, node string, st netapi.Status) (bool, string) {
-	n, err := h.CS.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
-	if err != nil {
-		return false, err.Error()
-	}
-	pods, err := h.CS.CoreV1().Pods("").List(ctx, metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("spec.nodeName", node).String()})
-	if err != nil {
-		return false, err.Error()
-	}
-	if ok, why := Gate(n, st, pods.Items); !ok {
-		return false, why
-	}
-	if h.HTTPCheck != "" {
-		c := h.HTTP
-		if c == nil {
-			c = http.DefaultClient
-		}
-		return HTTPCheck(ctx, c, h.HTTPCheck)
 	}
 	return true, ""
 }

@@ -10,7 +10,10 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"sync"
 	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"keel/controller/api"
 	"keel/controller/plan"
@@ -50,6 +53,32 @@ type Plan struct {
 	Target     Target
 }
 
+// statusParallel bounds the status reads in flight: a node that is rebooting costs a
+// connection timeout, and a thousand of them in a row would stall a pass for minutes.
+const statusParallel = 64
+
+type nodeStatus struct {
+	st  netapi.Status
+	err error
+}
+
+// statusOf reads every node's status, statusParallel at a time, in nodes' order.
+func statusOf(ctx context.Context, fleet Nodes, nodes []Node) []nodeStatus {
+	out := make([]nodeStatus, len(nodes))
+	sem := make(chan struct{}, statusParallel)
+	var wg sync.WaitGroup
+	for i, n := range nodes {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			out[i].st, out[i].err = fleet.Status(ctx, n.Name)
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
 // Pass is one reconcile of a plan: it returns the plan's new status. prev is the status the
 // last pass wrote: its node entries carry the upgrade ids this plan started, which is how a
 // restarted controller knows its own upgrades from older ones. A failed node halts the plan
@@ -58,6 +87,10 @@ type Plan struct {
 func Pass(ctx context.Context, p Plan, nodes []Node, prev api.UpgradePlanStatus, fleet Nodes, health Health, now time.Time) api.UpgradePlanStatus {
 	spec, t := p.Spec, p.Target
 	st := api.UpgradePlanStatus{Target: t.Version, Total: len(nodes), ObservedGeneration: p.Generation}
+	if prev.Target == t.Version {
+		// The same rollout (a resume after a halt is one too); a new target starts a new one.
+		st.StartedAt, st.FinishedAt = prev.StartedAt, prev.FinishedAt
+	}
 	rules, err := spec.Rules()
 	if err != nil {
 		// Keep what the plan knows of its nodes (their upgrade ids): a fixed spec resumes
@@ -72,22 +105,26 @@ func Pass(ctx context.Context, p Plan, nodes []Node, prev api.UpgradePlanStatus,
 			refused[n.Name] = n.Reason
 		}
 	}
-	requested := map[string]string{}
+	requested, wasCP := map[string]string{}, map[string]bool{}
 	for _, n := range prev.Nodes {
+		wasCP[n.Name] = n.ControlPlane
 		if n.UpgradeID != "" && !(n.Phase == string(plan.Failed) && prev.ObservedGeneration != p.Generation) {
 			requested[n.Name] = n.UpgradeID
 		}
 	}
 	var seen []plan.Node
 	byName := map[string]*api.NodeStatus{}
-	for _, n := range nodes {
-		ns := api.NodeStatus{Name: n.Name, UpgradeID: requested[n.Name]}
-		s, err := fleet.Status(ctx, n.Name)
+	statuses := statusOf(ctx, fleet, nodes)
+	for i, n := range nodes {
+		ns := api.NodeStatus{Name: n.Name, UpgradeID: requested[n.Name], ControlPlane: n.ControlPlane}
+		s, err := statuses[i].st, statuses[i].err
 		var pn plan.Node
 		if err != nil {
 			// A node that does not answer may be rebooting into its new slot: out of service,
-			// and nothing more starts until it answers again.
-			pn = plan.Node{Name: n.Name, ControlPlane: n.ControlPlane, Phase: plan.Upgrading}
+			// and nothing more starts until it answers again. It is a control-plane node if it
+			// said so when it last answered.
+			ns.ControlPlane = ns.ControlPlane || wasCP[n.Name]
+			pn = plan.Node{Name: n.Name, ControlPlane: ns.ControlPlane, Phase: plan.Upgrading}
 			ns.Reason = "unreachable: " + err.Error()
 		} else {
 			if u := s.Upgrade; ns.UpgradeID == "" && u != nil && !u.State.Terminal() && u.Image == t.Image {
@@ -96,7 +133,10 @@ func Pass(ctx context.Context, p Plan, nodes []Node, prev api.UpgradePlanStatus,
 				// the status): it is this plan's upgrade, and its failure halts the plan.
 				ns.UpgradeID = u.ID
 			}
-			pn = plan.Observe(n.Name, n.ControlPlane, s, t.Version, ns.UpgradeID)
+			// The node says whether it runs an etcd member: its own word counts as much as
+			// a label on its Node object.
+			ns.ControlPlane = ns.ControlPlane || s.ControlPlane
+			pn = plan.Observe(n.Name, ns.ControlPlane, s, t.Version, ns.UpgradeID)
 			if why, ok := refused[n.Name]; ok && pn.Phase == plan.Pending {
 				pn.Phase, pn.Reason = plan.Failed, why
 			}
@@ -129,6 +169,9 @@ func Pass(ctx context.Context, p Plan, nodes []Node, prev api.UpgradePlanStatus,
 		return st
 	case d.Done:
 		st.Phase = "Done"
+		if st.StartedAt != nil && st.FinishedAt == nil {
+			st.FinishedAt = &metav1.Time{Time: now}
+		}
 		return st
 	case d.Halted != "":
 		st.Phase, st.Message = "Halted", d.Halted
@@ -156,6 +199,10 @@ func Pass(ctx context.Context, p Plan, nodes []Node, prev api.UpgradePlanStatus,
 		}
 		ns.UpgradeID, ns.Phase, ns.Reason = id, string(plan.Upgrading), ""
 		started++
+		if st.StartedAt == nil || st.FinishedAt != nil {
+			// The first node of this rollout, or a node that joined after it finished.
+			st.StartedAt, st.FinishedAt = &metav1.Time{Time: now}, nil
+		}
 	}
 	if started == 0 && d.Waiting != "" {
 		st.Phase = "Waiting"

@@ -23,6 +23,7 @@ type simNode struct {
 	unhealty int // ticks until healthy after it ended
 	fail     bool
 	calls    int
+	cp       bool // runs an etcd member: its status says so
 }
 
 type simFleet struct {
@@ -37,7 +38,7 @@ func (f *simFleet) Status(_ context.Context, name string) (netapi.Status, error)
 	if n.rec != nil && !n.rec.State.Terminal() && n.left <= f.rebootTicks {
 		return netapi.Status{}, errors.New("connection refused")
 	}
-	st := netapi.Status{Version: n.version}
+	st := netapi.Status{Version: n.version, ControlPlane: n.cp}
 	if n.rec != nil {
 		r := *n.rec
 		st.Upgrade = &r
@@ -108,7 +109,7 @@ func newFleet(cps, workers int) (*simFleet, []Node, map[string]bool) {
 			name = fmt.Sprintf("cp%d", i)
 			isCP[name] = true
 		}
-		f.nodes[name] = &simNode{version: "v1"}
+		f.nodes[name] = &simNode{version: "v1", cp: i < cps}
 		nodes = append(nodes, Node{Name: name, ControlPlane: i < cps})
 	}
 	return f, nodes, isCP
@@ -158,6 +159,40 @@ func TestRolloutAtScale(t *testing.T) {
 	}
 	if st.Done != cps+workers || st.Total != cps+workers {
 		t.Errorf("status: done %d of %d", st.Done, st.Total)
+	}
+}
+
+// TestControlPlaneByItsOwnWord: control-plane nodes whose Node objects carry no role label
+// are known by their own status, and remembered while they reboot (unreachable): no worker
+// starts beside one, and they go one at a time.
+func TestControlPlaneByItsOwnWord(t *testing.T) {
+	f, nodes, isCP := newFleet(3, 10)
+	for i := range nodes {
+		nodes[i].ControlPlane = false
+	}
+	spec := api.UpgradePlanSpec{Image: "r/keel:v2", Concurrency: 5}
+	var st api.UpgradePlanStatus
+	for passes := 0; st.Phase != "Done"; passes++ {
+		if passes > 1000 {
+			t.Fatalf("no end: %+v", st.Message)
+		}
+		st = Pass(context.Background(), Plan{Spec: spec, Generation: 1, Target: Target{Image: spec.Image, Version: "v2"}}, nodes, st, f, f, time.Now())
+		cp, w := f.outOfService(isCP)
+		cpLeft := false
+		for name := range isCP {
+			if n := f.nodes[name]; n.version != "v2" || n.unhealty > 0 {
+				cpLeft = true
+			}
+		}
+		if cp > 1 || cpLeft && w > 0 {
+			t.Fatalf("pass %d: %d control-plane and %d workers out of service", passes, cp, w)
+		}
+		f.tick()
+	}
+	for _, n := range st.Nodes {
+		if n.ControlPlane != isCP[n.Name] {
+			t.Errorf("%s: control plane %v in the status", n.Name, n.ControlPlane)
+		}
 	}
 }
 

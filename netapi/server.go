@@ -20,6 +20,7 @@ import (
 
 	"keel/events"
 	"keel/supervisor"
+	"keel/upgrade"
 )
 
 // Role is what a caller may do. Roles are ordered: each can do what the ones below can.
@@ -103,6 +104,21 @@ type ResetRequest struct {
 
 // Wipeable are the partitions POST /v1/reset may wipe.
 var Wipeable = []string{"EPHEMERAL", "STATE"}
+
+// UpgradeError maps the upgrade executor's refusals onto the endpoint's errors.
+func UpgradeError(err error) error {
+	switch {
+	case errors.Is(err, upgrade.ErrBusy), errors.Is(err, upgrade.ErrShutdown), errors.Is(err, upgrade.ErrTooLate):
+		return fmt.Errorf("%w: %v", ErrConflict, err)
+	case errors.Is(err, upgrade.ErrInvalid):
+		return fmt.Errorf("%w: %v", ErrBadRequest, err)
+	case errors.Is(err, upgrade.ErrRefused):
+		return fmt.Errorf("%w: %v", ErrPrecondition, err)
+	case errors.Is(err, upgrade.ErrUnexpected):
+		return fmt.Errorf("%w: no upgrade in flight", ErrConflict)
+	}
+	return err
+}
 
 // Errors a Node returns to pick the HTTP status; anything else is a 500.
 var (

@@ -44,6 +44,9 @@ type Status struct {
 	Drivers  []machine.Driver `json:"drivers,omitempty"`
 	Warnings []string         `json:"warnings,omitempty"`
 	Role     string           `json:"role,omitempty"`
+	// ControlPlane: the node runs an etcd member (its config's etcd section); a cluster
+	// controller upgrades such nodes first and one at a time.
+	ControlPlane bool `json:"control_plane,omitempty"`
 	// Kubernetes says whether the upgrade's cordon and drain steps run on this node.
 	Kubernetes string `json:"kubernetes"`
 	// Drain is the last drain's progress (pods left, the pod that went last).

@@ -76,7 +76,7 @@ func (a *api) StartUpgrade(r netapi.UpgradeRequest) (netapi.UpgradeAccepted, err
 		Downgrade: r.Downgrade, MinVersion: cfg.Upgrade.MinVersion, DrainTimeoutS: r.DrainTimeoutS, FromVersion: n.opts.Version, Booted: n.bootedSlot(),
 		ControlPlane: n.etcd != nil, Member: memberName(n, cfg.MemberName())})
 	if err != nil {
-		return no, upgradeError(err)
+		return no, netapi.UpgradeError(err)
 	}
 	return netapi.UpgradeAccepted{ID: id, Status: "accepted", Etcd: note, Outage: outage}, nil
 }
@@ -88,25 +88,10 @@ func memberName(n *Node, name string) string {
 	return name
 }
 
-// upgradeError maps the executor's refusals onto the endpoint's errors.
-func upgradeError(err error) error {
-	switch {
-	case errors.Is(err, upgrade.ErrBusy), errors.Is(err, upgrade.ErrShutdown), errors.Is(err, upgrade.ErrTooLate):
-		return fmt.Errorf("%w: %v", netapi.ErrConflict, err)
-	case errors.Is(err, upgrade.ErrInvalid):
-		return fmt.Errorf("%w: %v", netapi.ErrBadRequest, err)
-	case errors.Is(err, upgrade.ErrRefused):
-		return fmt.Errorf("%w: %v", netapi.ErrPrecondition, err)
-	case errors.Is(err, upgrade.ErrUnexpected):
-		return fmt.Errorf("%w: no upgrade in flight", netapi.ErrConflict)
-	}
-	return err
-}
-
 // CancelUpgrade implements netapi.Node: an upgrade still pulling, waiting for the lease or
 // checking is ended, its running step cancelled and its lease released; a later one cannot be.
 func (a *api) CancelUpgrade() error {
-	return upgradeError(a.n.exec.Cancel(context.Background(), "by operator"))
+	return netapi.UpgradeError(a.n.exec.Cancel(context.Background(), "by operator"))
 }
 
 // Rollback implements netapi.Node: the other slot is verified against its manifest, committed,
@@ -122,7 +107,7 @@ func (a *api) Rollback() error {
 		return nil
 	}
 	if err != nil {
-		return upgradeError(err)
+		return netapi.UpgradeError(err)
 	}
 	a.n.log.Info("rollback: committed the other slot; rebooting", "slot", string(a.n.bootedSlot().Other()))
 	return nil

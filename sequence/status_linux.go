@@ -32,6 +32,7 @@ func (n *Node) status() netapi.Status {
 		},
 		Slots:         append([]netapi.SlotInfo(nil), n.slots...),
 		Role:          n.cfg.Role,
+		ControlPlane:  n.cfg.Etcd != nil,
 		Kubernetes:    kubeStatus(n.cfg),
 		Warnings:      append([]string(nil), n.warnings...),
 		History:       rec.History,

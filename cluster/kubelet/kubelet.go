@@ -166,6 +166,9 @@ func (p Plan) Validate() error {
 	return nil
 }
 
+// NodeLabel is the label every keel node registers with.
+const NodeLabel = "keel.dev/node"
+
 // Files are the generated files, absolute path → content, for the node to write (0644).
 func (p Plan) Files() (map[string][]byte, error) {
 	if err := p.Validate(); err != nil {
@@ -366,14 +369,16 @@ func (p Plan) Services() ([]supervisor.Spec, error) {
 	if p.NodeIP.IsValid() {
 		args = append(args, "--node-ip="+p.NodeIP.String())
 	}
-	if len(p.Labels) > 0 {
-		var ls []string
-		for k, v := range p.Labels {
+	// keel.dev/node marks the Node as a keel node: the cluster controller's plans select
+	// among these (a node without keel has no endpoint to upgrade through).
+	ls := []string{NodeLabel + "=true"}
+	for k, v := range p.Labels {
+		if k != NodeLabel {
 			ls = append(ls, k+"="+v)
 		}
-		sort.Strings(ls)
-		args = append(args, "--node-labels="+strings.Join(ls, ","))
 	}
+	sort.Strings(ls)
+	args = append(args, "--node-labels="+strings.Join(ls, ","))
 	kl := supervisor.Spec{
 		Name:    KubeletService,
 		Command: args,

@@ -73,7 +73,7 @@ func TestServices(t *testing.T) {
 		t.Fatalf("order: %+v", ordered)
 	}
 	args := strings.Join(ordered[1].Command, " ")
-	for _, want := range []string{"/system/bin/kubelet ", "--kubeconfig=/state/kubelet.kubeconfig", "--hostname-override=w1", "--node-ip=10.0.2.15", "--node-labels=keel.dev/pool=a,node.kubernetes.io/pool=x,role=,topology.kubernetes.io/zone=z1"} {
+	for _, want := range []string{"/system/bin/kubelet ", "--kubeconfig=/state/kubelet.kubeconfig", "--hostname-override=w1", "--node-ip=10.0.2.15", "--node-labels=keel.dev/node=true,keel.dev/pool=a,node.kubernetes.io/pool=x,role=,topology.kubernetes.io/zone=z1"} {
 		if !strings.Contains(args, want) {
 			t.Errorf("kubelet command lacks %q: %s", want, args)
 		}

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"keel/controller/plan"
 )
 
@@ -119,6 +121,10 @@ type UpgradePlanStatus struct {
 	Done    int          `json:"done"`
 	Total   int          `json:"total"`
 	Nodes   []NodeStatus `json:"nodes,omitempty"`
+	// StartedAt is when the rollout to Target started its first node; FinishedAt when every
+	// node ran it and passed its gates (the plan's phase became Done).
+	StartedAt  *metav1.Time `json:"startedAt,omitempty"`
+	FinishedAt *metav1.Time `json:"finishedAt,omitempty"`
 	// ObservedGeneration is the spec generation this status is about: a halted plan resumes
 	// when the spec changes (a new generation).
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
@@ -126,11 +132,14 @@ type UpgradePlanStatus struct {
 
 // NodeStatus is one node's progress in the plan.
 type NodeStatus struct {
-	Name      string `json:"name"`
-	Phase     string `json:"phase"`   // plan.Phase
-	Version   string `json:"version"` // running now
-	UpgradeID string `json:"upgradeID,omitempty"`
-	Reason    string `json:"reason,omitempty"`
+	Name  string `json:"name"`
+	Phase string `json:"phase"` // plan.Phase
+	// ControlPlane: the node runs an etcd member (its Node's label or its own status says
+	// so); remembered here so a control-plane node that is rebooting still counts as one.
+	ControlPlane bool   `json:"controlPlane,omitempty"`
+	Version      string `json:"version"` // running now
+	UpgradeID    string `json:"upgradeID,omitempty"`
+	Reason       string `json:"reason,omitempty"`
 }
 
 // CRD is the UpgradePlan CustomResourceDefinition (YAML), installed by the controller.

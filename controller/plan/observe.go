@@ -17,7 +17,7 @@ func Observe(name string, controlPlane bool, st netapi.Status, target, requested
 	switch {
 	case u != nil && !u.State.Terminal():
 		n.Phase = Upgrading // whoever asked: the node is out of service
-	case st.Version == target || ahead(st.Version, target):
+	case st.Version == target || atOrAhead(st.Version, target):
 		n.Phase = Upgraded // a node already past the target is not taken back
 	case u != nil && requested != "" && u.ID == requested && (u.State == upgrade.Aborted || u.State == upgrade.RolledBack):
 		n.Phase, n.Reason = Failed, string(u.State)+": "+u.Reason
@@ -25,8 +25,9 @@ func Observe(name string, controlPlane bool, st netapi.Status, target, requested
 	return n
 }
 
-// ahead reports whether version v orders after target (semantic versions only).
-func ahead(v, target string) bool {
+// atOrAhead reports whether version v orders with or after target (semantic versions only:
+// the tag v1.2.0 names the version 1.2.0).
+func atOrAhead(v, target string) bool {
 	c, ok := upgrade.CompareVersions(v, target)
-	return ok && c > 0
+	return ok && c >= 0
 }

@@ -1,0 +1,325 @@
+// Package controllertest runs the keel-controller binary against a real kube-apiserver and
+// a fleet of simulated keel nodes (internal/testenv/keelsim: keel's real endpoint and
+// upgrade executor over simulated machines; a simulation, because a fleet does not fit on
+// this machine). The real nodes' proof, in QEMU, is e2e's.
+package controllertest
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"keel/controller/api"
+	"keel/controller/reconciler"
+	"keel/internal/testenv"
+	"keel/internal/testenv/keelsim"
+	"keel/internal/testenv/kubetest"
+	"keel/pki"
+)
+
+// env is an API server, a fleet and the controller binary.
+type env struct {
+	t     *testing.T
+	k     *kubetest.APIServer
+	cs    kubernetes.Interface
+	c     client.Client
+	dir   string
+	nodes map[string]*keelsim.Node
+	names []string
+	bin   string
+}
+
+var (
+	buildOnce sync.Once
+	builtBin  string
+	buildErr  error
+)
+
+// controllerBin builds cmd/keel-controller once per test binary.
+func controllerBin(t *testing.T) string {
+	buildOnce.Do(func() {
+		root, err := testenv.RepoRoot()
+		if err != nil {
+			buildErr = err
+			return
+		}
+		dir, err := os.MkdirTemp("", "keel-controller-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		builtBin = filepath.Join(dir, "keel-controller")
+		cmd := exec.Command("go", "build", "-o", builtBin, "./cmd/keel-controller")
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("build keel-controller: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return builtBin
+}
+
+// fleet is what newEnv makes: cps control-plane nodes (the first carries the role label, the
+// others say so only in their status) and workers, all on version v1.
+type fleet struct {
+	cps, workers int
+	step, reboot time.Duration
+	faults       map[string]keelsim.Fault
+}
+
+func newEnv(t *testing.T, f fleet) *env {
+	t.Helper()
+	e := &env{t: t, k: kubetest.Start(t), dir: t.TempDir(), nodes: map[string]*keelsim.Node{}, bin: controllerBin(t)}
+	cfg := rest.CopyConfig(e.k.Config)
+	cfg.QPS, cfg.Burst = 1000, 2000 // the test's own client sets up a fleet: no client-side throttling
+	e.cs = kubernetes.NewForConfigOrDie(cfg)
+	scheme := runtime.NewScheme()
+	clientgoscheme.AddToScheme(scheme)
+	api.AddToScheme(scheme)
+	var err error
+	if e.c, err = client.New(cfg, client.Options{Scheme: scheme}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pki.EnsureDev(e.dir, []net.IP{net.IPv4(127, 0, 0, 1)}, []string{"localhost"}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	kc := filepath.Join(e.dir, "kubeconfig")
+	if err := os.WriteFile(kc, e.k.Kubeconfig("127.0.0.1"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	var mu sync.Mutex
+	errs := make(chan error, f.cps+f.workers)
+	sem := make(chan struct{}, 16)
+	var wg sync.WaitGroup
+	for i := 0; i < f.cps+f.workers; i++ {
+		name := fmt.Sprintf("w%04d", i)
+		cp := i < f.cps
+		if cp {
+			name = fmt.Sprintf("cp%d", i)
+		}
+		e.names = append(e.names, name)
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			labels := map[string]string{reconciler.LabelKeelNode: "true"}
+			if cp && name == "cp0" {
+				labels[reconciler.LabelControlPlane] = ""
+			}
+			node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}}
+			if _, err := e.cs.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); err != nil {
+				errs <- err
+				return
+			}
+			sim, err := keelsim.Start(keelsim.Options{Name: name, Version: "v1.0.0", ControlPlane: cp, Step: f.step, Reboot: f.reboot,
+				Faults: f.faults, Kube: e.cs, Kubeconfig: kc, CA: e.read("ca.crt"), Cert: e.read("server.crt"), Key: e.read("server.key")})
+			if err != nil {
+				errs <- err
+				return
+			}
+			mu.Lock()
+			e.nodes[name] = sim
+			mu.Unlock()
+			patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, reconciler.AnnotationEndpoint, sim.Addr())
+			if _, err := e.cs.CoreV1().Nodes().Patch(ctx, name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for _, n := range e.nodes {
+			n.Stop()
+		}
+	})
+	return e
+}
+
+func (e *env) read(name string) []byte {
+	b, err := os.ReadFile(filepath.Join(e.dir, name))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return b
+}
+
+// controllerProc is one running keel-controller.
+type controllerProc struct {
+	cmd     *exec.Cmd
+	metrics string // host:port
+	log     *syncBuffer
+	exited  chan struct{}
+}
+
+// startController runs a replica of the binary against the API server.
+func (e *env) startController(name string, extra ...string) *controllerProc {
+	e.t.Helper()
+	port := testenv.FreePort()
+	p := &controllerProc{metrics: "127.0.0.1:" + strconv.Itoa(port), log: &syncBuffer{}, exited: make(chan struct{})}
+	args := append([]string{
+		"-kubeconfig", filepath.Join(e.dir, "kubeconfig"),
+		"-client-cert", filepath.Join(e.dir, "admin.crt"), "-client-key", filepath.Join(e.dir, "admin.key"), "-ca", filepath.Join(e.dir, "ca.crt"),
+		"-leader-election-namespace", "default", "-leader-election-lease-duration", "3s", "-leader-election-renew-deadline", "2s",
+		"-leader-election-retry-period", "500ms", "-metrics-bind-address", p.metrics, "-health-probe-bind-address", "0", "-poll", "250ms",
+	}, extra...)
+	p.cmd = exec.Command(e.bin, args...)
+	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
+	if err := p.cmd.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	go func() { p.cmd.Wait(); close(p.exited) }()
+	e.t.Cleanup(func() {
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-p.exited:
+		case <-time.After(10 * time.Second):
+			p.cmd.Process.Kill()
+		}
+		if e.t.Failed() {
+			e.t.Logf("controller %s log (last 60 lines):\n%s", name, p.log.tail(60))
+		}
+	})
+	return p
+}
+
+// metric reads one sample's value from the replica's /metrics (name with its labels as
+// Prometheus prints them, e.g. `keel_upgradeplan_nodes{phase="upgraded",plan="fleet"}`).
+func (p *controllerProc) metric(prefix string) (float64, bool) {
+	resp, err := http.Get("http://" + p.metrics + "/metrics")
+	if err != nil {
+		return 0, false
+	}
+	defer resp.Body.Close()
+	total, found := 0.0, false
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, prefix) {
+			f := strings.Fields(line)
+			v, err := strconv.ParseFloat(f[len(f)-1], 64)
+			if err == nil {
+				total, found = total+v, true
+			}
+		}
+	}
+	return total, found
+}
+
+// leads reports whether the replica holds the Lease (controller-runtime's gauge).
+func (p *controllerProc) leads() bool {
+	v, ok := p.metric("leader_election_master_status")
+	return ok && v == 1
+}
+
+// plan creates an UpgradePlan.
+func (e *env) plan(name string, spec api.UpgradePlanSpec) {
+	e.t.Helper()
+	p := &api.UpgradePlan{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: spec}
+	p.APIVersion, p.Kind = api.GroupVersion.String(), api.Kind
+	// The controller installs the CRD as it starts: the first tries may find no such kind.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		err := e.c.Create(context.Background(), p.DeepCopyObject().(*api.UpgradePlan))
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatal(err)
+		}
+	}
+}
+
+func (e *env) get(name string) api.UpgradePlan {
+	var p api.UpgradePlan
+	if err := e.c.Get(context.Background(), client.ObjectKey{Name: name}, &p); err != nil {
+		e.t.Fatal(err)
+	}
+	return p
+}
+
+// waitPlan polls the plan until ok says so, or fails after limit.
+func (e *env) waitPlan(name string, limit time.Duration, what string, ok func(api.UpgradePlanStatus) bool) api.UpgradePlanStatus {
+	e.t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		p := e.get(name)
+		if ok(p.Status) {
+			return p.Status
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("plan %s: %s: not after %s; phase %s %q, done %d/%d", name, what, limit, p.Status.Phase, p.Status.Message, p.Status.Done, p.Status.Total)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// syncBuffer is a log both processes' pipes write into.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  []byte
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.b = append(s.b, p...)
+	return len(p), nil
+}
+
+func (s *syncBuffer) tail(n int) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	lines := strings.Split(strings.TrimRight(string(s.b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// procStats are a process's CPU time (user + system, seconds) and peak RSS (bytes).
+func procStats(t *testing.T, pid int) (float64, int64) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, 0
+	}
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+	ut, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	var hwm int64
+	if s, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid)); err == nil {
+		for _, l := range strings.Split(string(s), "\n") {
+			if strings.HasPrefix(l, "VmHWM:") {
+				kb, _ := strconv.ParseInt(strings.Fields(l)[1], 10, 64)
+				hwm = kb << 10
+			}
+		}
+	}
+	return (ut + st) / 100, hwm // clock ticks: 100 per second on Linux
+}
