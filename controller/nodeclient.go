@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -10,6 +11,7 @@ import (
 	"net/http"
 	"time"
 
+	"keel/events"
 	"keel/netapi"
 )
 
@@ -17,6 +19,8 @@ import (
 // (an admin role: it starts upgrades). It implements Nodes.
 type Client struct {
 	HTTP *http.Client
+	// Stream follows event streams: the same transport, no overall timeout.
+	Stream *http.Client
 	// Addr is a node's endpoint, host:port (from its Node object's addresses).
 	Addr func(node string) (string, error)
 }
@@ -27,7 +31,10 @@ func NewClient(caPEM, certPEM, keyPEM []byte, addr func(string) (string, error))
 	if err != nil {
 		return nil, err
 	}
-	return &Client{Addr: addr, HTTP: &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg}}}, nil
+	// One kept connection per node (a pass asks each node once): the default pool keeps 100
+	// in all, and a thousand-node fleet would pay a TLS handshake per node per pass.
+	tr := &http.Transport{TLSClientConfig: cfg, ResponseHeaderTimeout: 15 * time.Second, MaxIdleConns: 0, MaxIdleConnsPerHost: 2, IdleConnTimeout: 5 * time.Minute}
+	return &Client{Addr: addr, HTTP: &http.Client{Timeout: 15 * time.Second, Transport: tr}, Stream: &http.Client{Transport: tr}}, nil
 }
 
 // NodeError is a node's error answer: its HTTP status and the endpoint's code and message.
@@ -66,6 +73,42 @@ func (c *Client) Upgrade(ctx context.Context, node string, req netapi.UpgradeReq
 		return "", err
 	}
 	return acc.ID, nil
+}
+
+// Follow streams the node's last event and every new one (GET /v1/events?follow=1&tail=1) to
+// fn until ctx ends or the stream does: a node that reboots ends it (cleanly at its shutdown, or by a dropped
+// connection).
+func (c *Client) Follow(ctx context.Context, node string, fn func(events.Event)) error {
+	addr, err := c.Addr(node)
+	if err != nil {
+		return fmt.Errorf("%s: endpoint: %w", node, err)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+addr+"/v1/events?follow=1&tail=1", nil)
+	if err != nil {
+		return fmt.Errorf("%s: %w", node, err)
+	}
+	resp, err := c.Stream.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s: %w", node, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		var eb netapi.ErrorBody
+		json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&eb)
+		return &NodeError{Node: node, Status: resp.StatusCode, Code: eb.Error.Code, Msg: eb.Error.Message}
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		var ev events.Event
+		if json.Unmarshal(sc.Bytes(), &ev) == nil {
+			fn(ev)
+		}
+	}
+	if err := sc.Err(); err != nil && ctx.Err() == nil {
+		return fmt.Errorf("%s: events: %w", node, err)
+	}
+	return nil
 }
 
 func (c *Client) call(ctx context.Context, node, method, path string, body any, want int, out any) error {

@@ -99,6 +99,11 @@ func (n *Node) upgradeChanged(prev, cur upgrade.Record, ev upgrade.Event) {
 		n.log.Info("upgrade: state", "id", u.ID, "state", string(u.State), "reason", u.Reason)
 		fmt.Fprintf(n.opts.Console, "keel-upgrade id=%s state=%s\n", u.ID, u.State)
 	}
+	if _, ok := ev.(upgrade.Uncordoned); ok && cur.Current != nil {
+		// The upgrade's last duty toward Kubernetes: a cluster controller's health gate
+		// waits for it.
+		n.publish("upgrade", cur.Current.ID, "uncordoned", nil)
+	}
 	if _, ok := ev.(upgrade.Released); ok && cur.Current != nil {
 		fmt.Fprintf(n.opts.Console, "keel-lease released id=%s\n", cur.Current.ID)
 	}

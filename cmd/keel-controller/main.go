@@ -49,6 +49,8 @@ func main() {
 		metricsAt  = flag.String("metrics-bind-address", ":8080", `address of the Prometheus metrics endpoint ("0": off)`)
 		probesAt   = flag.String("health-probe-bind-address", ":8081", `address of /healthz and /readyz ("0": off)`)
 		installCRD = flag.Bool("install-crd", true, "create or update the UpgradePlan CRD at start")
+		qps        = flag.Float64("kube-api-qps", 50, "requests per second to the API server (status writes, Events, leader election)")
+		burst      = flag.Int("kube-api-burst", 100, "burst of requests to the API server")
 	)
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
@@ -56,7 +58,7 @@ func main() {
 	klog.SetSlogLogger(log)
 	if err := run(ctrl.SetupSignalHandler(), log, options{
 		secret: *secret, cert: *certFile, key: *keyFile, ca: *caFile, port: *port, poll: *poll,
-		elect: *elect, electNS: *electNS, lease: *leaseName, leaseDur: *leaseDur, renew: *renew, retry: *retry, metrics: *metricsAt, probes: *probesAt, installCRD: *installCRD,
+		elect: *elect, electNS: *electNS, lease: *leaseName, leaseDur: *leaseDur, renew: *renew, retry: *retry, metrics: *metricsAt, probes: *probesAt, installCRD: *installCRD, qps: float32(*qps), burst: *burst,
 	}); err != nil {
 		log.Error("keel-controller", "err", err)
 		os.Exit(1)
@@ -73,6 +75,8 @@ type options struct {
 	retry                 time.Duration
 	metrics, probes       string
 	installCRD            bool
+	qps                   float32
+	burst                 int
 }
 
 func run(ctx context.Context, log *slog.Logger, o options) error {
@@ -81,6 +85,7 @@ func run(ctx context.Context, log *slog.Logger, o options) error {
 		return fmt.Errorf("kubeconfig: %w", err)
 	}
 	cfg.UserAgent = "keel-controller"
+	cfg.QPS, cfg.Burst = o.qps, o.burst
 	certPEM, keyPEM, caPEM, err := credentials(ctx, cfg, o)
 	if err != nil {
 		return err
@@ -132,7 +137,7 @@ func run(ctx context.Context, log *slog.Logger, o options) error {
 		return fmt.Errorf("the nodes' client certificate: %w", err)
 	}
 	r := &reconciler.Reconciler{
-		Client: mgr.GetClient(), Nodes: nodes, HTTP: &http.Client{Timeout: 10 * time.Second},
+		Client: mgr.GetClient(), Nodes: nodes, Streams: nodes, HTTP: &http.Client{Timeout: 10 * time.Second},
 		Events: mgr.GetEventRecorder("keel-controller"), Metrics: reconciler.NewMetrics(metrics.Registry),
 		Log: log, Poll: o.poll,
 	}

@@ -21,6 +21,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	"keel/controller"
 	"keel/controller/api"
@@ -32,6 +33,8 @@ type Reconciler struct {
 	Client client.Client
 	// Nodes reaches the nodes' keel endpoints (controller.Client in production).
 	Nodes controller.Nodes
+	// Streams follows the event streams of the nodes in flight (nil: polling only).
+	Streams Streams
 	// HTTP runs plans' health checks.
 	HTTP *http.Client
 	// Events records the plans' changes (nil: none).
@@ -44,6 +47,8 @@ type Reconciler struct {
 	Poll time.Duration
 	// Now is the clock (windows, times in the status): default time.Now.
 	Now func() time.Time
+
+	follow *followers
 }
 
 // podNodeField indexes pods by node for the health gate.
@@ -73,11 +78,15 @@ func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager) err
 		}
 		return reqs
 	})
-	return ctrl.NewControllerManagedBy(mgr).
+	b := ctrl.NewControllerManagedBy(mgr).
 		Named("upgradeplan").
 		For(&api.UpgradePlan{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
-		Watches(&corev1.Node{}, allPlans, builder.WithPredicates(predicate.LabelChangedPredicate{})).
-		Complete(r)
+		Watches(&corev1.Node{}, allPlans, builder.WithPredicates(predicate.LabelChangedPredicate{}))
+	if r.Streams != nil {
+		r.follow = newFollowers(ctx, r.Streams, time.Second)
+		b = b.WatchesRawSource(source.Channel(r.follow.wake, &handler.EnqueueRequestForObject{}))
+	}
+	return b.Complete(r)
 }
 
 // Reconcile passes one plan and writes its status. Events and metrics follow a status
@@ -88,6 +97,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	if err := r.Client.Get(ctx, req.NamespacedName, &p); err != nil {
 		if client.IgnoreNotFound(err) == nil {
 			r.Metrics.forget(req.Name)
+			gone := &api.UpgradePlan{}
+			gone.Name = req.Name
+			r.follow.sync(gone, api.UpgradePlanStatus{})
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
@@ -100,6 +112,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 			return ctrl.Result{}, fmt.Errorf("write the status of plan %s: %w", p.Name, err)
 		}
 	}
+	r.follow.sync(&p, st)
 	for _, c := range controller.Changes(prev, st) {
 		r.record(&p, c)
 	}
@@ -159,6 +172,9 @@ func (r *Reconciler) nodes(ctx context.Context, sel map[string]string) ([]contro
 	return out, nil
 }
 
+// record makes a change an Event: a node's regards its Node (kubectl describe node shows
+// it; the API server's spam filter counts per object, so a thousand nodes' events all land),
+// with the plan as the related object; the plan's own regard the plan.
 func (r *Reconciler) record(p *api.UpgradePlan, c controller.Change) {
 	if r.Events == nil {
 		return
@@ -167,17 +183,16 @@ func (r *Reconciler) record(p *api.UpgradePlan, c controller.Change) {
 	if c.Warning {
 		typ = corev1.EventTypeWarning
 	}
-	var related *corev1.Node
-	if c.Node != "" {
-		related = &corev1.Node{}
-		related.Name, related.Kind, related.APIVersion = c.Node, "Node", "v1"
-	}
-	// The events API takes a nil interface for "no related object", not a typed nil.
-	if related != nil {
-		r.Events.Eventf(p, related, typ, c.Reason, "Upgrade", "%s", c.Message)
-	} else {
+	if c.Node == "" {
 		r.Events.Eventf(p, nil, typ, c.Reason, "Upgrade", "%s", c.Message)
+		return
 	}
+	var n corev1.Node
+	if err := r.Client.Get(context.Background(), client.ObjectKey{Name: c.Node}, &n); err != nil {
+		n.Name = c.Node // gone meanwhile: the reference still names it
+	}
+	n.Kind, n.APIVersion = "Node", "v1"
+	r.Events.Eventf(&n, p, typ, c.Reason, "Upgrade", "%s", c.Message)
 }
 
 func (r *Reconciler) now() time.Time {

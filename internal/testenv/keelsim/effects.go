@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"keel/boot"
+	"keel/events"
 	"keel/netapi"
 	"keel/upgrade"
 )
@@ -184,6 +185,12 @@ func (a apiNode) StartUpgrade(r netapi.UpgradeRequest) (netapi.UpgradeAccepted, 
 	n.upgrades++
 	n.mu.Unlock()
 	return netapi.UpgradeAccepted{ID: id, Status: "accepted"}, nil
+}
+
+func (a apiNode) Events() *events.Ring {
+	a.n.mu.Lock()
+	defer a.n.mu.Unlock()
+	return a.n.bus.Ring()
 }
 
 func (a apiNode) CancelUpgrade() error {

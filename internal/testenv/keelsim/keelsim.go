@@ -29,6 +29,7 @@ import (
 	"keel/boot"
 	"keel/cluster/kube"
 	"keel/config"
+	"keel/events"
 	"keel/netapi"
 	"keel/upgrade"
 )
@@ -78,6 +79,7 @@ type Node struct {
 	meta      []byte // the persisted record
 	exec      *upgrade.Executor
 	cancel    context.CancelFunc
+	bus       *events.Bus // this boot's events (GET /v1/events)
 	boots     int
 	upgrades  int               // requests accepted
 	known     map[string]string // slot digest → version, of the images pulled
@@ -175,6 +177,11 @@ func (n *Node) boot() error {
 	if err := n.kubeletReady(bootID); err != nil {
 		return err
 	}
+	bus := events.New(256, nil)
+	bus.Publish("boot", "init", "ready", map[string]any{"slot": string(booted), "boot_id": bootID})
+	n.mu.Lock()
+	n.bus = bus
+	n.mu.Unlock()
 	kc := &config.Kubernetes{NodeName: n.o.Name, DrainTimeoutS: 30}
 	fx := effects{n}
 	e := upgrade.NewExecutor(rec, upgrade.Options{
@@ -183,6 +190,15 @@ func (n *Node) boot() error {
 			Kube: kube.NewNode(kube.NodeOptions{Config: kc, Kubeconfig: n.o.Kubeconfig})},
 		Log:      n.o.Log,
 		RetryMin: 100 * time.Millisecond, RetryMax: time.Second,
+		// The states as a node publishes them (sequence's upgradeChanged).
+		OnChange: func(prev, cur upgrade.Record, ev upgrade.Event) {
+			if u := cur.Current; u != nil && (prev.Current == nil || prev.Current.State != u.State || prev.Current.ID != u.ID) {
+				bus.Publish("upgrade", u.ID, string(u.State), map[string]any{"reason": u.Reason, "image": u.Image, "to_version": u.ToVersion})
+			}
+			if _, ok := ev.(upgrade.Uncordoned); ok && cur.Current != nil {
+				bus.Publish("upgrade", cur.Current.ID, "uncordoned", nil)
+			}
+		},
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	n.mu.Lock()
@@ -223,9 +239,10 @@ func (n *Node) kubeletReady(bootID string) error {
 // boots again after the reboot's time.
 func (n *Node) reboot() {
 	n.mu.Lock()
-	e, cancel := n.exec, n.cancel
+	e, cancel, bus := n.exec, n.cancel, n.bus
 	n.down, n.exec = true, nil
 	n.mu.Unlock()
+	bus.Close() // followers' streams end, as at a node's shutdown
 	go func() {
 		e.Stop(5 * time.Second)
 		cancel()
