@@ -6,8 +6,10 @@ package controllertest
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -20,22 +22,36 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
+	authv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	yamlutil "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
+	"k8s.io/klog/v2"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"keel/controller/api"
+	"keel/controller/deploy"
 	"keel/controller/reconciler"
 	"keel/internal/testenv"
 	"keel/internal/testenv/keelsim"
 	"keel/internal/testenv/kubetest"
 	"keel/pki"
 )
+
+func init() {
+	// The test's own clients (controller-runtime's, the simulated nodes' client-go) log
+	// nothing a reader of the test needs; the controllers' logs are kept per replica.
+	ctrllog.SetLogger(logr.Discard())
+	klog.SetLogger(logr.Discard())
+}
 
 // env is an API server, a fleet and the controller binary.
 type env struct {
@@ -110,6 +126,7 @@ func newEnv(t *testing.T, f fleet) *env {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
+	e.controllerCredentials(ctx)
 	var mu sync.Mutex
 	errs := make(chan error, f.cps+f.workers)
 	sem := make(chan struct{}, 16)
@@ -170,6 +187,42 @@ func (e *env) read(name string) []byte {
 	return b
 }
 
+// controllerCredentials applies controller/deploy/rbac.yaml, writes a kubeconfig with a
+// token of its ServiceAccount (the controller runs with exactly those permissions) and puts
+// the nodes' client certificate in the Secret the role may read.
+func (e *env) controllerCredentials(ctx context.Context) {
+	t := e.t
+	dec := yamlutil.NewYAMLOrJSONDecoder(bytes.NewReader(deploy.RBAC), 4096)
+	for {
+		var u unstructured.Unstructured
+		if err := dec.Decode(&u.Object); err == io.EOF {
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		if len(u.Object) == 0 {
+			continue
+		}
+		if err := e.c.Create(ctx, &u); err != nil {
+			t.Fatalf("apply %s %s: %v", u.GetKind(), u.GetName(), err)
+		}
+	}
+	exp := int64(3600)
+	tok, err := e.cs.CoreV1().ServiceAccounts("kube-system").CreateToken(ctx, "keel-controller",
+		&authv1.TokenRequest{Spec: authv1.TokenRequestSpec{ExpirationSeconds: &exp}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(e.dir, "controller.kubeconfig"), e.k.TokenKubeconfig("127.0.0.1", "keel-controller", tok.Status.Token), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: "keel-controller-client"}, Type: corev1.SecretTypeTLS,
+		Data: map[string][]byte{"tls.crt": e.read("admin.crt"), "tls.key": e.read("admin.key"), "ca.crt": e.read("ca.crt")}}
+	if _, err := e.cs.CoreV1().Secrets("kube-system").Create(ctx, sec, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // controllerProc is one running keel-controller.
 type controllerProc struct {
 	cmd     *exec.Cmd
@@ -184,9 +237,8 @@ func (e *env) startController(name string, extra ...string) *controllerProc {
 	port := testenv.FreePort()
 	p := &controllerProc{metrics: "127.0.0.1:" + strconv.Itoa(port), log: &syncBuffer{}, exited: make(chan struct{})}
 	args := append([]string{
-		"-kubeconfig", filepath.Join(e.dir, "kubeconfig"),
-		"-client-cert", filepath.Join(e.dir, "admin.crt"), "-client-key", filepath.Join(e.dir, "admin.key"), "-ca", filepath.Join(e.dir, "ca.crt"),
-		"-leader-election-namespace", "default", "-leader-election-lease-duration", "3s", "-leader-election-renew-deadline", "2s",
+		"-kubeconfig", filepath.Join(e.dir, "controller.kubeconfig"), "-client-secret", "kube-system/keel-controller-client",
+		"-leader-election-lease-duration", "3s", "-leader-election-renew-deadline", "2s",
 		"-leader-election-retry-period", "500ms", "-metrics-bind-address", p.metrics, "-health-probe-bind-address", "0", "-poll", "250ms",
 	}, extra...)
 	p.cmd = exec.Command(e.bin, args...)

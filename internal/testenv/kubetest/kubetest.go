@@ -221,6 +221,11 @@ func (a *APIServer) Kubeconfig(host string) []byte {
 	return a.kubeconfig(host, "admin", "token: "+a.Token)
 }
 
+// TokenKubeconfig reaches the server as host with a bearer token (a ServiceAccount's).
+func (a *APIServer) TokenKubeconfig(host, user, token string) []byte {
+	return a.kubeconfig(host, user, "token: "+token)
+}
+
 // kubeconfig reaches the server as host with user's credentials (YAML lines under user:).
 func (a *APIServer) kubeconfig(host, user, creds string) []byte {
 	return []byte(fmt.Sprintf(`apiVersion: v1
