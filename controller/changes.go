@@ -30,6 +30,12 @@ func Changes(prev, next api.UpgradePlanStatus) []Change {
 		switch {
 		case n.UpgradeID != "" && n.UpgradeID != o.UpgradeID && n.Phase == string(plan.Upgrading):
 			out = append(out, Change{Node: n.Name, Reason: "UpgradeStarted", Message: fmt.Sprintf("node %s: upgrade %s to %s started (from %s)", n.Name, n.UpgradeID, next.Target, n.Version)})
+		case n.UpgradeID != "" && n.UpgradeID != o.UpgradeID && n.Phase == string(plan.Staging):
+			out = append(out, Change{Node: n.Name, Reason: "StagingStarted", Message: fmt.Sprintf("node %s: upgrade %s to %s staging (in service)", n.Name, n.UpgradeID, next.Target)})
+		case seen && o.Phase != n.Phase && n.Phase == string(plan.Staged):
+			out = append(out, Change{Node: n.Name, Reason: "NodeStaged", Message: fmt.Sprintf("node %s: %s staged, waiting for its turn", n.Name, next.Target)})
+		case seen && o.Phase == string(plan.Staged) && n.Phase == string(plan.Upgrading):
+			out = append(out, Change{Node: n.Name, Reason: "UpgradeStarted", Message: fmt.Sprintf("node %s: staged upgrade %s to %s activated (from %s)", n.Name, n.UpgradeID, next.Target, n.Version)})
 		case n.Phase == string(plan.Failed) && (!seen || o.Phase != n.Phase):
 			out = append(out, Change{Node: n.Name, Warning: true, Reason: "NodeFailed", Message: fmt.Sprintf("node %s: %s", n.Name, n.Reason)})
 		case healthy(n) && !(seen && healthy(o)) && n.UpgradeID != "":

@@ -27,6 +27,9 @@ func TestChanges(t *testing.T) {
 		want       []string
 	}{
 		{"started", st("Rolling", "", n("a", "pending", "", "")), st("Rolling", "", n("a", "upgrading", "u1", "")), []string{"a:UpgradeStarted"}},
+		{"staging", st("Rolling", "", n("a", "pending", "", "")), st("Rolling", "", n("a", "staging", "u1", "")), []string{"a:StagingStarted"}},
+		{"staged", st("Rolling", "", n("a", "staging", "u1", "")), st("Rolling", "", n("a", "staged", "u1", "")), []string{"a:NodeStaged"}},
+		{"activated", st("Rolling", "", n("a", "staged", "u1", "")), st("Rolling", "", n("a", "upgrading", "u1", "")), []string{"a:UpgradeStarted"}},
 		{"still running", st("Rolling", "", n("a", "upgrading", "u1", "")), st("Rolling", "", n("a", "upgrading", "u1", "")), nil},
 		{"waiting for health is not done", st("Rolling", "", n("a", "upgrading", "u1", "")), st("Rolling", "", n("a", "upgraded", "u1", "waiting for health: pods")), nil},
 		{"upgraded", st("Rolling", "", n("a", "upgraded", "u1", "waiting for health: pods")), st("Rolling", "", n("a", "upgraded", "u1", "")), []string{"a:NodeUpgraded"}},

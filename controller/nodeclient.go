@@ -75,6 +75,15 @@ func (c *Client) Upgrade(ctx context.Context, node string, req netapi.UpgradeReq
 	return acc.ID, nil
 }
 
+// Activate is POST /v1/upgrade/activate: the node's staged upgrade goes on.
+func (c *Client) Activate(ctx context.Context, node string) (string, error) {
+	var acc netapi.UpgradeAccepted
+	if err := c.call(ctx, node, http.MethodPost, "/v1/upgrade/activate", nil, http.StatusAccepted, &acc); err != nil {
+		return "", err
+	}
+	return acc.ID, nil
+}
+
 // Follow streams the node's last event and every new one (GET /v1/events?follow=1&tail=1) to
 // fn until ctx ends or the stream does: a node that reboots ends it (cleanly at its shutdown, or by a dropped
 // connection).

@@ -24,6 +24,8 @@ import (
 type Nodes interface {
 	Status(ctx context.Context, node string) (netapi.Status, error)
 	Upgrade(ctx context.Context, node string, req netapi.UpgradeRequest) (id string, err error)
+	// Activate goes on with a node's staged upgrade.
+	Activate(ctx context.Context, node string) (id string, err error)
 }
 
 // Health runs the gates between nodes: the Kubernetes node Ready, its pods Ready again, the
@@ -179,26 +181,57 @@ func Pass(ctx context.Context, p Plan, nodes []Node, prev api.UpgradePlanStatus,
 	}
 	st.Phase, st.Message = "Rolling", d.Waiting
 	started := 0
+	req := netapi.UpgradeRequest{Image: t.Image, Preserve: spec.PreserveOrDefault(), DrainTimeoutS: spec.DrainTimeoutSeconds}
+	type call struct {
+		name  string
+		stage bool
+	}
+	var calls []call
 	for _, name := range d.Start {
-		ns := byName[name]
-		id, err := fleet.Upgrade(ctx, name, netapi.UpgradeRequest{Image: t.Image, Preserve: spec.PreserveOrDefault(), DrainTimeoutS: spec.DrainTimeoutSeconds})
+		calls = append(calls, call{name: name})
+	}
+	for _, name := range d.Stage {
+		calls = append(calls, call{name: name, stage: true})
+	}
+	for _, c := range calls {
+		ns := byName[c.name]
+		var id string
+		var err error
+		phase := plan.Upgrading
+		switch {
+		case c.stage:
+			r := req
+			r.Stage = true
+			id, err = fleet.Upgrade(ctx, c.name, r)
+			phase = plan.Staging
+		case ns.Phase == string(plan.Staged):
+			id, err = fleet.Activate(ctx, c.name)
+		default:
+			id, err = fleet.Upgrade(ctx, c.name, req)
+		}
 		var ne *NodeError
 		switch {
-		case errors.As(err, &ne) && ne.Status != http.StatusConflict && ne.Status < 500:
-			// Refused for good (a downgrade, a bad image, a quorum the plan cannot wait
-			// for): the node fails and the plan halts, as for a failed upgrade.
+		case errors.As(err, &ne) && ne.Status != http.StatusConflict && ne.Status != http.StatusPreconditionFailed && ne.Status < 500:
+			// Refused for good (a bad request, a forbidden certificate): the node fails
+			// and the plan halts, as for a failed upgrade.
 			ns.Phase, ns.Reason = string(plan.Failed), "upgrade refused: "+err.Error()
-			st.Phase, st.Message = "Halted", fmt.Sprintf("node %s failed: %s", name, ns.Reason)
+			st.Phase, st.Message = "Halted", fmt.Sprintf("node %s failed: %s", c.name, ns.Reason)
 			return st
 		case err != nil:
-			// Busy (an upgrade of someone else's) or unreachable: pending, tried again next
-			// pass.
+			// Busy (an upgrade of someone else's), unreachable, or a control-plane node
+			// whose cluster cannot spare its member right now (412: a member is down; it
+			// may come back): pending, tried again next pass.
 			ns.Reason = "upgrade not started: " + err.Error()
-			st.Message = fmt.Sprintf("%s: %v", name, err)
+			st.Message = fmt.Sprintf("%s: %v", c.name, err)
 			continue
 		}
-		ns.UpgradeID, ns.Phase, ns.Reason = id, string(plan.Upgrading), ""
-		started++
+		if id != "" {
+			ns.UpgradeID = id
+		}
+		ns.Phase, ns.Reason = string(phase), ""
+		if !c.stage {
+			started++
+		}
 		if st.StartedAt == nil || st.FinishedAt != nil {
 			// The first node of this rollout, or a node that joined after it finished.
 			st.StartedAt, st.FinishedAt = &metav1.Time{Time: now}, nil

@@ -29,13 +29,20 @@ type simNode struct {
 type simFleet struct {
 	nodes                     map[string]*simNode
 	upTicks, rebootTicks, hTk int
+	stageTicks                int // of upTicks, what a staged upgrade does in service
 	target                    string
 	seq                       int
+	activations               int
+}
+
+// inService: a staged upgrade's pull and write, and its wait, leave the node serving.
+func inService(u *upgrade.Upgrade) bool {
+	return u == nil || u.State.Terminal() || u.State == upgrade.Staging || u.State == upgrade.Staged
 }
 
 func (f *simFleet) Status(_ context.Context, name string) (netapi.Status, error) {
 	n := f.nodes[name]
-	if n.rec != nil && !n.rec.State.Terminal() && n.left <= f.rebootTicks {
+	if !inService(n.rec) && n.left <= f.rebootTicks {
 		return netapi.Status{}, errors.New("connection refused")
 	}
 	st := netapi.Status{Version: n.version, ControlPlane: n.cp}
@@ -55,6 +62,19 @@ func (f *simFleet) Upgrade(_ context.Context, name string, req netapi.UpgradeReq
 	f.seq++
 	n.rec = &upgrade.Upgrade{ID: fmt.Sprintf("u%d", f.seq), State: upgrade.Pulling, Image: req.Image, ToVersion: f.target}
 	n.left = f.upTicks
+	if req.Stage {
+		n.rec.Stage, n.rec.State, n.left = true, upgrade.Staging, f.stageTicks
+	}
+	return n.rec.ID, nil
+}
+
+func (f *simFleet) Activate(_ context.Context, name string) (string, error) {
+	n := f.nodes[name]
+	if n.rec == nil || n.rec.State != upgrade.Staged {
+		return "", &NodeError{Node: name, Status: 409, Code: "conflict", Msg: "no staged upgrade to activate"}
+	}
+	n.rec.State, n.left = upgrade.Cordoning, f.upTicks-f.stageTicks
+	f.activations++
 	return n.rec.ID, nil
 }
 
@@ -69,6 +89,11 @@ func (f *simFleet) Healthy(_ context.Context, name string, _ netapi.Status) (boo
 func (f *simFleet) tick() {
 	for _, n := range f.nodes {
 		switch {
+		case n.rec != nil && n.rec.State == upgrade.Staged:
+		case n.rec != nil && n.rec.State == upgrade.Staging:
+			if n.left--; n.left == 0 {
+				n.rec.State = upgrade.Staged
+			}
 		case n.rec != nil && !n.rec.State.Terminal():
 			if n.left--; n.left == 0 {
 				if n.fail {
@@ -88,7 +113,7 @@ func (f *simFleet) tick() {
 // outOfService counts, from the nodes' own truth, control-plane and worker nodes not in service.
 func (f *simFleet) outOfService(cps map[string]bool) (cp, workers int) {
 	for name, n := range f.nodes {
-		if n.rec != nil && !n.rec.State.Terminal() || n.rec != nil && n.rec.State == upgrade.Done && n.unhealty > 0 {
+		if !inService(n.rec) || n.rec != nil && n.rec.State == upgrade.Done && n.unhealty > 0 {
 			if cps[name] {
 				cp++
 			} else {
@@ -100,7 +125,7 @@ func (f *simFleet) outOfService(cps map[string]bool) (cp, workers int) {
 }
 
 func newFleet(cps, workers int) (*simFleet, []Node, map[string]bool) {
-	f := &simFleet{nodes: map[string]*simNode{}, upTicks: 6, rebootTicks: 2, hTk: 2, target: "v2"}
+	f := &simFleet{nodes: map[string]*simNode{}, upTicks: 6, rebootTicks: 2, hTk: 2, stageTicks: 3, target: "v2"}
 	var nodes []Node
 	isCP := map[string]bool{}
 	for i := 0; i < cps+workers; i++ {
@@ -159,6 +184,54 @@ func TestRolloutAtScale(t *testing.T) {
 	}
 	if st.Done != cps+workers || st.Total != cps+workers {
 		t.Errorf("status: done %d of %d", st.Done, st.Total)
+	}
+}
+
+// TestRolloutStaged: with staging, nodes write their slot in service ahead of their turn,
+// at most stageConcurrency at once; a turn only activates a staged node. The bounds hold as
+// without staging, every node is asked once and activated once, and the rollout is shorter by
+// the staged part of each turn.
+func TestRolloutStaged(t *testing.T) {
+	const cps, workers, conc, stageConc = 3, 200, 10, 30
+	run := func(stage bool) int {
+		f, nodes, isCP := newFleet(cps, workers)
+		spec := api.UpgradePlanSpec{Image: "r/keel:v2", Concurrency: conc, Stage: stage, StageConcurrency: stageConc}
+		var st api.UpgradePlanStatus
+		passes := 0
+		for ; st.Phase != "Done"; passes++ {
+			if passes > 5000 || st.Phase == "Halted" || st.Phase == "Invalid" {
+				t.Fatalf("stage %v: pass %d: %s %q", stage, passes, st.Phase, st.Message)
+			}
+			st = Pass(context.Background(), Plan{Spec: spec, Generation: 1, Target: Target{Image: spec.Image, Version: "v2"}}, nodes, st, f, f, time.Now())
+			cp, w := f.outOfService(isCP)
+			cpLeft, staging := false, 0
+			for name, n := range f.nodes {
+				if isCP[name] && (n.version != "v2" || n.unhealty > 0) {
+					cpLeft = true
+				}
+				if n.rec != nil && n.rec.State == upgrade.Staging {
+					staging++
+				}
+			}
+			if cp > 1 || w > conc || cpLeft && w > 0 || staging > stageConc {
+				t.Fatalf("stage %v, pass %d: %d control-plane and %d workers out of service, %d staging", stage, passes, cp, w, staging)
+			}
+			f.tick()
+		}
+		for name, n := range f.nodes {
+			if n.calls != 1 || n.version != "v2" {
+				t.Fatalf("%s: %d upgrade calls, version %s", name, n.calls, n.version)
+			}
+		}
+		if want := 0; stage && f.activations != cps+workers || !stage && f.activations != want {
+			t.Fatalf("stage %v: %d activations", stage, f.activations)
+		}
+		return passes
+	}
+	whole, staged := run(false), run(true)
+	t.Logf("%d nodes at concurrency %d: %d passes whole, %d staged (%.2f×)", cps+workers, conc, whole, staged, float64(staged)/float64(whole))
+	if staged >= whole {
+		t.Errorf("staging saved nothing: %d passes staged, %d whole", staged, whole)
 	}
 }
 
@@ -304,17 +377,47 @@ func TestRolloutAdoptsLostUpgrades(t *testing.T) {
 	}
 }
 
-// refusingFleet refuses every upgrade of one node for good (a downgrade, say).
+// refusingFleet refuses every upgrade of one node: for good (400), or while its etcd cluster
+// cannot spare the member (412, refusals times).
 type refusingFleet struct {
 	*simFleet
-	node string
+	node     string
+	status   int
+	refusals int
 }
 
 func (r *refusingFleet) Upgrade(ctx context.Context, name string, req netapi.UpgradeRequest) (string, error) {
-	if name == r.node {
-		return "", &NodeError{Node: name, Status: 412, Code: "precondition_failed", Msg: "v2 is older than v9"}
+	if name == r.node && r.status == 400 {
+		return "", &NodeError{Node: name, Status: 400, Code: "bad_request", Msg: "drain_timeout_s must be 0-3600"}
+	}
+	if name == r.node && r.refusals > 0 {
+		r.refusals--
+		return "", &NodeError{Node: name, Status: 412, Code: "precondition_failed", Msg: "restarting cp1 leaves 1 of 3 voters healthy, quorum 2; unhealthy voters: cp2"}
 	}
 	return r.simFleet.Upgrade(ctx, name, req)
+}
+
+// TestQuorumRefusalWaits: a control-plane node refused because its cluster cannot spare the
+// member now (412) waits, and goes when the cluster can.
+func TestQuorumRefusalWaits(t *testing.T) {
+	sim, nodes, _ := newFleet(3, 2)
+	f := &refusingFleet{simFleet: sim, node: "cp1", status: 412, refusals: 5}
+	p := Plan{Spec: api.UpgradePlanSpec{Image: "r/keel:v2", Concurrency: 1}, Generation: 1, Target: Target{Image: "r/keel:v2", Version: "v2"}}
+	var st api.UpgradePlanStatus
+	sawWait := false
+	for pass := 0; st.Phase != "Done"; pass++ {
+		if pass > 200 || st.Phase == "Halted" {
+			t.Fatalf("pass %d: %s %q", pass, st.Phase, st.Message)
+		}
+		st = Pass(context.Background(), p, nodes, st, f, sim, time.Now())
+		if strings.Contains(st.Message, "quorum 2") {
+			sawWait = true
+		}
+		sim.tick()
+	}
+	if !sawWait || f.refusals != 0 || sim.nodes["cp1"].calls != 1 {
+		t.Fatalf("saw the wait %v, refusals left %d, cp1 upgraded %d times", sawWait, f.refusals, sim.nodes["cp1"].calls)
+	}
 }
 
 // TestRolloutRefusalHalts: a node that refuses its upgrade for good halts the plan (it would
@@ -322,7 +425,7 @@ func (r *refusingFleet) Upgrade(ctx context.Context, name string, req netapi.Upg
 // middle keeps what the plan knew.
 func TestRolloutRefusalHalts(t *testing.T) {
 	sim, nodes, _ := newFleet(0, 3)
-	f := &refusingFleet{simFleet: sim, node: "w0001"}
+	f := &refusingFleet{simFleet: sim, node: "w0001", status: 400}
 	p := Plan{Spec: api.UpgradePlanSpec{Image: "r/keel:v2", Concurrency: 1}, Generation: 1, Target: Target{Image: "r/keel:v2", Version: "v2"}}
 	var st api.UpgradePlanStatus
 	for pass := 0; st.Phase != "Halted"; pass++ {

@@ -70,8 +70,11 @@ type Node interface {
 	// StartUpgrade starts an upgrade and returns its id at once.
 	StartUpgrade(UpgradeRequest) (UpgradeAccepted, error)
 	// CancelUpgrade ends an upgrade that has changed nothing yet (pulling, waiting for the
-	// upgrade lease, checking the etcd cluster).
+	// upgrade lease, checking the etcd cluster), or discards a staged one.
 	CancelUpgrade() error
+	// ActivateUpgrade goes on with the staged upgrade: cordon, drain, stop, reboot into the
+	// slot written while the node served. It returns at once.
+	ActivateUpgrade() (UpgradeAccepted, error)
 	// Rollback commits the other slot and reboots.
 	Rollback() error
 	// Services lists the supervised services.
@@ -156,6 +159,7 @@ func New(o Options) *Server {
 	s.route("POST /v1/shutdown", RoleAdmin, s.shutdown)
 	s.route("POST /v1/upgrade", RoleAdmin, s.upgrade)
 	s.route("POST /v1/upgrade/cancel", RoleAdmin, s.cancelUpgrade)
+	s.route("POST /v1/upgrade/activate", RoleAdmin, s.activateUpgrade)
 	s.route("POST /v1/rollback", RoleAdmin, s.rollback)
 	s.route("POST /v1/reset", RoleAdmin, s.reset)
 	s.route("GET /v1/services", RoleReader, s.services)
@@ -246,7 +250,17 @@ func (s *Server) upgrade(w http.ResponseWriter, r *http.Request) {
 		writeNodeError(w, err)
 		return
 	}
-	s.log.Info("api: upgrade accepted", "id", acc.ID, "image", req.Image, "preserve", req.Preserve, "client", r.TLS.PeerCertificates[0].Subject.CommonName)
+	s.log.Info("api: upgrade accepted", "id", acc.ID, "image", req.Image, "preserve", req.Preserve, "stage", req.Stage, "client", r.TLS.PeerCertificates[0].Subject.CommonName)
+	WriteJSON(w, http.StatusAccepted, acc)
+}
+
+func (s *Server) activateUpgrade(w http.ResponseWriter, r *http.Request) {
+	acc, err := s.node.ActivateUpgrade()
+	if err != nil {
+		writeNodeError(w, err)
+		return
+	}
+	s.log.Info("api: staged upgrade activated", "id", acc.ID, "client", r.TLS.PeerCertificates[0].Subject.CommonName)
 	WriteJSON(w, http.StatusAccepted, acc)
 }
 

@@ -84,7 +84,10 @@ func (f *fakeNode) StartUpgrade(r UpgradeRequest) (UpgradeAccepted, error) {
 	return UpgradeAccepted{ID: "id1", Status: "accepted"}, nil
 }
 func (f *fakeNode) CancelUpgrade() error { return fmt.Errorf("%w: no upgrade in flight", ErrConflict) }
-func (f *fakeNode) Rollback() error      { return fmt.Errorf("%w: slot B is empty", ErrPrecondition) }
+func (f *fakeNode) ActivateUpgrade() (UpgradeAccepted, error) {
+	return UpgradeAccepted{}, fmt.Errorf("%w: no staged upgrade to activate", ErrConflict)
+}
+func (f *fakeNode) Rollback() error { return fmt.Errorf("%w: slot B is empty", ErrPrecondition) }
 
 type env struct {
 	url   string
@@ -243,9 +246,15 @@ func TestUpgradeEndpoint(t *testing.T) {
 	if code != http.StatusConflict || eb.Error.Code == "" {
 		t.Errorf("cancel with nothing in flight = %d %+v, want 409", code, eb)
 	}
+	code, eb, _ = do(t, admin, "POST", e.url+"/v1/upgrade/activate")
+	if code != http.StatusConflict || !strings.Contains(eb.Error.Message, "no staged upgrade") {
+		t.Errorf("activate with nothing staged = %d %+v, want 409", code, eb)
+	}
 	operator := e.client(t, e.ca, "operator")
-	if code, _, _ = do(t, operator, "POST", e.url+"/v1/upgrade/cancel"); code != http.StatusForbidden {
-		t.Errorf("cancel as operator = %d, want 403", code)
+	for _, path := range []string{"/v1/upgrade/cancel", "/v1/upgrade/activate"} {
+		if code, _, _ = do(t, operator, "POST", e.url+path); code != http.StatusForbidden {
+			t.Errorf("%s as operator = %d, want 403", path, code)
+		}
 	}
 }
 

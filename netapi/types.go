@@ -79,6 +79,9 @@ type UpgradeRequest struct {
 	Downgrade bool `json:"downgrade,omitempty"`
 	// DrainTimeoutS overrides the node's drain timeout for this upgrade (0: the config's).
 	DrainTimeoutS int `json:"drain_timeout_s,omitempty"`
+	// Stage pulls, verifies and writes the inactive slot while the node stays in service,
+	// ending in "staged" (kept across reboots); POST /v1/upgrade/activate goes on with it.
+	Stage bool `json:"stage,omitempty"`
 }
 
 // UpgradeAccepted answers POST /v1/upgrade.

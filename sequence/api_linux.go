@@ -73,7 +73,7 @@ func (a *api) StartUpgrade(r netapi.UpgradeRequest) (netapi.UpgradeAccepted, err
 	id := hex.EncodeToString(b)
 	cfg := n.config()
 	err := n.exec.Request(context.Background(), upgrade.Request{ID: id, Image: r.Image, Preserve: r.Preserve, Force: r.Force,
-		Downgrade: r.Downgrade, MinVersion: cfg.Upgrade.MinVersion, DrainTimeoutS: r.DrainTimeoutS, FromVersion: n.opts.Version, Booted: n.bootedSlot(),
+		Downgrade: r.Downgrade, Stage: r.Stage, MinVersion: cfg.Upgrade.MinVersion, DrainTimeoutS: r.DrainTimeoutS, FromVersion: n.opts.Version, Booted: n.bootedSlot(),
 		ControlPlane: n.etcd != nil, Member: memberName(n, cfg.MemberName())})
 	if err != nil {
 		return no, netapi.UpgradeError(err)
@@ -86,6 +86,34 @@ func memberName(n *Node, name string) string {
 		return ""
 	}
 	return name
+}
+
+// ActivateUpgrade implements netapi.Node: the staged upgrade goes on (a control-plane node
+// checks the cluster can spare its member first, as a request does).
+func (a *api) ActivateUpgrade() (netapi.UpgradeAccepted, error) {
+	var no netapi.UpgradeAccepted
+	n := a.n
+	if n.power.down() {
+		return no, fmt.Errorf("%w: the node is shutting down", netapi.ErrConflict)
+	}
+	u := n.exec.Record().Current
+	if u == nil || u.State != upgrade.Staged {
+		return no, fmt.Errorf("%w: no staged upgrade to activate", netapi.ErrConflict)
+	}
+	note, outage := "", false
+	if n.etcd != nil {
+		var err error
+		if note, outage, err = n.etcd.Precheck(context.Background(), u.Preserve, u.Force); err != nil {
+			if errors.Is(err, etcd.ErrRefused) {
+				return no, fmt.Errorf("%w: %v", netapi.ErrPrecondition, err)
+			}
+			return no, err
+		}
+	}
+	if err := n.exec.Activate(context.Background()); err != nil {
+		return no, netapi.UpgradeError(err)
+	}
+	return netapi.UpgradeAccepted{ID: u.ID, Status: "activated", Etcd: note, Outage: outage}, nil
 }
 
 // CancelUpgrade implements netapi.Node: an upgrade still pulling, waiting for the lease or

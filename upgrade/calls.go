@@ -56,6 +56,14 @@ func (e *Executor) Request(ctx context.Context, r Request) error {
 	return e.call(ctx, callIn{ev: r, reply: reply}, reply)
 }
 
+// Activate goes on with the staged upgrade (cordon, drain, stop, reboot into the staged
+// slot); it returns once that is persisted, or refused: ErrBusy (the upgrade is not staged),
+// ErrUnexpected (none in flight), ErrPersist, ErrShutdown.
+func (e *Executor) Activate(ctx context.Context) error {
+	reply := make(chan error, 1)
+	return e.call(ctx, callIn{ev: Activate{}, reply: reply}, reply)
+}
+
 // Cancel ends an upgrade that has changed nothing yet; its running effect is cancelled.
 func (e *Executor) Cancel(ctx context.Context, reason string) error {
 	reply := make(chan error, 1)
@@ -123,6 +131,12 @@ func (e *Executor) callEvent(ev Event) error {
 				return fmt.Errorf("%w: the bootloader's state (grubenv) cannot be read: no slot can be armed or committed", ErrBusy)
 			}
 		}
+		return e.applyCall(r)
+	case Activate:
+		if e.o.Effects.Power != nil && e.o.Effects.Power.Down() {
+			return ErrShutdown
+		}
+		r.Now = now
 		return e.applyCall(r)
 	case Cancel:
 		r.Now = now

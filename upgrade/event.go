@@ -15,7 +15,9 @@ type Request struct {
 	Preserve  bool
 	Force     bool
 	// Downgrade allows a version older than the running one (never below the floor).
-	Downgrade  bool
+	Downgrade bool
+	// Stage writes the slot while the node serves and waits for Activate.
+	Stage      bool
 	MinVersion string // the config's rollback floor; raises the record's
 
 	DrainTimeoutS int
@@ -29,6 +31,10 @@ type Request struct {
 	Member       string
 	Now          time.Time
 }
+
+// Activate goes on with a staged upgrade: the cordon, drain and stop, then the reboot into
+// the slot written while the node served.
+type Activate struct{ Now time.Time }
 
 // LeaseGranted reports the etcd lease the upgrade lock will be held with; persisted before
 // waiting for the lock so that a node cut off while waiting or holding revokes it later.
@@ -177,6 +183,7 @@ type PersistFailed struct {
 }
 
 func (Request) isEvent()           {}
+func (Activate) isEvent()          {}
 func (Pulled) isEvent()            {}
 func (Completed) isEvent()         {}
 func (Cordoned) isEvent()          {}

@@ -23,6 +23,11 @@ type State string
 // States, in the order of a successful upgrade.
 const (
 	Pulling State = "pulling" // download and verify the installer image; nothing changed yet
+	// A staged upgrade ("stage": true) writes the inactive slot while the node stays in
+	// service, then waits in Staged (across reboots) until it is activated (it goes on from
+	// Locking or Cordoning, and skips Writing) or cancelled.
+	Staging State = "staging" // stream the slot onto the inactive partition, in service
+	Staged  State = "staged"  // the slot is written and verified; waiting for activate
 	// Control-plane nodes only: take the cluster-wide upgrade lease (waiting while another
 	// node holds it), then check that the cluster can spare this etcd member.
 	Locking   State = "locking"
@@ -63,16 +68,19 @@ type Progress struct {
 
 // Upgrade is one upgrade's record.
 type Upgrade struct {
-	ID            string    `json:"id"`
-	State         State     `json:"state"`
-	Image         string    `json:"image"`
-	Digest        string    `json:"digest,omitempty"`    // of the installer image's manifest
-	SignedBy      string    `json:"signed_by,omitempty"` // the trusted key that signed it
-	SlotSHA256    string    `json:"slot_sha256,omitempty"`
-	SlotSize      int64     `json:"slot_size,omitempty"`
-	Preserve      bool      `json:"preserve"`
-	Force         bool      `json:"force"`
-	Downgrade     bool      `json:"downgrade,omitempty"` // the request allows an older version
+	ID         string `json:"id"`
+	State      State  `json:"state"`
+	Image      string `json:"image"`
+	Digest     string `json:"digest,omitempty"`    // of the installer image's manifest
+	SignedBy   string `json:"signed_by,omitempty"` // the trusted key that signed it
+	SlotSHA256 string `json:"slot_sha256,omitempty"`
+	SlotSize   int64  `json:"slot_size,omitempty"`
+	Preserve   bool   `json:"preserve"`
+	Force      bool   `json:"force"`
+	Downgrade  bool   `json:"downgrade,omitempty"` // the request allows an older version
+	// Stage: the slot is written while the node serves (Staging) and the upgrade waits in
+	// Staged for its activation; the out-of-service part then skips the write.
+	Stage         bool      `json:"stage,omitempty"`
 	DrainTimeoutS int       `json:"drain_timeout_s,omitempty"`
 	FromVersion   string    `json:"from_version"`
 	ToVersion     string    `json:"to_version,omitempty"`
@@ -87,6 +95,8 @@ type Upgrade struct {
 	SentBack    bool      `json:"sent_back,omitempty"`
 	Progress    Progress  `json:"progress"`
 	RequestedAt time.Time `json:"requested_at"`
+	// ActivatedAt is when a staged upgrade was activated (its time out of service starts).
+	ActivatedAt time.Time `json:"activated_at,omitzero"`
 	UpdatedAt   time.Time `json:"updated_at"`
 	FinishedAt  time.Time `json:"finished_at,omitzero"`
 	// Reason says why an upgrade was aborted or rolled back.
@@ -176,6 +186,8 @@ func (r Record) Active() bool { return r.Current != nil && !r.Current.State.Term
 // new record would bury in the history).
 func (r Record) Busy() string {
 	switch u := r.Current; {
+	case r.Active() && u.State == Staged:
+		return fmt.Sprintf("upgrade %s to %s is staged: activate it (POST /v1/upgrade/activate) or discard it (POST /v1/upgrade/cancel)", u.ID, u.ToVersion)
 	case r.Active():
 		return fmt.Sprintf("upgrade %s is %s", u.ID, u.State)
 	case r.RollingBack != nil:
@@ -229,7 +241,7 @@ func Decode(b []byte) (Record, error) {
 
 func validState(s State) bool {
 	switch s {
-	case Pulling, Locking, Checking, Cordoning, Draining, Preparing, Leaving, Stopping, Writing, Wiping, Arming, Rebooting, Trial, Committing, Done, Aborted, RolledBack:
+	case Pulling, Staging, Staged, Locking, Checking, Cordoning, Draining, Preparing, Leaving, Stopping, Writing, Wiping, Arming, Rebooting, Trial, Committing, Done, Aborted, RolledBack:
 		return true
 	}
 	return false

@@ -65,7 +65,7 @@ func scenarioEvent(d *datadriven.TestData, now time.Time) (Event, error) {
 	switch d.Cmd {
 	case "request":
 		return Request{ID: arg("id", "u1"), Image: arg("image", "r/i:v2"), Preserve: arg("preserve", "true") == "true",
-			Force: arg("force", "") == "true", FromVersion: "v1", Booted: slot("booted", "A"), Committed: slot("committed", ""),
+			Force: arg("force", "") == "true", Stage: arg("stage", "") == "true", FromVersion: "v1", Booted: slot("booted", "A"), Committed: slot("committed", ""),
 			ControlPlane: arg("cp", "") == "true", Member: "n1", Now: now}, nil
 	case "pulled":
 		return Pulled{Digest: "sha256:d", ToVersion: arg("version", "v2"), SlotSHA256: "s", SlotSize: 10, Now: now}, nil
@@ -87,6 +87,8 @@ func scenarioEvent(d *datadriven.TestData, now time.Time) (Event, error) {
 		return Booted{Slot: slot("slot", "A"), Committed: slot("committed", "A"), Now: now}, nil
 	case "cancel":
 		return Cancel{Reason: "by operator", Now: now}, nil
+	case "activate":
+		return Activate{Now: now}, nil
 	case "lease-lost":
 		return LeaseLost{Lease: num("lease"), Reason: arg("reason", "expired"), Now: now}, nil
 	case "persist-failed":

@@ -22,6 +22,7 @@ type scenario struct {
 	noKube, foreign, drainFails, force      bool
 	cp, wipe, lockBusy, checkFails          bool
 	leaveFails, commitFails, snapFails      bool
+	stage                                   bool // staged, then activated when it rests
 }
 
 var scenarios = []scenario{
@@ -48,6 +49,11 @@ var scenarios = []scenario{
 	{name: "control plane, snapshot fails, forced", cp: true, snapFails: true, force: true},
 	{name: "control plane, leave, unmount fails", cp: true, wipe: true, stopFails: true},
 	{name: "control plane, commit fails", cp: true, commitFails: true},
+	{name: "staged", stage: true},
+	{name: "staged, new slot panics", stage: true, broken: true},
+	{name: "staged, pull fails", stage: true, pullFails: true},
+	{name: "staged, unmount fails", stage: true, stopFails: true},
+	{name: "staged, control plane, leave", stage: true, cp: true, wipe: true},
 }
 
 func newWorld(t testing.TB, s scenario) *world {
@@ -55,11 +61,11 @@ func newWorld(t testing.TB, s scenario) *world {
 		pullFails: s.pullFails, stopFails: s.stopFails, commitFails: s.commitFails, booted: boot.SlotA,
 		noKube: s.noKube, foreign: s.foreign, drainFails: s.drainFails, force: s.force,
 		cp: s.cp, wipe: s.wipe, lockBusy: s.lockBusy, checkFails: s.checkFails, leaveFails: s.leaveFails, snapFails: s.snapFails,
-		member: "voter", etcdRunning: s.cp}
+		member: "voter", etcdRunning: s.cp, stage: s.stage}
 }
 
 func (w *world) request() Request {
-	return Request{ID: "u1", Image: "r/i:v2", Preserve: !w.wipe, Force: w.force, FromVersion: "v1", Booted: boot.SlotA,
+	return Request{ID: "u1", Image: "r/i:v2", Preserve: !w.wipe, Force: w.force, Stage: w.stage, FromVersion: "v1", Booted: boot.SlotA,
 		ControlPlane: w.cp, Member: "n1"}
 }
 
@@ -85,6 +91,17 @@ func settle(t testing.TB, f *incarnation) (cut bool, rec Record) {
 			r := ir.r
 			if !ir.persisted {
 				continue // META is retried; actions wait for it
+			}
+			if r.Active() && r.Current.State == Staged && f.w.stage {
+				// Staged and resting, as it should: the operator activates it (again, if
+				// META refused the first).
+				// An idle report may be older than the record (racing calls): then the
+				// activate is refused as busy or unexpected, and the next report tells.
+				err := f.ex.Activate(t.Context())
+				if err != nil && !errors.Is(err, ErrPersist) && !errors.Is(err, ErrStopped) && !errors.Is(err, ErrBusy) && !errors.Is(err, ErrUnexpected) {
+					t.Fatalf("activate: %v", err)
+				}
+				continue
 			}
 			if r.Active() || r.RollingBack != nil {
 				f.w.mu.Lock()
@@ -353,6 +370,18 @@ func persistGone(t *testing.T, w *world, desc string) {
 			if ir.r.Current == nil {
 				continue // the boot before the request
 			}
+			if ir.persisted && ir.r.Active() && ir.r.Current.State == Staged {
+				// Staged and in service; with META gone its activation is refused: nothing
+				// changes, which is safe.
+				err := f.ex.Activate(t.Context())
+				if errors.Is(err, ErrPersist) {
+					return
+				}
+				if err != nil {
+					t.Fatalf("%s: activate with META gone: %v", desc, err)
+				}
+				continue // accepted (that write landed): the upgrade goes on
+			}
 			if ir.persisted && (ir.r.Active() || ir.r.RollingBack != nil) {
 				t.Fatalf("%s: idle with an upgrade in flight: %+v", desc, ir.r.Current)
 			}
@@ -518,6 +547,7 @@ func TestRacingInputs(t *testing.T) {
 // settleAny is settle that also accepts a node with no upgrade at all.
 func settleAny(t testing.TB, f *incarnation) (bool, Record) {
 	t.Helper()
+again:
 	select {
 	case <-f.cut:
 		return true, Record{}
@@ -528,6 +558,14 @@ func settleAny(t testing.TB, f *incarnation) (bool, Record) {
 		default:
 		}
 		r := ir.r
+		if r.Active() && r.Current.State == Staged {
+			// A racing request staged an upgrade: resting is right; activate it to the end
+			// (an idle report may be older than the record: then the activate is refused).
+			if err := f.ex.Activate(t.Context()); err != nil && !errors.Is(err, ErrPersist) && !errors.Is(err, ErrUnexpected) && !errors.Is(err, ErrBusy) {
+				t.Fatalf("activate: %v", err)
+			}
+			goto again
+		}
 		if r.Active() || r.RollingBack != nil {
 			t.Fatalf("idle with work in flight: %+v", r.Current)
 		}

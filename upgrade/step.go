@@ -40,7 +40,7 @@ func Step(r Record, ev Event) (Record, []Action, error) {
 			}
 		}
 		n.Current = &Upgrade{
-			ID: e.ID, State: Pulling, Image: e.Image, Preserve: e.Preserve, Force: e.Force, Downgrade: e.Downgrade, DrainTimeoutS: e.DrainTimeoutS,
+			ID: e.ID, State: Pulling, Image: e.Image, Preserve: e.Preserve, Force: e.Force, Downgrade: e.Downgrade, Stage: e.Stage, DrainTimeoutS: e.DrainTimeoutS,
 			FromVersion: bound(e.FromVersion), FromSlot: e.Booted, ToSlot: e.Booted.Other(),
 			ControlPlane: e.ControlPlane, Member: bound(e.Member),
 			RequestedAt: e.Now, UpdatedAt: e.Now,
@@ -137,17 +137,30 @@ func Step(r Record, ev Event) (Record, []Action, error) {
 		if err := checkVersion(u, n.Floor); err != nil {
 			return failed(n, "refused: "+err.Error(), e.Now)
 		}
-		if u.ControlPlane {
-			return enter(n, Locking, e.Now)
+		if u.Stage {
+			// The inactive slot holds nothing bootable from here until verified again.
+			setSlot(&n, u.ToSlot, SlotRecord{})
+			return enter(n, Staging, e.Now)
 		}
-		return enter(n, Cordoning, e.Now)
+		return outOfService(n, e.Now)
+
+	case Activate:
+		if u.State != Staged {
+			return r, nil, fmt.Errorf("%w: upgrade %s is %s, not staged", ErrBusy, u.ID, u.State)
+		}
+		u.ActivatedAt = e.Now
+		return outOfService(n, e.Now)
 
 	case Cancel:
 		switch u.State {
 		case Pulling, Locking, Checking:
 			return finish(n, Aborted, "cancelled: "+e.Reason, e.Now)
+		case Staging, Staged:
+			// Discarded: the slot is left as it is (written, or half written) and never armed.
+			setSlot(&n, u.ToSlot, SlotRecord{})
+			return finish(n, Aborted, "discarded: "+e.Reason, e.Now)
 		}
-		return r, nil, fmt.Errorf("%w: the upgrade is %s (cancel works while pulling, waiting for the lease or checking)", ErrTooLate, u.State)
+		return r, nil, fmt.Errorf("%w: the upgrade is %s (cancel works while pulling, staging, staged, waiting for the lease or checking)", ErrTooLate, u.State)
 
 	case LeaseGranted:
 		if u.State != Locking || u.Lease != 0 || e.ID == 0 {
@@ -202,7 +215,7 @@ func Step(r Record, ev Event) (Record, []Action, error) {
 		return n, nil, nil
 
 	case Progressed:
-		if u.State != Writing {
+		if u.State != Writing && u.State != Staging {
 			return r, nil, fmt.Errorf("%w: progress in %s", ErrUnexpected, u.State)
 		}
 		u.Progress = Progress{Written: e.Written, Total: e.Total}
@@ -229,17 +242,20 @@ func Step(r Record, ev Event) (Record, []Action, error) {
 			u.Etcd = appendNote(u.Etcd, "left the cluster")
 			return enter(n, Stopping, e.Now)
 		case Stopping:
+			if u.Stage {
+				return afterWrite(n, e.Now) // written while the node served
+			}
 			// From here the inactive slot is being overwritten: it holds nothing bootable
 			// until verified again.
 			setSlot(&n, u.ToSlot, SlotRecord{})
 			return enter(n, Writing, e.Now)
-		case Writing:
+		case Writing, Staging:
 			setSlot(&n, u.ToSlot, SlotRecord{Version: u.ToVersion, SHA256: u.SlotSHA256, Size: u.SlotSize, Verified: true})
 			u.Progress.Written = u.SlotSize
-			if u.Preserve {
-				return enter(n, Arming, e.Now)
+			if u.State == Staging {
+				return enter(n, Staged, e.Now)
 			}
-			return enter(n, Wiping, e.Now)
+			return afterWrite(n, e.Now)
 		case Arming:
 			return enter(n, Rebooting, e.Now)
 		case Committing:
@@ -387,116 +403,11 @@ func stepRollback(r, n Record, ev Event) (Record, []Action, error) {
 	return r, nil, fmt.Errorf("%w: %T", ErrUnexpected, ev)
 }
 
-// stepBoot decides what a boot means for the upgrade (or rollback) in flight. GRUB spends a try
-// before each boot of the slot under trial, so a boot of the new slot after arming is its trial
-// (first or resumed), and a boot of the old one means the new one spent its tries without a
-// healthy trial (panic, hang and watchdog, or power loss each time).
-func stepBoot(n Record, e Booted) (Record, []Action, error) {
-	if rb := n.RollingBack; rb != nil {
-		// A reboot cut the rollback short. grubenv says whether its commit landed.
-		n.RollingBack = nil
-		if rb.Phase == RollbackCommitting && e.Committed == rb.To {
-			done := *rb
-			done.Phase = ""
-			n.Rollbacks = append([]Rollback{done}, n.Rollbacks...)
-			if len(n.Rollbacks) > HistoryLen {
-				n.Rollbacks = n.Rollbacks[:HistoryLen]
-			}
-		}
-	}
-	if !n.Active() {
-		if u := n.Current; u != nil {
-			rolledSince := len(n.Rollbacks) > 0 && n.Rollbacks[0].At.After(u.FinishedAt)
-			if (u.State == RolledBack || u.State == Aborted) && e.Slot == u.ToSlot && e.Slot != e.Committed && !u.SentBack && !rolledSince {
-				// The upgrade ended, but a cut between recording that and the disarm left
-				// GRUB a try of the new slot, which it just spent: back to the committed
-				// slot, once (SentBack: should grubenv be unreadable, or the disarm fail,
-				// this must not become a loop; GRUB's tries run out by themselves). The
-				// obligations wait for that boot.
-				u.SentBack = true
-				return n, []Action{ActDisarm{}, ActRebootCurrent{Reason: fmt.Sprintf("upgrade %s %s: booted slot %s on a try left over; back to the committed slot", u.ID, u.State, e.Slot)}}, nil
-			}
-			// Obligations a reboot interrupted (or deferred to this boot): go on.
-			return n, obligations(u), nil
-		}
-		return n, nil, nil
-	}
-	u := n.Current
-	u.Boots++
-	u.UpdatedAt = e.Now
-	if u.Boots > MaxBoots {
-		st := Aborted
-		if pastNoReturn(u.State) {
-			st = RolledBack
-		}
-		reason := fmt.Sprintf("gave up after %d boots in state %s", u.Boots, u.State)
-		if e.Slot != e.Committed {
-			return finishRebooting(n, st, reason, e.Now)
-		}
-		return finish(n, st, reason, e.Now)
-	}
-	switch u.State {
-	case Pulling, Locking, Checking, Cordoning, Draining, Preparing, Leaving, Stopping, Writing, Wiping:
-		was := u.State // finish changes u
-		reason := fmt.Sprintf("interrupted by a reboot while %s", was)
-		if was == Writing {
-			setSlot(&n, u.ToSlot, SlotRecord{})
-			reason += fmt.Sprintf("; slot %s left unbootable and was never armed", u.ToSlot)
-		}
-		// A wipe cut short is owed (Wipe): the user asked for a new EPHEMERAL and it may be
-		// half made; obligations put it first.
-		return finish(n, Aborted, reason, e.Now)
-	case Arming:
-		if e.Slot == u.ToSlot {
-			u.TrialBoots++
-			return keepLease(enter(n, Trial, e.Now)) // the arming took effect before the record said so
-		}
-		n, acts, err := finish(n, Aborted, "interrupted by a reboot while arming", e.Now)
-		return n, append([]Action{ActDisarm{}}, acts...), err // GRUB would try the slot later
-	case Rebooting, Trial:
-		if e.Slot == u.ToSlot && e.Committed == u.ToSlot {
-			return keepLease(enter(n, Committing, e.Now)) // committed in grubenv, not yet in META
-		}
-		if e.Slot == u.ToSlot {
-			// The first boot of the new slot; or another one, GRUB having boot tries left
-			// after a trial cut short (power, reset): the trial resumes, gates again.
-			// TrialBoots tells a resumed trial from a first one; MaxBoots bounds it all.
-			u.TrialBoots++
-			return keepLease(enter(n, Trial, e.Now))
-		}
-		// GRUB spent the new slot's tries without a commit: it panicked or hung before
-		// the init saw it, or every trial boot was cut short.
-		reason := "the new slot never reported healthy"
-		switch {
-		case u.TrialBoots == 0:
-			reason += " (its boot tries were spent before its init came up: panic, hang or power loss)"
-		default:
-			reason += fmt.Sprintf(" (reset during the trial boot: %d trial boot(s) reached the init, none finished)", u.TrialBoots)
-		}
-		return finish(n, RolledBack, reason, e.Now)
-	case Committing:
-		if e.Slot == u.ToSlot {
-			if e.Committed == u.ToSlot {
-				return keepLease(enter(n, Done, e.Now))
-			}
-			return keepLease(enter(n, Committing, e.Now))
-		}
-		return finish(n, RolledBack, "the commit never reached grubenv (power lost, or its write failed); the old slot is still the default", e.Now)
-	}
-	return n, nil, fmt.Errorf("%w: boot in %s", ErrUnexpected, u.State)
-}
-
-func pastNoReturn(s State) bool {
-	switch s {
-	case Rebooting, Trial, Committing:
-		return true
-	}
-	return false
-}
-
 // effect is the action that entering s performs.
 func effect(u *Upgrade, s State, floor string) Action {
 	switch s {
+	case Staged:
+		return nil // rests until activated or cancelled
 	case Pulling:
 		return ActPull{Image: u.Image, Slot: u.ToSlot, Versions: VersionPolicy{From: u.FromVersion, Floor: floor, Downgrade: u.Downgrade}}
 	case Locking:
@@ -516,7 +427,7 @@ func effect(u *Upgrade, s State, floor string) Action {
 		return ActLeave{}
 	case Stopping:
 		return ActStop{}
-	case Writing:
+	case Writing, Staging:
 		img := u.Image
 		if u.Digest != "" {
 			img = pinned(u.Image, u.Digest)
@@ -565,11 +476,31 @@ func enter(n Record, s State, now time.Time) (Record, []Action, error) {
 	case Done:
 		u.FinishedAt = now
 	}
-	acts := []Action{effect(u, s, n.Floor)}
+	var acts []Action
+	if a := effect(u, s, n.Floor); a != nil {
+		acts = append(acts, a)
+	}
 	if s == Done {
 		acts = append(acts, obligations(u)...) // uncordon, then release the lease
 	}
 	return n, acts, nil
+}
+
+// outOfService takes the node out of service for the upgrade: a control-plane node takes the
+// upgrade lease first.
+func outOfService(n Record, now time.Time) (Record, []Action, error) {
+	if n.Current.ControlPlane {
+		return enter(n, Locking, now)
+	}
+	return enter(n, Cordoning, now)
+}
+
+// afterWrite follows a verified slot: EPHEMERAL re-created first if asked, then arming.
+func afterWrite(n Record, now time.Time) (Record, []Action, error) {
+	if n.Current.Preserve {
+		return enter(n, Arming, now)
+	}
+	return enter(n, Wiping, now)
 }
 
 // afterDrain is where a drained (or never cordoned) node goes: a control-plane node prepares

@@ -35,6 +35,7 @@ type world struct {
 	foreign     bool // someone else cordoned the node before the upgrade
 	drainFails  bool
 	force       bool
+	stage       bool // the request stages; the test activates it once it rests
 	ourCordon   bool // the API server holds a cordon of ours
 	// Control-plane: an etcd member, the cluster-wide lease and lock.
 	cp          bool

@@ -46,6 +46,11 @@ type UpgradePlanSpec struct {
 	HealthCheck string `json:"healthCheck,omitempty"`
 	// Paused stops starting nodes; a halted plan resumes when its spec changes.
 	Paused bool `json:"paused,omitempty"`
+	// Stage has nodes download and write their next slot ahead of their turn while they
+	// serve (at any time: windows bound the activations), StageConcurrency at once (0: as
+	// many as Concurrency); a node's turn then only drains, stops and reboots it.
+	Stage            bool `json:"stage,omitempty"`
+	StageConcurrency int  `json:"stageConcurrency,omitempty"`
 }
 
 // Window is a maintenance window (see plan.Window): days by English name.
@@ -80,6 +85,9 @@ func (s UpgradePlanSpec) Rules() (plan.Spec, error) {
 	if s.Concurrency < 0 || s.Concurrency > 1000 {
 		return r, fmt.Errorf("%w: spec.concurrency %d: want 1-1000 (0: 1)", ErrInvalid, s.Concurrency)
 	}
+	if s.StageConcurrency < 0 || s.StageConcurrency > 1000 {
+		return r, fmt.Errorf("%w: spec.stageConcurrency %d: want 0-1000 (0: as concurrency)", ErrInvalid, s.StageConcurrency)
+	}
 	if s.DrainTimeoutSeconds < 0 || s.DrainTimeoutSeconds > 86400 {
 		return r, fmt.Errorf("%w: spec.drainTimeoutSeconds %d: want 0-86400", ErrInvalid, s.DrainTimeoutSeconds)
 	}
@@ -89,7 +97,7 @@ func (s UpgradePlanSpec) Rules() (plan.Spec, error) {
 			return r, fmt.Errorf("%w: spec.healthCheck %q: want an http(s) URL", ErrInvalid, s.HealthCheck)
 		}
 	}
-	r.Concurrency, r.Paused = max(s.Concurrency, 1), s.Paused
+	r.Concurrency, r.Paused, r.Stage, r.StageConcurrency = max(s.Concurrency, 1), s.Paused, s.Stage, s.StageConcurrency
 	for i, w := range s.Windows {
 		pw := plan.Window{Start: w.Start, End: w.End, Zone: w.TimeZone}
 		for _, d := range w.Days {

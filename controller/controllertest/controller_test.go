@@ -43,7 +43,7 @@ func (e *env) watch(conc int) *watch {
 			cp, wk := 0, 0
 			for name, n := range e.nodes {
 				f := n.Facts()
-				if f.Down || f.Record.Current != nil && !f.Record.Current.State.Terminal() {
+				if f.Down || outOfService(f.Record.Current) {
 					if strings.HasPrefix(name, "cp") {
 						cp++
 					} else {
@@ -76,6 +76,14 @@ func (w *watch) end() {
 	if w.maxCP > 1 || w.maxW > w.conc || w.cpBesideWorkers {
 		w.e.t.Errorf("out of service at once: up to %d control-plane nodes, %d workers (concurrency %d); a control-plane node beside workers: %v", w.maxCP, w.maxW, w.conc, w.cpBesideWorkers)
 	}
+}
+
+// outOfService: an upgrade in flight that is not a staged one still in service.
+func outOfService(u *upgrade.Upgrade) bool {
+	if u == nil || u.State.Terminal() {
+		return false
+	}
+	return !(u.State == upgrade.Staging || u.State == upgrade.Staged || u.Stage && u.State == upgrade.Pulling)
 }
 
 // events counts the plan's Events by reason: its own, and its nodes' (which regard the Node
@@ -288,4 +296,74 @@ func TestWindows(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.waitPlan("nightly", 2*time.Minute, "Done inside the window", func(s api.UpgradePlanStatus) bool { return s.Phase == "Done" })
+}
+
+// TestStagedRollout: a staged plan has its nodes write their slot in service ahead of their
+// turn, also outside the maintenance window, at most stageConcurrency at once; once the
+// window opens, each turn only cordons, drains, stops and reboots (each node's time out of
+// service, activation → done, is logged from its record).
+func TestStagedRollout(t *testing.T) {
+	const workers, conc, stageConc = 12, 3, 4
+	e := newEnv(t, fleet{cps: 1, workers: workers, step: 60 * time.Millisecond, reboot: 200 * time.Millisecond})
+	e.startController("a")
+	w := e.watch(conc)
+	now := time.Now().UTC()
+	hm := func(t time.Time) string { return t.Format("15:04") }
+	closed := []api.Window{{Start: hm(now.Add(3 * time.Hour)), End: hm(now.Add(4 * time.Hour))}}
+	e.plan("staged", api.UpgradePlanSpec{Image: "registry.test/keel:v2.0.0", Concurrency: conc, Stage: true, StageConcurrency: stageConc, Windows: closed})
+	maxStaging := 0
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(20 * time.Millisecond) {
+		staged, staging := 0, 0
+		for _, n := range e.nodes {
+			f := n.Facts()
+			switch u := f.Record.Current; {
+			case u != nil && u.State == upgrade.Staged:
+				staged++
+			case u != nil && (u.State == upgrade.Staging || u.State == upgrade.Pulling):
+				staging++
+			case f.Upgrades > 0:
+				t.Fatalf("a node left staging outside the window: %+v", u)
+			}
+		}
+		maxStaging = max(maxStaging, staging)
+		if staged == workers+1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d staged after 2 min", staged, workers+1)
+		}
+	}
+	if maxStaging > stageConc {
+		t.Errorf("%d nodes staging at once, stageConcurrency %d", maxStaging, stageConc)
+	}
+	st := e.get("staged").Status
+	if st.Phase != "Waiting" || !strings.Contains(st.Message, "outside the maintenance windows") {
+		t.Errorf("all staged outside the window: %s %q", st.Phase, st.Message)
+	}
+	p := e.get("staged")
+	p.Spec.Windows = nil
+	if err := e.c.Update(context.Background(), &p); err != nil {
+		t.Fatal(err)
+	}
+	e.waitPlan("staged", 3*time.Minute, "Done", func(s api.UpgradePlanStatus) bool { return s.Phase == "Done" })
+	w.end()
+	var out time.Duration
+	for name, n := range e.nodes {
+		f := n.Facts()
+		u := f.Record.Current
+		if f.Version != "v2.0.0" || f.Upgrades != 1 || u == nil || !u.Stage || u.ActivatedAt.IsZero() || u.State != upgrade.Done {
+			t.Fatalf("%s: %s after %d upgrades, record %+v", name, f.Version, f.Upgrades, u)
+		}
+		out += u.FinishedAt.Sub(u.ActivatedAt)
+	}
+	ev := e.events("staged")
+	if ev["StagingStarted"] != workers+1 || ev["NodeStaged"] != workers+1 || ev["UpgradeStarted"] != workers+1 {
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline) && ev["PlanDone"] == 0; ev = e.events("staged") {
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	if ev["StagingStarted"] != workers+1 || ev["NodeStaged"] != workers+1 || ev["UpgradeStarted"] != workers+1 || ev["PlanDone"] != 1 {
+		t.Errorf("events %v", ev)
+	}
+	t.Logf("%d nodes staged (at most %d at once); out of service per node %.2f s (activation → done, mean)", workers+1, maxStaging, out.Seconds()/float64(workers+1))
 }

@@ -1,6 +1,8 @@
 package plan
 
 import (
+	"fmt"
+
 	"keel/netapi"
 	"keel/upgrade"
 )
@@ -15,6 +17,18 @@ func Observe(name string, controlPlane bool, st netapi.Status, target, requested
 	n := Node{Name: name, ControlPlane: controlPlane, Phase: Pending}
 	u := st.Upgrade
 	switch {
+	case u != nil && (u.State == upgrade.Staging || u.State == upgrade.Staged || u.Stage && u.State == upgrade.Pulling):
+		// In service: pulling or writing its next slot, or waiting with it written.
+		c, ok := upgrade.CompareVersions(u.ToVersion, target)
+		ours := u.ToVersion == target || ok && c == 0 || requested != "" && u.ID == requested
+		switch {
+		case !ours:
+			n.Reason = fmt.Sprintf("upgrade %s to %s is %s (not this plan's: discard it to go on)", u.ID, u.ToVersion, u.State)
+		case u.State != upgrade.Staged:
+			n.Phase = Staging
+		default:
+			n.Phase = Staged
+		}
 	case u != nil && !u.State.Terminal():
 		n.Phase = Upgrading // whoever asked: the node is out of service
 	case st.Version == target || atOrAhead(st.Version, target):

@@ -36,6 +36,10 @@ const (
 	Upgrading Phase = "upgrading" // its upgrade runs (requested, or found running on the node)
 	Upgraded  Phase = "upgraded"  // on the target version; Healthy says whether the gates passed
 	Failed    Phase = "failed"    // its upgrade ended aborted or rolled back
+	// With staging, a node writes its slot in service ahead of its turn (staging), then
+	// waits (staged) until the plan activates it; both are in service.
+	Staging Phase = "staging"
+	Staged  Phase = "staged"
 )
 
 // Node is one selected node as the controller sees it.
@@ -63,11 +67,20 @@ type Spec struct {
 	Concurrency int // workers out of service at once; 0 means 1
 	Windows     []Window
 	Paused      bool
+	// Stage: nodes download and write their slot ahead of their turn, in service, at any
+	// time (windows bound activations, not staging), StageConcurrency at once (0: as many as
+	// Concurrency); a node's turn then activates it.
+	Stage            bool
+	StageConcurrency int
 }
 
 // Decision is what to do now.
 type Decision struct {
-	Start []string // nodes to start, in order
+	// Start are the nodes whose turn it is, in order: their upgrade starts, or, with staging,
+	// their staged upgrade is activated.
+	Start []string
+	// Stage are the nodes to stage now (in service).
+	Stage []string
 	// Halted names the failed node and its reason; Waiting says why nothing (more) starts.
 	Halted  string
 	Waiting string
@@ -117,6 +130,13 @@ func Decide(s Spec, nodes []Node, now time.Time) (Decision, error) {
 	case s.Paused:
 		d.Waiting = "the plan is paused"
 		return d, nil
+	}
+	ready := Pending // whose turn may come
+	if s.Stage {
+		ready = Staged
+		d.Stage = toStage(s, nodes)
+	}
+	switch {
 	case !open:
 		d.Waiting = "outside the maintenance windows"
 		if !next.IsZero() {
@@ -130,12 +150,15 @@ func Decide(s Spec, nodes []Node, now time.Time) (Decision, error) {
 			return d, nil
 		}
 		for _, n := range nodes {
-			if n.ControlPlane && n.Phase == Pending {
+			if n.ControlPlane && n.Phase == ready {
 				d.Start = []string{n.Name}
 				return d, nil
 			}
 		}
 		d.Waiting = "control-plane nodes are not all healthy"
+		if s.Stage {
+			d.Waiting = "waiting for a control-plane node to be staged"
+		}
 		return d, nil
 	}
 	conc := max(s.Concurrency, 1)
@@ -143,14 +166,41 @@ func Decide(s Spec, nodes []Node, now time.Time) (Decision, error) {
 		if outWorkers+len(d.Start) >= conc {
 			break
 		}
-		if !n.ControlPlane && n.Phase == Pending {
+		if !n.ControlPlane && n.Phase == ready {
 			d.Start = append(d.Start, n.Name)
 		}
 	}
 	if len(d.Start) == 0 {
 		d.Waiting = fmt.Sprintf("%d of %d workers out of service", outWorkers, conc)
+		if s.Stage && outWorkers < conc {
+			d.Waiting = fmt.Sprintf("%d of %d workers out of service; waiting for workers to be staged", outWorkers, conc)
+		}
 	}
 	return d, nil
+}
+
+// toStage are the pending nodes to stage now, control-plane nodes first, then by name, as
+// many as keep StageConcurrency nodes staging.
+func toStage(s Spec, nodes []Node) []string {
+	limit := s.StageConcurrency
+	if limit <= 0 {
+		limit = max(s.Concurrency, 1)
+	}
+	staging := 0
+	for _, n := range nodes {
+		if n.Phase == Staging {
+			staging++
+		}
+	}
+	var out []string
+	for _, cp := range []bool{true, false} {
+		for _, n := range nodes {
+			if n.ControlPlane == cp && n.Phase == Pending && staging+len(out) < limit {
+				out = append(out, n.Name)
+			}
+		}
+	}
+	return out
 }
 
 // InWindow reports whether now is inside one of the windows (no windows: always), and, when

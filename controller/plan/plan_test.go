@@ -71,6 +71,38 @@ func TestDecide(t *testing.T) {
 	}
 }
 
+// TestDecideStaging: with staging, turns go to staged nodes only; pending nodes are staged
+// (control plane first) up to the stage concurrency, also outside the windows; paused stages
+// nothing.
+func TestDecideStaging(t *testing.T) {
+	closed := []Window{{Start: "01:00", End: "02:00"}} // monday is 12:00 UTC
+	for _, c := range []struct {
+		name, nodes  string
+		spec         Spec
+		start, stage []string
+		want         string
+	}{
+		{"stage the control plane first", "w0:pending cp0:pending cp1:pending", Spec{Stage: true, StageConcurrency: 2}, nil, []string{"cp0", "cp1"}, "staged"},
+		{"a staged control-plane node goes", "cp0:staged cp1:staging w0:pending", Spec{Stage: true, StageConcurrency: 2}, []string{"cp0"}, []string{"w0"}, ""},
+		{"staging counts against the bound", "cp0:done w0:staging w1:staging w2:pending", Spec{Stage: true, StageConcurrency: 2, Concurrency: 3}, nil, nil, "waiting for workers to be staged"},
+		{"bound defaults to concurrency", "cp0:done w0:pending w1:pending w2:pending", Spec{Stage: true, Concurrency: 2}, nil, []string{"w0", "w1"}, "staged"},
+		{"staged workers go by concurrency", "cp0:done w0:staged w1:staged w2:staged w3:pending", Spec{Stage: true, Concurrency: 2, StageConcurrency: 1}, []string{"w0", "w1"}, []string{"w3"}, ""},
+		{"staged nodes are in service", "cp0:done w0:staged w1:staging w2:upgrading", Spec{Stage: true, Concurrency: 2}, []string{"w0"}, nil, ""},
+		{"outside the windows: staged, not started", "cp0:done w0:pending w1:staged", Spec{Stage: true, Concurrency: 2, Windows: closed}, nil, []string{"w0"}, "outside the maintenance windows"},
+		{"paused stages nothing", "w0:pending", Spec{Stage: true, Paused: true}, nil, nil, "paused"},
+		{"a pending node waits for its stage, not started whole", "cp0:done w0:pending", Spec{Stage: true, StageConcurrency: 1}, nil, []string{"w0"}, "staged"},
+	} {
+		d, err := Decide(c.spec, nodes(c.nodes), monday)
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		got := d.Waiting + d.Halted
+		if !slices.Equal(d.Start, c.start) || !slices.Equal(d.Stage, c.stage) || c.want != "" && !strings.Contains(got, c.want) || c.want == "" && got != "" {
+			t.Errorf("%s: start %v stage %v %q; want %v %v %q", c.name, d.Start, d.Stage, got, c.start, c.stage, c.want)
+		}
+	}
+}
+
 func TestWindows(t *testing.T) {
 	at := func(s string) time.Time {
 		tm, err := time.Parse(time.RFC3339, s)
@@ -243,6 +275,10 @@ func TestObserve(t *testing.T) {
 		{"ours aborted", netapi.Status{Version: "v1", Upgrade: rec("u1", upgrade.Aborted, "drain: PDB")}, "u1", Failed, "aborted: drain: PDB"},
 		{"an older failure does not halt", netapi.Status{Version: "v1", Upgrade: rec("old", upgrade.RolledBack, "x")}, "u1", Pending, ""},
 		{"a failure nobody here asked for", netapi.Status{Version: "v1", Upgrade: rec("old", upgrade.Aborted, "x")}, "", Pending, ""},
+		{"staging: in service", netapi.Status{Version: "v1", Upgrade: rec("u1", upgrade.Staging, "")}, "u1", Staging, ""},
+		{"staged", netapi.Status{Version: "v1", Upgrade: rec("u1", upgrade.Staged, "")}, "", Staged, ""},
+		{"a staged request still pulling: in service", netapi.Status{Version: "v1", Upgrade: &upgrade.Upgrade{ID: "u1", State: upgrade.Pulling, Stage: true}}, "u1", Staging, ""},
+		{"staged for another version", netapi.Status{Version: "v1", Upgrade: &upgrade.Upgrade{ID: "x", State: upgrade.Staged, ToVersion: "v3"}}, "", Pending, "upgrade x to v3 is staged (not this plan's: discard it to go on)"},
 	} {
 		n := Observe("n", false, c.st, "v2", c.requested)
 		if n.Phase != c.want || n.Reason != c.reason || n.Healthy {

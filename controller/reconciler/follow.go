@@ -37,14 +37,14 @@ func newFollowers(ctx context.Context, s Streams, retry time.Duration) *follower
 	return &followers{streams: s, base: ctx, wake: make(chan event.GenericEvent, 1024), retry: retry, running: map[string]context.CancelFunc{}}
 }
 
-// sync makes the followed nodes of plan p those its status has upgrading.
+// sync makes the followed nodes of plan p those its status has upgrading or staging.
 func (f *followers) sync(p *api.UpgradePlan, st api.UpgradePlanStatus) {
 	if f == nil {
 		return
 	}
 	want := map[string]bool{}
 	for _, n := range st.Nodes {
-		if n.Phase == string(plan.Upgrading) {
+		if n.Phase == string(plan.Upgrading) || n.Phase == string(plan.Staging) {
 			want[p.Name+"/"+n.Name] = true
 		}
 	}
@@ -79,7 +79,7 @@ func (f *followers) follow(ctx context.Context, node string, obj client.Object) 
 				connected = true
 				f.poke(obj)
 			}
-			if ev.Kind == "upgrade" && (upgrade.State(ev.Message).Terminal() || ev.Message == "uncordoned") {
+			if ev.Kind == "upgrade" && (upgrade.State(ev.Message).Terminal() || ev.Message == "uncordoned" || ev.Message == string(upgrade.Staged)) {
 				f.poke(obj)
 			}
 		})

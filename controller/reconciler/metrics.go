@@ -27,7 +27,7 @@ type Metrics struct {
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		nodes: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "keel_upgradeplan_nodes",
-			Help: "Nodes of an upgrade plan by phase (pending, upgrading, upgraded, failed)."}, []string{"plan", "phase"}),
+			Help: "Nodes of an upgrade plan by phase (pending, staging, staged, upgrading, upgraded, failed)."}, []string{"plan", "phase"}),
 		versions: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "keel_upgradeplan_node_versions",
 			Help: "Nodes of an upgrade plan by the keel version they run."}, []string{"plan", "version"}),
 		phase: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "keel_upgradeplan_phase",
@@ -51,7 +51,7 @@ func (m *Metrics) observe(name string, prev, st api.UpgradePlanStatus, now time.
 	m.nodes.DeletePartialMatch(prometheus.Labels{"plan": name})
 	m.versions.DeletePartialMatch(prometheus.Labels{"plan": name})
 	m.phase.DeletePartialMatch(prometheus.Labels{"plan": name})
-	for _, p := range []plan.Phase{plan.Pending, plan.Upgrading, plan.Upgraded, plan.Failed} {
+	for _, p := range []plan.Phase{plan.Pending, plan.Staging, plan.Staged, plan.Upgrading, plan.Upgraded, plan.Failed} {
 		m.nodes.WithLabelValues(name, string(p)).Set(0)
 	}
 	for _, n := range st.Nodes {

@@ -177,7 +177,7 @@ func (a apiNode) StartUpgrade(r netapi.UpgradeRequest) (netapi.UpgradeAccepted, 
 	rand.Read(b)
 	id := hex.EncodeToString(b)
 	err := e.Request(context.Background(), upgrade.Request{ID: id, Image: r.Image, Preserve: r.Preserve, Force: r.Force,
-		Downgrade: r.Downgrade, DrainTimeoutS: r.DrainTimeoutS, FromVersion: from, Booted: booted, Committed: committed})
+		Downgrade: r.Downgrade, Stage: r.Stage, DrainTimeoutS: r.DrainTimeoutS, FromVersion: from, Booted: booted, Committed: committed})
 	if err != nil {
 		return netapi.UpgradeAccepted{}, netapi.UpgradeError(err)
 	}
@@ -191,6 +191,23 @@ func (a apiNode) Events() *events.Ring {
 	a.n.mu.Lock()
 	defer a.n.mu.Unlock()
 	return a.n.bus.Ring()
+}
+
+func (a apiNode) ActivateUpgrade() (netapi.UpgradeAccepted, error) {
+	a.n.mu.Lock()
+	e := a.n.exec
+	a.n.mu.Unlock()
+	if e == nil {
+		return netapi.UpgradeAccepted{}, fmt.Errorf("%w: the node is rebooting", netapi.ErrConflict)
+	}
+	u := e.Record().Current
+	if u == nil || u.State != upgrade.Staged {
+		return netapi.UpgradeAccepted{}, fmt.Errorf("%w: no staged upgrade to activate", netapi.ErrConflict)
+	}
+	if err := e.Activate(context.Background()); err != nil {
+		return netapi.UpgradeAccepted{}, netapi.UpgradeError(err)
+	}
+	return netapi.UpgradeAccepted{ID: u.ID, Status: "activated"}, nil
 }
 
 func (a apiNode) CancelUpgrade() error {
