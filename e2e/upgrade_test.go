@@ -96,10 +96,36 @@ func TestUpgradeAndRollback(t *testing.T) {
 		t.Errorf("slots_meta = %+v", st.SlotsMeta)
 	}
 
-	// B → A.
-	id2 := vm.Upgrade(v3, true)
+	// B → A, staged: the slot is written while the node serves (no reboot), the upgrade
+	// waits across a reboot, and the activation only stops and reboots.
+	before = st
+	id2 := vm.UpgradeWith(netapi.UpgradeRequest{Image: v3, Preserve: true, Stage: true})
+	staged := vm.WaitState(id2, upgrade.Staged, upgradeTimeout)
+	if staged.BootID != before.BootID || !staged.SlotsMeta[boot.SlotA].Verified || staged.SlotsMeta[boot.SlotA].Version != "v3.0.0-e2e" || staged.Version != "v2.0.0-e2e" {
+		t.Fatalf("staged: boot %s (was %s), slots %+v, running %s", staged.BootID, before.BootID, staged.SlotsMeta, staged.Version)
+	}
+	if code, b, _ := vm.Call("admin", "POST", "/v1/upgrade", netapi.UpgradeRequest{Image: v3, Preserve: true}); code != http.StatusConflict || !strings.Contains(string(b), "is staged: activate it") {
+		t.Errorf("a request while staged: %d %s, want 409 naming the staged upgrade", code, b)
+	}
+	if code, b, err := vm.Call("operator", "POST", "/v1/reboot", nil); err != nil || code != http.StatusAccepted {
+		t.Fatalf("reboot while staged: %d %v %s", code, err, b)
+	}
+	vm.Expect(`keel: booting slot B`, bootTimeout)
+	vm.WaitReady(bootTimeout)
+	st = vm.WaitState(id2, upgrade.Staged, time.Minute)
+	if st.BootID == staged.BootID || st.BootedSlot != "B" || st.Upgrade.Boots != 0 {
+		t.Fatalf("after a reboot: boot %s, slot %s, boots %d: still staged, not counted", st.BootID, st.BootedSlot, st.Upgrade.Boots)
+	}
+	t1 := time.Now()
+	if code, b, err := vm.Call("admin", "POST", "/v1/upgrade/activate", nil); err != nil || code != http.StatusAccepted || !strings.Contains(string(b), id2) {
+		t.Fatalf("activate: %d %v %s", code, err, b)
+	}
 	st = vm.WaitUpgrade(id2, upgradeTimeout)
 	mustState(t, st, upgrade.Done, "v3.0.0-e2e", boot.SlotA)
+	if u := st.Upgrade; !u.Stage || u.ActivatedAt.IsZero() {
+		t.Errorf("staged record: %+v", u)
+	}
+	t.Logf("staged B→A: activate → done in %.1fs (the slot written before, in service)", time.Since(t1).Seconds())
 	if len(st.History) != 1 || st.History[0].ID != id || st.History[0].State != upgrade.Done {
 		t.Errorf("history = %+v", st.History)
 	}

@@ -42,6 +42,26 @@ func (vm *VM) TryStatus() (netapi.Status, bool) {
 	return st, true
 }
 
+// WaitState polls status (riding out reboots) until upgrade id is in state s, and returns the
+// status that says so; a terminal state other than s fails the test.
+func (vm *VM) WaitState(id string, s upgrade.State, timeout time.Duration) netapi.Status {
+	vm.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if st, ok := vm.TryStatus(); ok && st.Upgrade != nil && st.Upgrade.ID == id {
+			if st.Upgrade.State == s {
+				return st
+			}
+			if st.Upgrade.State.Terminal() {
+				vm.t.Fatalf("vmtest: upgrade %s ended %s (%s) before reaching %s", id, st.Upgrade.State, st.Upgrade.Reason, s)
+			}
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	vm.t.Fatalf("vmtest: upgrade %s not %s within %s", id, s, timeout)
+	return netapi.Status{}
+}
+
 // WaitUpgrade polls status (riding out reboots) until upgrade id is terminal, and returns
 // the status that says so.
 func (vm *VM) WaitUpgrade(id string, timeout time.Duration) netapi.Status {
