@@ -34,11 +34,12 @@ func Changes(prev, next api.UpgradePlanStatus) []Change {
 			out = append(out, Change{Node: n.Name, Reason: "StagingStarted", Message: fmt.Sprintf("node %s: upgrade %s to %s staging (in service)", n.Name, n.UpgradeID, next.Target)})
 		case seen && o.Phase != n.Phase && n.Phase == string(plan.Staged):
 			out = append(out, Change{Node: n.Name, Reason: "NodeStaged", Message: fmt.Sprintf("node %s: %s staged, waiting for its turn", n.Name, next.Target)})
-		case seen && o.Phase == string(plan.Staged) && n.Phase == string(plan.Upgrading):
+		case seen && (o.Phase == string(plan.Staged) || o.Phase == string(plan.Staging)) && n.Phase == string(plan.Upgrading) && n.UpgradeID == o.UpgradeID:
+			// Activated (staged and activated in one pass: its turn had come).
 			out = append(out, Change{Node: n.Name, Reason: "UpgradeStarted", Message: fmt.Sprintf("node %s: staged upgrade %s to %s activated (from %s)", n.Name, n.UpgradeID, next.Target, n.Version)})
 		case n.Phase == string(plan.Failed) && (!seen || o.Phase != n.Phase):
 			out = append(out, Change{Node: n.Name, Warning: true, Reason: "NodeFailed", Message: fmt.Sprintf("node %s: %s", n.Name, n.Reason)})
-		case healthy(n) && !(seen && healthy(o)) && n.UpgradeID != "":
+		case n.PassedGates && !o.PassedGates && n.UpgradeID != "":
 			out = append(out, Change{Node: n.Name, Reason: "NodeUpgraded", Message: fmt.Sprintf("node %s runs %s and passed the health gates", n.Name, n.Version)})
 		}
 	}
@@ -54,5 +55,3 @@ func Changes(prev, next api.UpgradePlanStatus) []Change {
 	}
 	return out
 }
-
-func healthy(n api.NodeStatus) bool { return n.Phase == string(plan.Upgraded) && n.Reason == "" }

@@ -7,6 +7,8 @@ import (
 	"keel/controller/api"
 )
 
+func passedGates(n api.NodeStatus) api.NodeStatus { n.PassedGates = true; return n }
+
 func TestChanges(t *testing.T) {
 	st := func(phase, msg string, nodes ...api.NodeStatus) api.UpgradePlanStatus {
 		return api.UpgradePlanStatus{Target: "v2", Phase: phase, Message: msg, Nodes: nodes, Total: 3}
@@ -32,11 +34,13 @@ func TestChanges(t *testing.T) {
 		{"activated", st("Rolling", "", n("a", "staged", "u1", "")), st("Rolling", "", n("a", "upgrading", "u1", "")), []string{"a:UpgradeStarted"}},
 		{"still running", st("Rolling", "", n("a", "upgrading", "u1", "")), st("Rolling", "", n("a", "upgrading", "u1", "")), nil},
 		{"waiting for health is not done", st("Rolling", "", n("a", "upgrading", "u1", "")), st("Rolling", "", n("a", "upgraded", "u1", "waiting for health: pods")), nil},
-		{"upgraded", st("Rolling", "", n("a", "upgraded", "u1", "waiting for health: pods")), st("Rolling", "", n("a", "upgraded", "u1", "")), []string{"a:NodeUpgraded"}},
+		{"upgraded", st("Rolling", "", n("a", "upgraded", "u1", "waiting for health: pods")), st("Rolling", "", passedGates(n("a", "upgraded", "u1", ""))), []string{"a:NodeUpgraded"}},
+		{"unhealthy again, then healthy: reported once", st("Rolling", "", passedGates(n("a", "upgraded", "u1", "waiting for health: pods"))), st("Rolling", "", passedGates(n("a", "upgraded", "u1", ""))), nil},
+		{"staged and activated in one pass", st("Rolling", "", n("a", "staging", "u1", "")), st("Rolling", "", n("a", "upgrading", "u1", "")), []string{"a:UpgradeStarted"}},
 		{"already on target: not ours", st("", ""), st("Rolling", "", n("a", "upgraded", "", "")), nil},
 		{"failed and halted", st("Rolling", "", n("a", "upgrading", "u1", "")), st("Halted", "node a failed", n("a", "failed", "u1", "rolled-back: gate")), []string{"a:NodeFailed", ":PlanHalted"}},
 		{"halted again after restart: nothing", st("Halted", "node a failed", n("a", "failed", "u1", "x")), st("Halted", "node a failed", n("a", "failed", "u1", "x")), nil},
-		{"done", st("Rolling", "", n("a", "upgraded", "u1", "")), st("Done", "", n("a", "upgraded", "u1", "")), []string{":PlanDone"}},
+		{"done", st("Rolling", "", passedGates(n("a", "upgraded", "u1", ""))), st("Done", "", passedGates(n("a", "upgraded", "u1", ""))), []string{":PlanDone"}},
 		{"invalid", st("Rolling", ""), st("Invalid", "spec.image"), []string{":PlanInvalid"}},
 		{"waiting message changes: no event", st("Waiting", "outside"), st("Waiting", "a node is out"), nil},
 	} {

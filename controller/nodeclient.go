@@ -75,13 +75,20 @@ func (c *Client) Upgrade(ctx context.Context, node string, req netapi.UpgradeReq
 	return acc.ID, nil
 }
 
-// Activate is POST /v1/upgrade/activate: the node's staged upgrade goes on.
-func (c *Client) Activate(ctx context.Context, node string) (string, error) {
+// Activate is POST /v1/upgrade/activate: the node's staged upgrade id goes on (409 if
+// another one is staged by now).
+func (c *Client) Activate(ctx context.Context, node, id string) (string, error) {
 	var acc netapi.UpgradeAccepted
-	if err := c.call(ctx, node, http.MethodPost, "/v1/upgrade/activate", nil, http.StatusAccepted, &acc); err != nil {
+	if err := c.call(ctx, node, http.MethodPost, "/v1/upgrade/activate", netapi.ActivateRequest{ID: id}, http.StatusAccepted, &acc); err != nil {
 		return "", err
 	}
 	return acc.ID, nil
+}
+
+// Cancel is POST /v1/upgrade/cancel: the node's staged upgrade (or one still pulling) ends.
+func (c *Client) Cancel(ctx context.Context, node string) error {
+	var acc netapi.Accepted
+	return c.call(ctx, node, http.MethodPost, "/v1/upgrade/cancel", nil, http.StatusOK, &acc)
 }
 
 // Follow streams the node's last event and every new one (GET /v1/events?follow=1&tail=1) to

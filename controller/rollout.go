@@ -24,8 +24,9 @@ import (
 type Nodes interface {
 	Status(ctx context.Context, node string) (netapi.Status, error)
 	Upgrade(ctx context.Context, node string, req netapi.UpgradeRequest) (id string, err error)
-	// Activate goes on with a node's staged upgrade.
-	Activate(ctx context.Context, node string) (id string, err error)
+	// Activate goes on with a node's staged upgrade; Cancel discards it.
+	Activate(ctx context.Context, node, id string) (string, error)
+	Cancel(ctx context.Context, node string) error
 }
 
 // Health runs the gates between nodes: the Kubernetes node Ready, its pods Ready again, the
@@ -107,9 +108,12 @@ func Pass(ctx context.Context, p Plan, nodes []Node, prev api.UpgradePlanStatus,
 			refused[n.Name] = n.Reason
 		}
 	}
-	requested, wasCP := map[string]string{}, map[string]bool{}
+	requested, wasCP, passed := map[string]string{}, map[string]bool{}, map[string]string{}
 	for _, n := range prev.Nodes {
 		wasCP[n.Name] = n.ControlPlane
+		if n.PassedGates {
+			passed[n.Name] = n.UpgradeID
+		}
 		if n.UpgradeID != "" && !(n.Phase == string(plan.Failed) && prev.ObservedGeneration != p.Generation) {
 			requested[n.Name] = n.UpgradeID
 		}
@@ -138,7 +142,17 @@ func Pass(ctx context.Context, p Plan, nodes []Node, prev api.UpgradePlanStatus,
 			// The node says whether it runs an etcd member: its own word counts as much as
 			// a label on its Node object.
 			ns.ControlPlane = ns.ControlPlane || s.ControlPlane
-			pn = plan.Observe(n.Name, ns.ControlPlane, s, t.Version, ns.UpgradeID)
+			pn = plan.Observe(n.Name, ns.ControlPlane, s, t.Image, t.Version, ns.UpgradeID)
+			if u := s.Upgrade; u != nil && u.Stage && u.ID == ns.UpgradeID && pn.Blocked && !spec.Paused {
+				// Staged by this plan for an earlier target: discard it, so the node can be
+				// staged for this one (its end is ours, not a failure).
+				if err := fleet.Cancel(ctx, n.Name); err != nil {
+					pn.Reason = fmt.Sprintf("discarding upgrade %s to %s (an earlier target): %v", u.ID, u.ToVersion, err)
+				} else {
+					pn.Reason = fmt.Sprintf("discarded upgrade %s to %s (an earlier target)", u.ID, u.ToVersion)
+					ns.UpgradeID = ""
+				}
+			}
 			if why, ok := refused[n.Name]; ok && pn.Phase == plan.Pending {
 				pn.Phase, pn.Reason = plan.Failed, why
 			}
@@ -157,6 +171,9 @@ func Pass(ctx context.Context, p Plan, nodes []Node, prev api.UpgradePlanStatus,
 		ns.Phase = string(pn.Phase)
 		if pn.Phase == plan.Upgraded && pn.Healthy {
 			st.Done++
+		}
+		if id, ok := passed[n.Name]; pn.Phase == plan.Upgraded && (pn.Healthy || ok && id == ns.UpgradeID) {
+			ns.PassedGates = true
 		}
 		seen = append(seen, pn)
 		st.Nodes = append(st.Nodes, ns)
@@ -205,7 +222,7 @@ func Pass(ctx context.Context, p Plan, nodes []Node, prev api.UpgradePlanStatus,
 			id, err = fleet.Upgrade(ctx, c.name, r)
 			phase = plan.Staging
 		case ns.Phase == string(plan.Staged):
-			id, err = fleet.Activate(ctx, c.name)
+			id, err = fleet.Activate(ctx, c.name, ns.UpgradeID)
 		default:
 			id, err = fleet.Upgrade(ctx, c.name, req)
 		}

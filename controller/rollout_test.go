@@ -32,7 +32,7 @@ type simFleet struct {
 	stageTicks                int // of upTicks, what a staged upgrade does in service
 	target                    string
 	seq                       int
-	activations               int
+	activations, cancels      int
 }
 
 // inService: a staged upgrade's pull and write, and its wait, leave the node serving.
@@ -68,14 +68,24 @@ func (f *simFleet) Upgrade(_ context.Context, name string, req netapi.UpgradeReq
 	return n.rec.ID, nil
 }
 
-func (f *simFleet) Activate(_ context.Context, name string) (string, error) {
+func (f *simFleet) Activate(_ context.Context, name, id string) (string, error) {
 	n := f.nodes[name]
-	if n.rec == nil || n.rec.State != upgrade.Staged {
+	if n.rec == nil || n.rec.State != upgrade.Staged || id != "" && id != n.rec.ID {
 		return "", &NodeError{Node: name, Status: 409, Code: "conflict", Msg: "no staged upgrade to activate"}
 	}
 	n.rec.State, n.left = upgrade.Cordoning, f.upTicks-f.stageTicks
 	f.activations++
 	return n.rec.ID, nil
+}
+
+func (f *simFleet) Cancel(_ context.Context, name string) error {
+	n := f.nodes[name]
+	if n.rec == nil || !(n.rec.State == upgrade.Staging || n.rec.State == upgrade.Staged || n.rec.State == upgrade.Pulling) {
+		return &NodeError{Node: name, Status: 409, Code: "conflict", Msg: "too late to cancel"}
+	}
+	n.rec.State, n.rec.Reason = upgrade.Aborted, "discarded: by operator"
+	f.cancels++
+	return nil
 }
 
 func (f *simFleet) Healthy(_ context.Context, name string, _ netapi.Status) (bool, string) {
@@ -232,6 +242,46 @@ func TestRolloutStaged(t *testing.T) {
 	t.Logf("%d nodes at concurrency %d: %d passes whole, %d staged (%.2f×)", cps+workers, conc, whole, staged, float64(staged)/float64(whole))
 	if staged >= whole {
 		t.Errorf("staging saved nothing: %d passes staged, %d whole", staged, whole)
+	}
+}
+
+// TestStagedForAnEarlierTarget: nodes this plan staged for v2 are discarded when the target
+// becomes v3 (not activated into v2, not counted as failed), staged again, and the plan ends
+// on v3.
+func TestStagedForAnEarlierTarget(t *testing.T) {
+	f, nodes, _ := newFleet(0, 4)
+	spec := api.UpgradePlanSpec{Image: "r/keel:v2", Concurrency: 1, Stage: true, StageConcurrency: 4}
+	p := Plan{Spec: spec, Generation: 1, Target: Target{Image: spec.Image, Version: "v2"}}
+	var st api.UpgradePlanStatus
+	for i := 0; i < 2*f.stageTicks+2; i++ { // everything staged, one activated perhaps
+		st = Pass(context.Background(), p, nodes, st, f, f, time.Now())
+		f.tick()
+	}
+	staged := 0
+	for _, n := range f.nodes {
+		if n.rec != nil && n.rec.State == upgrade.Staged {
+			staged++
+		}
+	}
+	if staged == 0 {
+		t.Fatalf("nothing staged: %+v", st)
+	}
+	f.target = "v3"
+	p.Spec.Image, p.Target, p.Generation = "r/keel:v3", Target{Image: "r/keel:v3", Version: "v3"}, 2
+	for pass := 0; st.Phase != "Done"; pass++ {
+		if pass > 500 || st.Phase == "Halted" {
+			t.Fatalf("pass %d: %s %q", pass, st.Phase, st.Message)
+		}
+		st = Pass(context.Background(), p, nodes, st, f, f, time.Now())
+		f.tick()
+	}
+	for name, n := range f.nodes {
+		if n.version != "v3" || n.rec.ToVersion != "v3" {
+			t.Errorf("%s: on %s, record %+v", name, n.version, n.rec)
+		}
+	}
+	if f.cancels == 0 {
+		t.Error("nothing staged for v2 was discarded")
 	}
 }
 

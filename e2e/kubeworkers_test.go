@@ -171,6 +171,9 @@ func TestKubernetesWorkers(t *testing.T) {
 		t.Error("the node rebooted for an upgrade aborted in the drain")
 	}
 
+	// 5. keel-controller drives both workers under an UpgradePlan.
+	c.controllerRollout(t, vms)
+
 	for i, vm := range vms {
 		t.Logf("worker-%d memory: %s", i+1, memInUse(vm.Status()))
 	}

@@ -137,8 +137,13 @@ func TestClassifyKeel(t *testing.T) {
 	// Both copies damaged: someone's data.
 	d2 := newMemDisk(testDiskSize)
 	writeGPT(d2, l, d2.size)
-	d2.apply([]byte{0xff}, 512+16)              // primary header CRC field
-	d2.apply([]byte{0xff}, testDiskSize-512+16) // backup's
+	// Flip (not set: a byte already 0xff would leave the copy valid, one run in 256) a byte of
+	// each header's CRC field.
+	for _, off := range []int64{512 + 16, testDiskSize - 512 + 16} { // primary, backup
+		b := make([]byte, 1)
+		d2.ReadAt(b, off)
+		d2.apply([]byte{^b[0]}, off)
+	}
 	if c := classify(t, d2, d2.size); c.State != Data || !strings.Contains(c.What, "damaged GPT") {
 		t.Fatalf("damaged GPT: %+v", c)
 	}

@@ -114,7 +114,6 @@ type httpGuard struct {
 // the system's bundle), plain HTTP only to the registries listed in insecure.
 func Transport(insecure []string, roots *x509.CertPool) http.RoundTripper {
 	return &httpGuard{insecure: insecure, rt: &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
 		DialContext:           (&net.Dialer{Timeout: 10 * time.Second}).DialContext,
 		TLSHandshakeTimeout:   10 * time.Second,
 		ResponseHeaderTimeout: 30 * time.Second,

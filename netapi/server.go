@@ -72,9 +72,10 @@ type Node interface {
 	// CancelUpgrade ends an upgrade that has changed nothing yet (pulling, waiting for the
 	// upgrade lease, checking the etcd cluster), or discards a staged one.
 	CancelUpgrade() error
-	// ActivateUpgrade goes on with the staged upgrade: cordon, drain, stop, reboot into the
-	// slot written while the node served. It returns at once.
-	ActivateUpgrade() (UpgradeAccepted, error)
+	// ActivateUpgrade goes on with the staged upgrade (id, if not "", must be the one
+	// staged): cordon, drain, stop, reboot into the slot written while the node served. It
+	// returns at once.
+	ActivateUpgrade(id string) (UpgradeAccepted, error)
 	// Rollback commits the other slot and reboots.
 	Rollback() error
 	// Services lists the supervised services.
@@ -255,7 +256,11 @@ func (s *Server) upgrade(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) activateUpgrade(w http.ResponseWriter, r *http.Request) {
-	acc, err := s.node.ActivateUpgrade()
+	var req ActivateRequest
+	if r.ContentLength != 0 && !decodeBody(w, r, &req) {
+		return
+	}
+	acc, err := s.node.ActivateUpgrade(req.ID)
 	if err != nil {
 		writeNodeError(w, err)
 		return

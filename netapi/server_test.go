@@ -84,7 +84,7 @@ func (f *fakeNode) StartUpgrade(r UpgradeRequest) (UpgradeAccepted, error) {
 	return UpgradeAccepted{ID: "id1", Status: "accepted"}, nil
 }
 func (f *fakeNode) CancelUpgrade() error { return fmt.Errorf("%w: no upgrade in flight", ErrConflict) }
-func (f *fakeNode) ActivateUpgrade() (UpgradeAccepted, error) {
+func (f *fakeNode) ActivateUpgrade(id string) (UpgradeAccepted, error) {
 	return UpgradeAccepted{}, fmt.Errorf("%w: no staged upgrade to activate", ErrConflict)
 }
 func (f *fakeNode) Rollback() error { return fmt.Errorf("%w: slot B is empty", ErrPrecondition) }

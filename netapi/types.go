@@ -84,6 +84,12 @@ type UpgradeRequest struct {
 	Stage bool `json:"stage,omitempty"`
 }
 
+// ActivateRequest is the (optional) body of POST /v1/upgrade/activate: the staged upgrade
+// meant, so that a caller that read the status a while ago activates nothing else (409).
+type ActivateRequest struct {
+	ID string `json:"id,omitempty"`
+}
+
 // UpgradeAccepted answers POST /v1/upgrade.
 type UpgradeAccepted struct {
 	ID     string `json:"id"`

@@ -57,9 +57,10 @@ func (a *api) StartUpgrade(r netapi.UpgradeRequest) (netapi.UpgradeAccepted, err
 	if busy := n.exec.Record().Busy(); busy != "" {
 		return no, fmt.Errorf("%w: %s", netapi.ErrConflict, busy)
 	}
-	// Control-plane nodes: refuse an upgrade that would cost the etcd cluster its quorum.
+	// Control-plane nodes: refuse an upgrade that would cost the etcd cluster its quorum (a
+	// staged one is checked when it is activated: staging stops nothing).
 	note, outage := "", false
-	if n.etcd != nil {
+	if n.etcd != nil && !r.Stage {
 		var err error
 		if note, outage, err = n.etcd.Precheck(context.Background(), r.Preserve, r.Force); err != nil {
 			if errors.Is(err, etcd.ErrRefused) {
@@ -90,7 +91,7 @@ func memberName(n *Node, name string) string {
 
 // ActivateUpgrade implements netapi.Node: the staged upgrade goes on (a control-plane node
 // checks the cluster can spare its member first, as a request does).
-func (a *api) ActivateUpgrade() (netapi.UpgradeAccepted, error) {
+func (a *api) ActivateUpgrade(id string) (netapi.UpgradeAccepted, error) {
 	var no netapi.UpgradeAccepted
 	n := a.n
 	if n.power.down() {
@@ -99,6 +100,9 @@ func (a *api) ActivateUpgrade() (netapi.UpgradeAccepted, error) {
 	u := n.exec.Record().Current
 	if u == nil || u.State != upgrade.Staged {
 		return no, fmt.Errorf("%w: no staged upgrade to activate", netapi.ErrConflict)
+	}
+	if id != "" && id != u.ID {
+		return no, fmt.Errorf("%w: upgrade %s is staged, not %s", netapi.ErrConflict, u.ID, id)
 	}
 	note, outage := "", false
 	if n.etcd != nil {
@@ -110,7 +114,7 @@ func (a *api) ActivateUpgrade() (netapi.UpgradeAccepted, error) {
 			return no, err
 		}
 	}
-	if err := n.exec.Activate(context.Background()); err != nil {
+	if err := n.exec.Activate(context.Background(), u.ID); err != nil {
 		return no, netapi.UpgradeError(err)
 	}
 	return netapi.UpgradeAccepted{ID: u.ID, Status: "activated", Etcd: note, Outage: outage}, nil

@@ -56,12 +56,13 @@ func (e *Executor) Request(ctx context.Context, r Request) error {
 	return e.call(ctx, callIn{ev: r, reply: reply}, reply)
 }
 
-// Activate goes on with the staged upgrade (cordon, drain, stop, reboot into the staged
-// slot); it returns once that is persisted, or refused: ErrBusy (the upgrade is not staged),
-// ErrUnexpected (none in flight), ErrPersist, ErrShutdown.
-func (e *Executor) Activate(ctx context.Context) error {
+// Activate goes on with the staged upgrade id ("": whichever is staged): cordon, drain, stop,
+// reboot into the staged slot. It returns once that is persisted, or refused: ErrBusy (the
+// upgrade is not staged, another one is, or grubenv cannot be read), ErrRefused (its version
+// is now below the rollback floor), ErrUnexpected (none in flight), ErrPersist, ErrShutdown.
+func (e *Executor) Activate(ctx context.Context, id string) error {
 	reply := make(chan error, 1)
-	return e.call(ctx, callIn{ev: Activate{}, reply: reply}, reply)
+	return e.call(ctx, callIn{ev: Activate{ID: id}, reply: reply}, reply)
 }
 
 // Cancel ends an upgrade that has changed nothing yet; its running effect is cancelled.
@@ -135,6 +136,10 @@ func (e *Executor) callEvent(ev Event) error {
 	case Activate:
 		if e.o.Effects.Power != nil && e.o.Effects.Power.Down() {
 			return ErrShutdown
+		}
+		// As for a request: a node that cannot arm a slot must not be drained for nothing.
+		if e.o.Effects.Boot != nil && e.o.Effects.Boot.Committed() == "" {
+			return fmt.Errorf("%w: the bootloader's state (grubenv) cannot be read: no slot can be armed", ErrBusy)
 		}
 		r.Now = now
 		return e.applyCall(r)

@@ -34,7 +34,10 @@ type Request struct {
 
 // Activate goes on with a staged upgrade: the cordon, drain and stop, then the reboot into
 // the slot written while the node served.
-type Activate struct{ Now time.Time }
+type Activate struct {
+	ID  string // the staged upgrade meant ("": whichever is staged)
+	Now time.Time
+}
 
 // LeaseGranted reports the etcd lease the upgrade lock will be held with; persisted before
 // waiting for the lock so that a node cut off while waiting or holding revokes it later.

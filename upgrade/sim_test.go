@@ -23,6 +23,7 @@ type scenario struct {
 	cp, wipe, lockBusy, checkFails          bool
 	leaveFails, commitFails, snapFails      bool
 	stage                                   bool // staged, then activated when it rests
+	writeFails                              bool // the slot write fails (the registry)
 }
 
 var scenarios = []scenario{
@@ -53,6 +54,8 @@ var scenarios = []scenario{
 	{name: "staged, new slot panics", stage: true, broken: true},
 	{name: "staged, pull fails", stage: true, pullFails: true},
 	{name: "staged, unmount fails", stage: true, stopFails: true},
+	{name: "staged, write fails", stage: true, writeFails: true},
+	{name: "write fails", writeFails: true},
 	{name: "staged, control plane, leave", stage: true, cp: true, wipe: true},
 }
 
@@ -61,7 +64,7 @@ func newWorld(t testing.TB, s scenario) *world {
 		pullFails: s.pullFails, stopFails: s.stopFails, commitFails: s.commitFails, booted: boot.SlotA,
 		noKube: s.noKube, foreign: s.foreign, drainFails: s.drainFails, force: s.force,
 		cp: s.cp, wipe: s.wipe, lockBusy: s.lockBusy, checkFails: s.checkFails, leaveFails: s.leaveFails, snapFails: s.snapFails,
-		member: "voter", etcdRunning: s.cp, stage: s.stage}
+		member: "voter", etcdRunning: s.cp, stage: s.stage, writeFails: s.writeFails}
 }
 
 func (w *world) request() Request {
@@ -97,7 +100,7 @@ func settle(t testing.TB, f *incarnation) (cut bool, rec Record) {
 				// META refused the first).
 				// An idle report may be older than the record (racing calls): then the
 				// activate is refused as busy or unexpected, and the next report tells.
-				err := f.ex.Activate(t.Context())
+				err := f.ex.Activate(t.Context(), "")
 				if err != nil && !errors.Is(err, ErrPersist) && !errors.Is(err, ErrStopped) && !errors.Is(err, ErrBusy) && !errors.Is(err, ErrUnexpected) {
 					t.Fatalf("activate: %v", err)
 				}
@@ -215,7 +218,7 @@ func check(t testing.TB, s scenario, w *world, r Record, desc string) {
 		if w.booted != boot.SlotB || w.committed() != boot.SlotB {
 			t.Fatalf("%s: done but running %s, committed %s", desc, w.booted, w.committed())
 		}
-		if s.broken || s.unhealthy || s.pullFails || s.stopFails || (s.drainFails && !s.force) || s.checkFails || s.leaveFails || (s.snapFails && !s.force) {
+		if s.broken || s.unhealthy || s.pullFails || s.writeFails || s.stopFails || (s.drainFails && !s.force) || s.checkFails || s.leaveFails || (s.snapFails && !s.force) {
 			t.Fatalf("%s: done although the scenario cannot succeed", desc)
 		}
 	case Aborted, RolledBack:
@@ -373,7 +376,7 @@ func persistGone(t *testing.T, w *world, desc string) {
 			if ir.persisted && ir.r.Active() && ir.r.Current.State == Staged {
 				// Staged and in service; with META gone its activation is refused: nothing
 				// changes, which is safe.
-				err := f.ex.Activate(t.Context())
+				err := f.ex.Activate(t.Context(), "")
 				if errors.Is(err, ErrPersist) {
 					return
 				}
@@ -561,7 +564,7 @@ again:
 		if r.Active() && r.Current.State == Staged {
 			// A racing request staged an upgrade: resting is right; activate it to the end
 			// (an idle report may be older than the record: then the activate is refused).
-			if err := f.ex.Activate(t.Context()); err != nil && !errors.Is(err, ErrPersist) && !errors.Is(err, ErrUnexpected) && !errors.Is(err, ErrBusy) {
+			if err := f.ex.Activate(t.Context(), ""); err != nil && !errors.Is(err, ErrPersist) && !errors.Is(err, ErrUnexpected) && !errors.Is(err, ErrBusy) {
 				t.Fatalf("activate: %v", err)
 			}
 			goto again
@@ -596,6 +599,29 @@ func checkRaced(t testing.TB, w *world, r Record, desc string) {
 		}
 		if u.Lease != 0 || w.lockHeld {
 			t.Fatalf("%s: lease still held; log %v", desc, w.log)
+		}
+	}
+}
+
+// TestStagingFailureKeepsServing: a staging whose write fails ends aborted and the node, which
+// served all along, is neither cordoned nor rebooted (a whole upgrade's failed write reboots
+// into the current slot: its services are stopped by then).
+func TestStagingFailureKeepsServing(t *testing.T) {
+	for _, s := range []scenario{{name: "staged, write fails", stage: true, writeFails: true}, {name: "write fails", writeFails: true}} {
+		w := newWorld(t, s)
+		r := w.run(t, nil)
+		u := r.Current
+		if u == nil || u.State != Aborted || !strings.Contains(u.Reason, "503") {
+			t.Fatalf("%s: %+v", s.name, u)
+		}
+		w.mu.Lock()
+		boots, log := w.boots, fmt.Sprint(w.log)
+		w.mu.Unlock()
+		if s.stage && (boots != 0 || strings.Contains(log, "cordon") || strings.Contains(log, "stop")) {
+			t.Errorf("%s: %d boots, log %s: the node stopped serving", s.name, boots, log)
+		}
+		if !s.stage && boots != 1 {
+			t.Errorf("%s: %d boots, want the reboot into the current slot", s.name, boots)
 		}
 	}
 }

@@ -148,6 +148,13 @@ func Step(r Record, ev Event) (Record, []Action, error) {
 		if u.State != Staged {
 			return r, nil, fmt.Errorf("%w: upgrade %s is %s, not staged", ErrBusy, u.ID, u.State)
 		}
+		if e.ID != "" && e.ID != u.ID {
+			return r, nil, fmt.Errorf("%w: upgrade %s is staged, not %s", ErrBusy, u.ID, e.ID)
+		}
+		// The floor may have risen since the staging (a boot with a new min_version).
+		if err := checkVersion(u, n.Floor); err != nil {
+			return r, nil, fmt.Errorf("%w: %v: discard it (POST /v1/upgrade/cancel)", ErrRefused, err)
+		}
 		u.ActivatedAt = e.Now
 		return outOfService(n, e.Now)
 
@@ -253,6 +260,9 @@ func Step(r Record, ev Event) (Record, []Action, error) {
 			setSlot(&n, u.ToSlot, SlotRecord{Version: u.ToVersion, SHA256: u.SlotSHA256, Size: u.SlotSize, Verified: true})
 			u.Progress.Written = u.SlotSize
 			if u.State == Staging {
+				// The boots it took are not the out-of-service part's: that one gets
+				// MaxBoots of its own (a resumed trial included).
+				u.Boots = 0
 				return enter(n, Staged, e.Now)
 			}
 			return afterWrite(n, e.Now)
@@ -303,6 +313,11 @@ func failed(n Record, reason string, now time.Time) (Record, []Action, error) {
 	case Pulling, Locking, Checking, Cordoning, Draining, Preparing:
 		// Nothing was changed but (perhaps) the cordon, a snapshot saved and the leadership
 		// moved: the node keeps running.
+		return finish(n, Aborted, reason, now)
+	case Staging, Staged:
+		// The node served all along: it keeps serving; the inactive slot is not counted as
+		// holding anything (a write may have stopped half way).
+		setSlot(&n, n.Current.ToSlot, SlotRecord{})
 		return finish(n, Aborted, reason, now)
 	}
 	// Leaving, Stopping, Writing, Wiping, Arming: services are stopped and filesystems

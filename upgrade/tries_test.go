@@ -34,7 +34,7 @@ func TestCutDuringTrialEndsDone(t *testing.T) {
 		t.Fatalf("TrialTries = %d: this test's second cut assumes 2", boot.TrialTries)
 	}
 	for _, s := range scenarios {
-		if s.broken || s.unhealthy || s.pullFails || s.stopFails || (s.drainFails && !s.force) || s.checkFails || s.leaveFails || (s.snapFails && !s.force) || s.commitFails {
+		if s.broken || s.unhealthy || s.pullFails || s.writeFails || s.stopFails || (s.drainFails && !s.force) || s.checkFails || s.leaveFails || (s.snapFails && !s.force) || s.commitFails {
 			continue
 		}
 		t.Run(s.name, func(t *testing.T) {

@@ -141,3 +141,32 @@ func TestFloor(t *testing.T) {
 		t.Fatalf("rollback to v2.1.0 at floor v2.1.0: %v, %v", err, acts)
 	}
 }
+
+// TestActivateBelowFloor: a staged upgrade whose version a floor raised since (a boot with a
+// new min_version) puts below it is not activated: refused, still staged, to be discarded.
+func TestActivateBelowFloor(t *testing.T) {
+	now := time.Unix(1000, 0)
+	step := func(r Record, ev Event) Record {
+		t.Helper()
+		n, _, err := Step(r, ev)
+		if err != nil {
+			t.Fatalf("%T: %v", ev, err)
+		}
+		return n
+	}
+	r := step(Record{}, Booted{Slot: boot.SlotA, Committed: boot.SlotA, Now: now})
+	r = step(r, Request{ID: "s", Image: "r/i:v1.5.0", FromVersion: "v1.0.0", Stage: true, Booted: boot.SlotA, Committed: boot.SlotA, Now: now})
+	r = step(r, Pulled{Digest: "sha256:d", ToVersion: "v1.5.0", SlotSHA256: "s", SlotSize: 10, Now: now})
+	r = step(r, Completed{Now: now})
+	r = step(r, Booted{Slot: boot.SlotA, Committed: boot.SlotA, MinVersion: "v2.0.0", Now: now})
+	if r.Current.State != Staged || r.Floor != "v2.0.0" {
+		t.Fatalf("after the boot: %s, floor %q", r.Current.State, r.Floor)
+	}
+	n, acts, err := Step(r, Activate{ID: "s", Now: now})
+	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "below the rollback floor v2.0.0") || len(acts) != 0 || n.Current.State != Staged {
+		t.Fatalf("activate under the floor: %v, %v, %s", err, acts, n.Current.State)
+	}
+	if _, _, err := Step(r, Activate{ID: "other", Now: now}); !errors.Is(err, ErrBusy) {
+		t.Fatalf("activate of another id: %v", err)
+	}
+}

@@ -29,6 +29,7 @@ type world struct {
 	newBroken   bool               // the new slot's kernel/init dies before reaching the trial
 	unhealthy   bool               // the new slot boots but fails its health gates
 	pullFails   bool
+	writeFails  bool // the registry fails while the slot streams
 	stopFails   bool
 	commitFails bool
 	noKube      bool // the node has no Kubernetes configuration
@@ -244,6 +245,7 @@ func (f *fx) Pull(ctx context.Context, a ActPull) (PullResult, error) {
 
 func (f *fx) Write(ctx context.Context, a ActWriteSlot, progress func(int64, int64)) error {
 	w := f.w
+	failed := false
 	if f.do("write-slot", func(mode string) bool {
 		if w.next == a.Slot || w.saved == a.Slot {
 			w.fatalf("writing slot %s while grubenv points at it (next %q saved %q)", a.Slot, w.next, w.saved)
@@ -261,10 +263,17 @@ func (f *fx) Write(ctx context.Context, a ActWriteSlot, progress func(int64, int
 		if mode == "during" {
 			return false // a cut mid-write leaves the slot unbootable
 		}
+		if w.writeFails {
+			failed = true
+			return true
+		}
 		w.bootable[a.Slot] = true
 		return true
 	}) {
 		return ctx.Err()
+	}
+	if failed {
+		return errors.New("registry: 503 Service Unavailable")
 	}
 	progress(10, 10)
 	return nil

@@ -137,7 +137,7 @@ func run(ctx context.Context, log *slog.Logger, o options) error {
 		return fmt.Errorf("the nodes' client certificate: %w", err)
 	}
 	r := &reconciler.Reconciler{
-		Client: mgr.GetClient(), Nodes: nodes, Streams: nodes, HTTP: &http.Client{Timeout: 10 * time.Second},
+		Client: mgr.GetClient(), Plans: mgr.GetAPIReader(), Nodes: nodes, Streams: nodes, HTTP: &http.Client{Timeout: 10 * time.Second},
 		Events: mgr.GetEventRecorder("keel-controller"), Metrics: reconciler.NewMetrics(metrics.Registry),
 		Log: log, Poll: o.poll,
 	}

@@ -147,7 +147,10 @@ type NodeStatus struct {
 	ControlPlane bool   `json:"controlPlane,omitempty"`
 	Version      string `json:"version"` // running now
 	UpgradeID    string `json:"upgradeID,omitempty"`
-	Reason       string `json:"reason,omitempty"`
+	// PassedGates: the node passed the health gates after this upgrade (sticky for the
+	// upgrade: a node that turns unhealthy later is not done meanwhile, but it did pass).
+	PassedGates bool   `json:"passedGates,omitempty"`
+	Reason      string `json:"reason,omitempty"`
 }
 
 // CRD is the UpgradePlan CustomResourceDefinition (YAML), installed by the controller.

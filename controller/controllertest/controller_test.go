@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"keel/controller/api"
+	"keel/internal/testenv/controllerproc"
 	"keel/internal/testenv/keelsim"
 	"keel/upgrade"
 )
@@ -128,18 +129,18 @@ func TestRolloutWithFailover(t *testing.T) {
 	e := newEnv(t, fleet{cps: cps, workers: workers, step: step, reboot: 300 * time.Millisecond})
 	a := e.startController("a")
 	b := e.startController("b")
-	var leader, other *controllerProc
+	var leader, other *controllerproc.Proc
 	for deadline := time.Now().Add(30 * time.Second); leader == nil; time.Sleep(100 * time.Millisecond) {
 		switch {
-		case a.leads():
+		case a.Leads():
 			leader, other = a, b
-		case b.leads():
+		case b.Leads():
 			leader, other = b, a
 		case time.Now().After(deadline):
 			t.Fatal("no replica leads after 30 s")
 		}
 	}
-	if other.leads() {
+	if other.Leads() {
 		t.Fatal("both replicas lead")
 	}
 	w := e.watch(conc)
@@ -147,9 +148,9 @@ func TestRolloutWithFailover(t *testing.T) {
 	e.plan("fleet", api.UpgradePlanSpec{Image: "registry.test/keel:v2.0.0", Concurrency: conc})
 	total := cps + workers
 	e.waitPlan("fleet", 5*time.Minute, "a third done", func(s api.UpgradePlanStatus) bool { return s.Done >= total/3 })
-	leader.cmd.Process.Kill()
+	leader.Kill()
 	killed := time.Now()
-	for !other.leads() {
+	for !other.Leads() {
 		if time.Since(killed) > 30*time.Second {
 			t.Fatal("the other replica did not take over within 30 s")
 		}
@@ -201,15 +202,15 @@ func TestRolloutWithFailover(t *testing.T) {
 		t.Errorf("events: %v", ev)
 	}
 	t.Logf("events: %v", ev)
-	if v, _ := other.metric(`keel_upgradeplan_nodes{phase="upgraded",plan="fleet"}`); int(v) != total {
+	if v, _ := other.Metric(`keel_upgradeplan_nodes{phase="upgraded",plan="fleet"}`); int(v) != total {
 		t.Errorf("metric keel_upgradeplan_nodes upgraded = %v, want %d", v, total)
 	}
-	rsum, _ := other.metric(`controller_runtime_reconcile_time_seconds_sum{controller="upgradeplan"}`)
-	rcount, _ := other.metric(`controller_runtime_reconcile_time_seconds_count{controller="upgradeplan"}`)
+	rsum, _ := other.Metric(`controller_runtime_reconcile_time_seconds_sum{controller="upgradeplan"}`)
+	rcount, _ := other.Metric(`controller_runtime_reconcile_time_seconds_count{controller="upgradeplan"}`)
 	t.Logf("surviving replica: %.0f passes, %.0f ms each on average", rcount, 1000*rsum/max(rcount, 1))
-	reqs, _ := other.metric("rest_client_requests_total")
-	cpu, rss := procStats(t, other.cmd.Process.Pid)
-	t.Logf("surviving replica: %.0f API requests in %.0f s as leader (%.1f/s), CPU %.1f s, peak RSS %d MiB", reqs, time.Since(killed).Seconds(), reqs/time.Since(killed).Seconds(), cpu, rss>>20)
+	reqs, _ := other.Metric("rest_client_requests_total")
+	cpu, rss := other.Stats()
+	t.Logf("surviving replica: %.0f API requests in %.0f s as leader (%.1f/s), CPU %.1f s, peak RSS %d MiB", reqs, time.Since(killed).Seconds(), reqs/time.Since(killed).Seconds(), cpu.Seconds(), rss>>20)
 }
 
 // TestFailureHalts: an image whose trial fails halts the plan at the first worker with its

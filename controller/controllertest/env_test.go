@@ -5,20 +5,14 @@
 package controllertest
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -40,7 +34,7 @@ import (
 	"keel/controller/api"
 	"keel/controller/deploy"
 	"keel/controller/reconciler"
-	"keel/internal/testenv"
+	"keel/internal/testenv/controllerproc"
 	"keel/internal/testenv/keelsim"
 	"keel/internal/testenv/kubetest"
 	"keel/pki"
@@ -62,39 +56,6 @@ type env struct {
 	dir   string
 	nodes map[string]*keelsim.Node
 	names []string
-	bin   string
-}
-
-var (
-	buildOnce sync.Once
-	builtBin  string
-	buildErr  error
-)
-
-// controllerBin builds cmd/keel-controller once per test binary.
-func controllerBin(t *testing.T) string {
-	buildOnce.Do(func() {
-		root, err := testenv.RepoRoot()
-		if err != nil {
-			buildErr = err
-			return
-		}
-		dir, err := os.MkdirTemp("", "keel-controller-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		builtBin = filepath.Join(dir, "keel-controller")
-		cmd := exec.Command("go", "build", "-o", builtBin, "./cmd/keel-controller")
-		cmd.Dir = root
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("build keel-controller: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return builtBin
 }
 
 // fleet is what newEnv makes: cps control-plane nodes (the first carries the role label, the
@@ -107,7 +68,8 @@ type fleet struct {
 
 func newEnv(t *testing.T, f fleet) *env {
 	t.Helper()
-	e := &env{t: t, k: kubetest.Start(t), dir: t.TempDir(), nodes: map[string]*keelsim.Node{}, bin: controllerBin(t)}
+	e := &env{t: t, k: kubetest.Start(t), dir: t.TempDir(), nodes: map[string]*keelsim.Node{}}
+	controllerproc.Bin(t) // built before the fleet starts: the build is the slow part
 	cfg := rest.CopyConfig(e.k.Config)
 	cfg.QPS, cfg.Burst = 1000, 2000 // the test's own client sets up a fleet: no client-side throttling
 	e.cs = kubernetes.NewForConfigOrDie(cfg)
@@ -223,72 +185,15 @@ func (e *env) controllerCredentials(ctx context.Context) {
 	}
 }
 
-// controllerProc is one running keel-controller.
-type controllerProc struct {
-	cmd     *exec.Cmd
-	metrics string // host:port
-	log     *syncBuffer
-	exited  chan struct{}
-}
-
-// startController runs a replica of the binary against the API server.
-func (e *env) startController(name string, extra ...string) *controllerProc {
+// startController runs a replica of the binary against the API server, with rbac.yaml's
+// permissions and the client certificate from the Secret.
+func (e *env) startController(name string, extra ...string) *controllerproc.Proc {
 	e.t.Helper()
-	port := testenv.FreePort()
-	p := &controllerProc{metrics: "127.0.0.1:" + strconv.Itoa(port), log: &syncBuffer{}, exited: make(chan struct{})}
-	args := append([]string{
+	return controllerproc.Start(e.t, name, append([]string{
 		"-kubeconfig", filepath.Join(e.dir, "controller.kubeconfig"), "-client-secret", "kube-system/keel-controller-client",
 		"-leader-election-lease-duration", "3s", "-leader-election-renew-deadline", "2s",
-		"-leader-election-retry-period", "500ms", "-metrics-bind-address", p.metrics, "-health-probe-bind-address", "0", "-poll", "250ms",
-	}, extra...)
-	p.cmd = exec.Command(e.bin, args...)
-	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
-	if err := p.cmd.Start(); err != nil {
-		e.t.Fatal(err)
-	}
-	go func() { p.cmd.Wait(); close(p.exited) }()
-	e.t.Cleanup(func() {
-		p.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-p.exited:
-		case <-time.After(10 * time.Second):
-			p.cmd.Process.Kill()
-		}
-		if e.t.Failed() {
-			e.t.Logf("controller %s log (last 60 lines):\n%s", name, p.log.tail(60))
-		}
-	})
-	return p
-}
-
-// metric reads one sample's value from the replica's /metrics (name with its labels as
-// Prometheus prints them, e.g. `keel_upgradeplan_nodes{phase="upgraded",plan="fleet"}`).
-func (p *controllerProc) metric(prefix string) (float64, bool) {
-	resp, err := http.Get("http://" + p.metrics + "/metrics")
-	if err != nil {
-		return 0, false
-	}
-	defer resp.Body.Close()
-	total, found := 0.0, false
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if strings.HasPrefix(line, prefix) {
-			f := strings.Fields(line)
-			v, err := strconv.ParseFloat(f[len(f)-1], 64)
-			if err == nil {
-				total, found = total+v, true
-			}
-		}
-	}
-	return total, found
-}
-
-// leads reports whether the replica holds the Lease (controller-runtime's gauge).
-func (p *controllerProc) leads() bool {
-	v, ok := p.metric("leader_election_master_status")
-	return ok && v == 1
+		"-leader-election-retry-period", "500ms", "-poll", "250ms",
+	}, extra...)...)
 }
 
 // plan creates an UpgradePlan.
@@ -330,48 +235,4 @@ func (e *env) waitPlan(name string, limit time.Duration, what string, ok func(ap
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-// syncBuffer is a log both processes' pipes write into.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  []byte
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.b = append(s.b, p...)
-	return len(p), nil
-}
-
-func (s *syncBuffer) tail(n int) string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	lines := strings.Split(strings.TrimRight(string(s.b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
-
-// procStats are a process's CPU time (user + system, seconds) and peak RSS (bytes).
-func procStats(t *testing.T, pid int) (float64, int64) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, 0
-	}
-	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
-	ut, _ := strconv.ParseFloat(f[11], 64)
-	st, _ := strconv.ParseFloat(f[12], 64)
-	var hwm int64
-	if s, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid)); err == nil {
-		for _, l := range strings.Split(string(s), "\n") {
-			if strings.HasPrefix(l, "VmHWM:") {
-				kb, _ := strconv.ParseInt(strings.Fields(l)[1], 10, 64)
-				hwm = kb << 10
-			}
-		}
-	}
-	return (ut + st) / 100, hwm // clock ticks: 100 per second on Linux
 }

@@ -51,6 +51,9 @@ type Node struct {
 	// HTTP check); only meaningful once Upgraded.
 	Healthy bool
 	Reason  string // a failed node's record reason
+	// Blocked: in service, but busy with an upgrade that is not this plan's (staged by
+	// someone else): neither started nor staged until it is discarded.
+	Blocked bool
 }
 
 // Window is a maintenance window: on Days (none: every day), from Start to End ("HH:MM", End
@@ -131,9 +134,10 @@ func Decide(s Spec, nodes []Node, now time.Time) (Decision, error) {
 		d.Waiting = "the plan is paused"
 		return d, nil
 	}
-	ready := Pending // whose turn may come
+	// ready: whose turn may come. A staged node is ready; a pending one only without staging
+	// (with it, it is staged first).
+	ready := func(n Node) bool { return n.Phase == Staged || n.Phase == Pending && !s.Stage && !n.Blocked }
 	if s.Stage {
-		ready = Staged
 		d.Stage = toStage(s, nodes)
 	}
 	switch {
@@ -150,7 +154,7 @@ func Decide(s Spec, nodes []Node, now time.Time) (Decision, error) {
 			return d, nil
 		}
 		for _, n := range nodes {
-			if n.ControlPlane && n.Phase == ready {
+			if n.ControlPlane && ready(n) {
 				d.Start = []string{n.Name}
 				return d, nil
 			}
@@ -166,7 +170,7 @@ func Decide(s Spec, nodes []Node, now time.Time) (Decision, error) {
 		if outWorkers+len(d.Start) >= conc {
 			break
 		}
-		if !n.ControlPlane && n.Phase == ready {
+		if !n.ControlPlane && ready(n) {
 			d.Start = append(d.Start, n.Name)
 		}
 	}
@@ -195,7 +199,7 @@ func toStage(s Spec, nodes []Node) []string {
 	var out []string
 	for _, cp := range []bool{true, false} {
 		for _, n := range nodes {
-			if n.ControlPlane == cp && n.Phase == Pending && staging+len(out) < limit {
+			if n.ControlPlane == cp && n.Phase == Pending && !n.Blocked && staging+len(out) < limit {
 				out = append(out, n.Name)
 			}
 		}

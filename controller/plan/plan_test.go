@@ -27,6 +27,8 @@ func nodes(spec string) []Node {
 			n.Phase = Upgraded
 		case "failed":
 			n.Phase, n.Reason = Failed, "health gate failed: kubernetes-ready"
+		case "blocked":
+			n.Phase, n.Blocked = Pending, true
 		default:
 			n.Phase = Phase(ph)
 		}
@@ -91,6 +93,9 @@ func TestDecideStaging(t *testing.T) {
 		{"outside the windows: staged, not started", "cp0:done w0:pending w1:staged", Spec{Stage: true, Concurrency: 2, Windows: closed}, nil, []string{"w0"}, "outside the maintenance windows"},
 		{"paused stages nothing", "w0:pending", Spec{Stage: true, Paused: true}, nil, nil, "paused"},
 		{"a pending node waits for its stage, not started whole", "cp0:done w0:pending", Spec{Stage: true, StageConcurrency: 1}, nil, []string{"w0"}, "staged"},
+		{"a blocked node is neither staged nor started", "cp0:done w0:blocked w1:pending w2:pending", Spec{Stage: true, StageConcurrency: 1}, nil, []string{"w1"}, "staged"},
+		{"a blocked node is not started whole", "cp0:done w0:blocked w1:pending", Spec{Concurrency: 2}, []string{"w1"}, nil, ""},
+		{"staging turned off: staged nodes still go, pending ones whole", "cp0:done w0:staged w1:pending w2:staging", Spec{Concurrency: 2}, []string{"w0", "w1"}, nil, ""},
 	} {
 		d, err := Decide(c.spec, nodes(c.nodes), monday)
 		if err != nil {
@@ -257,7 +262,7 @@ func TestRandomRollouts(t *testing.T) {
 
 func TestObserve(t *testing.T) {
 	rec := func(id string, s upgrade.State, reason string) *upgrade.Upgrade {
-		return &upgrade.Upgrade{ID: id, State: s, Reason: reason, ToVersion: "v2"}
+		return &upgrade.Upgrade{ID: id, State: s, Reason: reason, Image: "r/keel:v2", ToVersion: "v2"}
 	}
 	for _, c := range []struct {
 		name      string
@@ -277,11 +282,15 @@ func TestObserve(t *testing.T) {
 		{"a failure nobody here asked for", netapi.Status{Version: "v1", Upgrade: rec("old", upgrade.Aborted, "x")}, "", Pending, ""},
 		{"staging: in service", netapi.Status{Version: "v1", Upgrade: rec("u1", upgrade.Staging, "")}, "u1", Staging, ""},
 		{"staged", netapi.Status{Version: "v1", Upgrade: rec("u1", upgrade.Staged, "")}, "", Staged, ""},
-		{"a staged request still pulling: in service", netapi.Status{Version: "v1", Upgrade: &upgrade.Upgrade{ID: "u1", State: upgrade.Pulling, Stage: true}}, "u1", Staging, ""},
-		{"staged for another version", netapi.Status{Version: "v1", Upgrade: &upgrade.Upgrade{ID: "x", State: upgrade.Staged, ToVersion: "v3"}}, "", Pending, "upgrade x to v3 is staged (not this plan's: discard it to go on)"},
+		{"a staged request still pulling: in service", netapi.Status{Version: "v1", Upgrade: &upgrade.Upgrade{ID: "u1", Image: "r/keel:v2", State: upgrade.Pulling, Stage: true}}, "u1", Staging, ""},
+		{"staged from another image of the same version", netapi.Status{Version: "v1", Upgrade: &upgrade.Upgrade{ID: "x", Image: "r/keel:v2@sha256:0ld", State: upgrade.Staged, ToVersion: "v2"}}, "", Pending, "upgrade x of r/keel:v2@sha256:0ld is staged (not this plan's: discard it to go on)"},
+		{"staged by us for an earlier target: blocked (the pass discards it)", netapi.Status{Version: "v1", Upgrade: &upgrade.Upgrade{ID: "u0", Image: "r/keel:v1.5", State: upgrade.Staged, ToVersion: "v1.5"}}, "u0", Pending, "upgrade u0 of r/keel:v1.5 is staged (not this plan's: discard it to go on)"},
+		{"someone's staged upgrade on a node already on the target", netapi.Status{Version: "v2", Upgrade: &upgrade.Upgrade{ID: "x", Image: "r/keel:v3", State: upgrade.Staged, ToVersion: "v3"}}, "", Upgraded, ""},
+		{"our staged upgrade discarded: not a failure", netapi.Status{Version: "v1", Upgrade: &upgrade.Upgrade{ID: "u1", State: upgrade.Aborted, Stage: true, Reason: "discarded: by operator"}}, "u1", Pending, ""},
+		{"our staged upgrade failed", netapi.Status{Version: "v1", Upgrade: &upgrade.Upgrade{ID: "u1", State: upgrade.Aborted, Stage: true, Reason: "pull: 404"}}, "u1", Failed, "aborted: pull: 404"},
 	} {
-		n := Observe("n", false, c.st, "v2", c.requested)
-		if n.Phase != c.want || n.Reason != c.reason || n.Healthy {
+		n := Observe("n", false, c.st, "r/keel:v2", "v2", c.requested)
+		if n.Phase != c.want || n.Reason != c.reason || n.Healthy || n.Blocked != strings.Contains(c.reason, "not this plan's") {
 			t.Errorf("%s: %+v, want %s %q", c.name, n, c.want, c.reason)
 		}
 	}

@@ -1,6 +1,7 @@
 package reconciler
 
 import (
+	"strings"
 	"sync"
 	"time"
 
@@ -35,7 +36,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		rollout: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "keel_upgradeplan_rollout_seconds",
 			Help: "How long the plan's rollout has run, or ran once Done."}, []string{"plan"}),
 		node: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "keel_upgradeplan_node_upgrade_seconds",
-			Help:    "A node's upgrade from its start to passing the health gates, as this controller saw it.",
+			Help:    "A node's time out of service: from its upgrade's start (or a staged one's activation) to passing the health gates, as this controller saw it.",
 			Buckets: prometheus.ExponentialBuckets(15, 1.6, 12)}, []string{"plan"}),
 		started: map[string]time.Time{},
 	}
@@ -73,22 +74,30 @@ func (m *Metrics) observe(name string, prev, st api.UpgradePlanStatus, now time.
 	for _, n := range prev.Nodes {
 		old[n.Name] = n
 	}
+	live := map[string]bool{}
 	for _, n := range st.Nodes {
 		if n.UpgradeID == "" {
 			continue
 		}
 		key := name + "/" + n.Name + "/" + n.UpgradeID
+		live[key] = true
 		o := old[n.Name]
-		if o.UpgradeID != n.UpgradeID && n.Phase == string(plan.Upgrading) {
+		// Out of service from here: a whole upgrade started, or a staged one activated.
+		if (o.UpgradeID != n.UpgradeID || o.Phase == string(plan.Staged)) && n.Phase == string(plan.Upgrading) {
 			m.started[key] = now
 		}
-		if t, ok := m.started[key]; ok && n.Phase != string(plan.Upgrading) && (n.Phase != string(plan.Upgraded) || n.Reason == "") {
+		if t, ok := m.started[key]; ok && (n.PassedGates || n.Phase == string(plan.Failed)) {
 			// Passed its gates (or failed): a controller that restarted in between has no
 			// start for it and does not guess one.
-			if n.Phase == string(plan.Upgraded) {
+			if n.PassedGates {
 				m.node.WithLabelValues(name).Observe(now.Sub(t).Seconds())
 			}
 			delete(m.started, key)
+		}
+	}
+	for key := range m.started {
+		if strings.HasPrefix(key, name+"/") && !live[key] {
+			delete(m.started, key) // the node left the plan, or its upgrade is not ours now
 		}
 	}
 }

@@ -31,6 +31,10 @@ import (
 type Reconciler struct {
 	// Client reads from the manager's caches and writes plans' status.
 	Client client.Client
+	// Plans reads a plan as the API server has it (the manager's API reader), not from the
+	// cache: the pass builds on the status it wrote last (the upgrade ids it started), and a
+	// cache a write behind would start a node twice or report a change twice. nil: Client.
+	Plans client.Reader
 	// Nodes reaches the nodes' keel endpoints (controller.Client in production).
 	Nodes controller.Nodes
 	// Streams follows the event streams of the nodes in flight (nil: polling only).
@@ -94,7 +98,11 @@ func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager) err
 // reported once.
 func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	var p api.UpgradePlan
-	if err := r.Client.Get(ctx, req.NamespacedName, &p); err != nil {
+	plans := r.Plans
+	if plans == nil {
+		plans = r.Client
+	}
+	if err := plans.Get(ctx, req.NamespacedName, &p); err != nil {
 		if client.IgnoreNotFound(err) == nil {
 			r.Metrics.forget(req.Name)
 			gone := &api.UpgradePlan{}

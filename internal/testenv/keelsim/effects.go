@@ -193,7 +193,7 @@ func (a apiNode) Events() *events.Ring {
 	return a.n.bus.Ring()
 }
 
-func (a apiNode) ActivateUpgrade() (netapi.UpgradeAccepted, error) {
+func (a apiNode) ActivateUpgrade(id string) (netapi.UpgradeAccepted, error) {
 	a.n.mu.Lock()
 	e := a.n.exec
 	a.n.mu.Unlock()
@@ -204,7 +204,10 @@ func (a apiNode) ActivateUpgrade() (netapi.UpgradeAccepted, error) {
 	if u == nil || u.State != upgrade.Staged {
 		return netapi.UpgradeAccepted{}, fmt.Errorf("%w: no staged upgrade to activate", netapi.ErrConflict)
 	}
-	if err := e.Activate(context.Background()); err != nil {
+	if id != "" && id != u.ID {
+		return netapi.UpgradeAccepted{}, fmt.Errorf("%w: upgrade %s is staged, not %s", netapi.ErrConflict, u.ID, id)
+	}
+	if err := e.Activate(context.Background(), u.ID); err != nil {
 		return netapi.UpgradeAccepted{}, netapi.UpgradeError(err)
 	}
 	return netapi.UpgradeAccepted{ID: u.ID, Status: "activated"}, nil

@@ -79,7 +79,9 @@ type Node struct {
 	meta      []byte // the persisted record
 	exec      *upgrade.Executor
 	cancel    context.CancelFunc
-	bus       *events.Bus // this boot's events (GET /v1/events)
+	bus       *events.Bus    // this boot's events (GET /v1/events)
+	stopped   bool           // Stop ran: no reboot boots again
+	rebooting sync.WaitGroup // reboots in flight (Stop waits for them)
 	boots     int
 	upgrades  int               // requests accepted
 	known     map[string]string // slot digest → version, of the images pulled
@@ -119,6 +121,10 @@ func (n *Node) Addr() string { return n.addr }
 
 // Stop ends the node.
 func (n *Node) Stop() {
+	n.mu.Lock()
+	n.stopped = true
+	n.mu.Unlock()
+	n.rebooting.Wait() // a reboot under way boots (or not) before the node is read below
 	n.mu.Lock()
 	e, cancel := n.exec, n.cancel
 	n.mu.Unlock()
@@ -241,13 +247,19 @@ func (n *Node) reboot() {
 	n.mu.Lock()
 	e, cancel, bus := n.exec, n.cancel, n.bus
 	n.down, n.exec = true, nil
+	n.rebooting.Add(1)
 	n.mu.Unlock()
 	bus.Close() // followers' streams end, as at a node's shutdown
 	go func() {
+		defer n.rebooting.Done()
 		e.Stop(5 * time.Second)
 		cancel()
 		time.Sleep(n.o.Reboot)
 		n.mu.Lock()
+		if n.stopped {
+			n.mu.Unlock()
+			return // the test is over: the machine stays off
+		}
 		// GRUB with boot tries: the slot under trial while tries remain (one spent first,
 		// next_entry cleared before the last), else the committed slot.
 		n.booted = n.committed

@@ -370,6 +370,9 @@ func (vm *VM) StreamClient(role string) *http.Client {
 	return &c
 }
 
+// PKIDir holds the endpoint's CA and the role certificates (admin.crt, admin.key, ...).
+func (vm *VM) PKIDir() string { return vm.img.PKIDir }
+
 // URL is the endpoint URL of path through hostfwd.
 func (vm *VM) URL(path string) string {
 	return "https://127.0.0.1:" + strconv.Itoa(vm.Port) + path
