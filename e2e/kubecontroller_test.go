@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
@@ -122,12 +123,16 @@ func (c *kubeCluster) controllerRollout(t *testing.T, vms [2]*vmtest.VM) {
 	}
 
 	// The spec fixed, staged: resumed to the end.
-	var p api.UpgradePlan
-	if err := cl.Get(ctx, client.ObjectKey{Name: "workers"}, &p); err != nil {
-		t.Fatal(err)
-	}
-	p.Spec.Image, p.Spec.Stage, p.Spec.StageConcurrency = good, true, 2
-	if err := cl.Update(ctx, &p); err != nil {
+	// Read again and retried: the controller's status writes move the resourceVersion on.
+	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		var p api.UpgradePlan
+		if err := cl.Get(ctx, client.ObjectKey{Name: "workers"}, &p); err != nil {
+			return err
+		}
+		p.Spec.Image, p.Spec.Stage, p.Spec.StageConcurrency = good, true, 2
+		return cl.Update(ctx, &p)
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
 	tGood := time.Now()

@@ -79,6 +79,16 @@ func (w *watch) end() {
 	}
 }
 
+// eventsUntil is events once reason (the plan's last) is among them: Events are sent behind
+// the status, at the client's rate (up to a minute).
+func (e *env) eventsUntil(plan, reason string) map[string]int {
+	ev := e.events(plan)
+	for deadline := time.Now().Add(time.Minute); ev[reason] == 0 && time.Now().Before(deadline); ev = e.events(plan) {
+		time.Sleep(200 * time.Millisecond)
+	}
+	return ev
+}
+
 // outOfService: an upgrade in flight that is not a staged one still in service.
 func outOfService(u *upgrade.Upgrade) bool {
 	if u == nil || u.State.Terminal() {
@@ -190,11 +200,7 @@ func TestRolloutWithFailover(t *testing.T) {
 	waves := cps + (workers+conc-1)/conc
 	over := (took - takeover - ideal) / time.Duration(waves)
 	t.Logf("the controller's time per wave beyond the nodes' own: %.2f s (%d waves); at a node upgrade of 3 min that is %.3f×", over.Seconds(), waves, float64(3*time.Minute+over)/float64(3*time.Minute))
-	// Events are sent behind the status, at the client's rate: wait for the last.
-	ev := e.events("fleet")
-	for deadline := time.Now().Add(time.Minute); ev["PlanDone"] == 0 && time.Now().Before(deadline); ev = e.events("fleet") {
-		time.Sleep(500 * time.Millisecond)
-	}
+	ev := e.eventsUntil("fleet", "PlanDone")
 	// Events are best effort: a replica killed with Events queued loses them (at most a
 	// wave's starts and ends); the one that takes over reports what changed since the status
 	// it reads, and a node whose status write the kill lost is reported again.
@@ -245,14 +251,10 @@ func TestFailureHalts(t *testing.T) {
 			t.Errorf("%s was asked to upgrade after the halt", name)
 		}
 	}
-	if ev := e.events("bad"); ev["NodeFailed"] != 1 || ev["PlanHalted"] != 1 {
+	if ev := e.eventsUntil("bad", "PlanHalted"); ev["NodeFailed"] != 1 || ev["PlanHalted"] != 1 {
 		t.Errorf("events %v", ev)
 	}
-	p := e.get("bad")
-	p.Spec.Image = "registry.test/keel:v2.0.0"
-	if err := e.c.Update(context.Background(), &p); err != nil {
-		t.Fatal(err)
-	}
+	e.edit("bad", func(s *api.UpgradePlanSpec) { s.Image = "registry.test/keel:v2.0.0" })
 	e.waitPlan("bad", 2*time.Minute, "Done after the fix", func(s api.UpgradePlanStatus) bool { return s.Phase == "Done" })
 	w.end()
 	for _, name := range e.names {
@@ -286,16 +288,14 @@ func TestWindows(t *testing.T) {
 			t.Fatalf("%s upgraded outside the window", name)
 		}
 	}
-	p := e.get("nightly")
 	// A window in Berlin's clock around now.
 	loc, err := time.LoadLocation("Europe/Berlin")
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.Spec.Windows = []api.Window{{Start: hm(now.In(loc).Add(-time.Hour)), End: hm(now.In(loc).Add(time.Hour)), TimeZone: "Europe/Berlin"}}
-	if err := e.c.Update(context.Background(), &p); err != nil {
-		t.Fatal(err)
-	}
+	e.edit("nightly", func(s *api.UpgradePlanSpec) {
+		s.Windows = []api.Window{{Start: hm(now.In(loc).Add(-time.Hour)), End: hm(now.In(loc).Add(time.Hour)), TimeZone: "Europe/Berlin"}}
+	})
 	e.waitPlan("nightly", 2*time.Minute, "Done inside the window", func(s api.UpgradePlanStatus) bool { return s.Phase == "Done" })
 }
 
@@ -341,11 +341,7 @@ func TestStagedRollout(t *testing.T) {
 	if st.Phase != "Waiting" || !strings.Contains(st.Message, "outside the maintenance windows") {
 		t.Errorf("all staged outside the window: %s %q", st.Phase, st.Message)
 	}
-	p := e.get("staged")
-	p.Spec.Windows = nil
-	if err := e.c.Update(context.Background(), &p); err != nil {
-		t.Fatal(err)
-	}
+	e.edit("staged", func(s *api.UpgradePlanSpec) { s.Windows = nil })
 	e.waitPlan("staged", 3*time.Minute, "Done", func(s api.UpgradePlanStatus) bool { return s.Phase == "Done" })
 	w.end()
 	var out time.Duration
@@ -357,12 +353,7 @@ func TestStagedRollout(t *testing.T) {
 		}
 		out += u.FinishedAt.Sub(u.ActivatedAt)
 	}
-	ev := e.events("staged")
-	if ev["StagingStarted"] != workers+1 || ev["NodeStaged"] != workers+1 || ev["UpgradeStarted"] != workers+1 {
-		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline) && ev["PlanDone"] == 0; ev = e.events("staged") {
-			time.Sleep(200 * time.Millisecond)
-		}
-	}
+	ev := e.eventsUntil("staged", "PlanDone")
 	if ev["StagingStarted"] != workers+1 || ev["NodeStaged"] != workers+1 || ev["UpgradeStarted"] != workers+1 || ev["PlanDone"] != 1 {
 		t.Errorf("events %v", ev)
 	}

@@ -27,6 +27,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/klog/v2"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
@@ -210,6 +211,20 @@ func (e *env) plan(name string, spec api.UpgradePlanSpec) {
 		if time.Now().After(deadline) {
 			e.t.Fatal(err)
 		}
+	}
+}
+
+// edit changes a plan's spec as an operator would, read again and retried while the
+// controller's status writes move its resourceVersion on.
+func (e *env) edit(name string, change func(*api.UpgradePlanSpec)) {
+	e.t.Helper()
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		p := e.get(name)
+		change(&p.Spec)
+		return e.c.Update(context.Background(), &p)
+	})
+	if err != nil {
+		e.t.Fatal(err)
 	}
 }
 
