@@ -35,14 +35,9 @@ type simFleet struct {
 	activations, cancels      int
 }
 
-// inService: a staged upgrade's pull and write, and its wait, leave the node serving.
-func inService(u *upgrade.Upgrade) bool {
-	return u == nil || u.State.Terminal() || u.State == upgrade.Staging || u.State == upgrade.Staged
-}
-
 func (f *simFleet) Status(_ context.Context, name string) (netapi.Status, error) {
 	n := f.nodes[name]
-	if !inService(n.rec) && n.left <= f.rebootTicks {
+	if n.rec.OutOfService() && n.left <= f.rebootTicks {
 		return netapi.Status{}, errors.New("connection refused")
 	}
 	st := netapi.Status{Version: n.version, ControlPlane: n.cp}
@@ -123,7 +118,7 @@ func (f *simFleet) tick() {
 // outOfService counts, from the nodes' own truth, control-plane and worker nodes not in service.
 func (f *simFleet) outOfService(cps map[string]bool) (cp, workers int) {
 	for name, n := range f.nodes {
-		if !inService(n.rec) || n.rec != nil && n.rec.State == upgrade.Done && n.unhealty > 0 {
+		if n.rec.OutOfService() || n.rec != nil && n.rec.State == upgrade.Done && n.unhealty > 0 {
 			if cps[name] {
 				cp++
 			} else {

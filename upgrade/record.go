@@ -56,6 +56,16 @@ const (
 // Terminal reports whether s ends an upgrade.
 func (s State) Terminal() bool { return s == Done || s == Aborted || s == RolledBack }
 
+// Staging reports whether u is a staged upgrade still in service: pulling, staging, or
+// staged and waiting for its activation (a cluster controller counts such a node as serving).
+func (u *Upgrade) Staging() bool {
+	return u != nil && (u.State == Staging || u.State == Staged || u.Stage && u.State == Pulling)
+}
+
+// OutOfService reports whether u has the node out of service: in flight, and not a staged
+// upgrade still serving.
+func (u *Upgrade) OutOfService() bool { return u != nil && !u.State.Terminal() && !u.Staging() }
+
 // MaxBoots bounds the boots one upgrade may see before it is ended, so that no sequence of
 // crashes can reboot a node forever.
 const MaxBoots = 3

@@ -41,8 +41,8 @@ func CompareVersions(a, b string) (int, bool) {
 	return semver.Compare(ca, cb), true
 }
 
-// imageTag is the tag of an image reference ("" when it has none: by digest, or untagged).
-func imageTag(ref string) string {
+// ImageTag is the tag of an image reference ("" when it has none: by digest, or untagged).
+func ImageTag(ref string) string {
 	ref, _, _ = strings.Cut(ref, "@")
 	last := ref[strings.LastIndex(ref, "/")+1:]
 	if i := strings.LastIndex(last, ":"); i >= 0 {
@@ -67,7 +67,7 @@ type VersionPolicy struct {
 // Check applies the policy to image, whose signed manifest says version to.
 func (p VersionPolicy) Check(image, to string) error {
 	from := p.From
-	if tag := imageTag(image); tag != "" && ValidVersion(tag) {
+	if tag := ImageTag(image); tag != "" && ValidVersion(tag) {
 		if c, ok := CompareVersions(tag, to); !ok || c != 0 {
 			return fmt.Errorf("%w: the tag says %s but the image's signed manifest says %s (a signed image under another version's tag)", ErrVersion, tag, to)
 		}

@@ -41,8 +41,8 @@ func TestImageTag(t *testing.T) {
 		"registry.example.com/org/keel:1.2.3-rc.1": "1.2.3-rc.1",
 		"keel:latest":                              "latest",
 	} {
-		if got := imageTag(ref); got != want {
-			t.Errorf("imageTag(%q) = %q, want %q", ref, got, want)
+		if got := ImageTag(ref); got != want {
+			t.Errorf("ImageTag(%q) = %q, want %q", ref, got, want)
 		}
 	}
 }
@@ -168,5 +168,27 @@ func TestActivateBelowFloor(t *testing.T) {
 	}
 	if _, _, err := Step(r, Activate{ID: "other", Now: now}); !errors.Is(err, ErrBusy) {
 		t.Fatalf("activate of another id: %v", err)
+	}
+}
+
+// TestInService: a staged upgrade serves while it pulls, stages and waits; any other upgrade
+// in flight has the node out of service.
+func TestInService(t *testing.T) {
+	for _, c := range []struct {
+		u            *Upgrade
+		staging, out bool
+	}{
+		{nil, false, false},
+		{&Upgrade{State: Pulling}, false, true},
+		{&Upgrade{State: Pulling, Stage: true}, true, false},
+		{&Upgrade{State: Staging, Stage: true}, true, false},
+		{&Upgrade{State: Staged, Stage: true}, true, false},
+		{&Upgrade{State: Cordoning, Stage: true}, false, true},
+		{&Upgrade{State: Done, Stage: true}, false, false},
+		{&Upgrade{State: RolledBack}, false, false},
+	} {
+		if c.u.Staging() != c.staging || c.u.OutOfService() != c.out {
+			t.Errorf("%+v: staging %v, out %v", c.u, c.u.Staging(), c.u.OutOfService())
+		}
 	}
 }

@@ -44,7 +44,7 @@ func (e *env) watch(conc int) *watch {
 			cp, wk := 0, 0
 			for name, n := range e.nodes {
 				f := n.Facts()
-				if f.Down || outOfService(f.Record.Current) {
+				if f.Down || f.Record.Current.OutOfService() {
 					if strings.HasPrefix(name, "cp") {
 						cp++
 					} else {
@@ -87,14 +87,6 @@ func (e *env) eventsUntil(plan, reason string) map[string]int {
 		time.Sleep(200 * time.Millisecond)
 	}
 	return ev
-}
-
-// outOfService: an upgrade in flight that is not a staged one still in service.
-func outOfService(u *upgrade.Upgrade) bool {
-	if u == nil || u.State.Terminal() {
-		return false
-	}
-	return !(u.State == upgrade.Staging || u.State == upgrade.Staged || u.Stage && u.State == upgrade.Pulling)
 }
 
 // events counts the plan's Events by reason: its own, and its nodes' (which regard the Node

@@ -19,7 +19,7 @@ func Observe(name string, controlPlane bool, st netapi.Status, image, target, re
 	u := st.Upgrade
 	onTarget := st.Version == target || atOrAhead(st.Version, target)
 	switch {
-	case u != nil && !onTarget && (u.State == upgrade.Staging || u.State == upgrade.Staged || u.Stage && u.State == upgrade.Pulling):
+	case !onTarget && u.Staging():
 		// In service: pulling or writing its next slot, or waiting with it written. Ours:
 		// staged from this plan's image (a version alone could name another build). Any other
 		// (someone else's, or this plan's for an earlier target) keeps the node busy
@@ -33,7 +33,7 @@ func Observe(name string, controlPlane bool, st netapi.Status, image, target, re
 		default:
 			n.Phase = Staged
 		}
-	case u != nil && !u.State.Terminal() && !(u.State == upgrade.Staged || u.State == upgrade.Staging):
+	case u.OutOfService():
 		n.Phase = Upgrading // whoever asked: the node is out of service
 	case onTarget:
 		n.Phase = Upgraded // a node already past the target is not taken back

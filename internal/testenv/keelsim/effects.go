@@ -34,7 +34,7 @@ func sum(s string) string { h := sha256.Sum256([]byte(s)); return hex.EncodeToSt
 
 // Pull: the version is the tag's, the node's version policy applies before "the slot".
 func (f effects) Pull(ctx context.Context, a upgrade.ActPull) (upgrade.PullResult, error) {
-	v := version(a.Image)
+	v := upgrade.ImageTag(a.Image) // the real node reads the signed manifest; the simulated registry has none
 	if v == "" {
 		return upgrade.PullResult{}, fmt.Errorf("%s: simulated registry: no version tag", a.Image)
 	}

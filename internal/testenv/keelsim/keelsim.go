@@ -18,7 +18,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"strings"
 	"sync"
 	"time"
 
@@ -274,16 +273,6 @@ func (n *Node) reboot() {
 			n.o.Log.Error("keelsim: boot", "node", n.o.Name, "err", err)
 		}
 	}()
-}
-
-// version is what an image installs: its tag (the real node reads the signed manifest; the
-// simulated registry has none).
-func version(image string) string {
-	image, _, _ = strings.Cut(image, "@")
-	if i := strings.LastIndex(image, ":"); i > strings.LastIndex(image, "/") {
-		return image[i+1:]
-	}
-	return ""
 }
 
 type store struct{ n *Node }
