@@ -20,7 +20,7 @@ KVM      ?= 0
 CACHE    := build/cache
 GO       ?= go
 E2E_PARALLEL ?= 2
-E2E_TIMEOUT  ?= 40m
+E2E_TIMEOUT  ?= 50m
 
 UNIT_PKGS = $(shell $(GO) list ./... | grep -v -e /e2e -e /internal/testenv/ -e 'keel/cluster/kube$$' -e 'keel/cluster/etcd$$' -e 'keel/controller/api/crdtest$$' -e 'keel/controller/controllertest$$')
 INTEGRATION_PKGS = ./cluster/kube ./cluster/etcd ./internal/testenv/registrytest ./controller/api/crdtest ./controller/controllertest

@@ -27,7 +27,7 @@ import (
 	"keel/upgrade"
 )
 
-// controllerRollout is TestKubernetesWorkers' last step: keel-controller (the real binary)
+// controllerRollout is TestKubernetesWorkers' last step (and its only failing trial): keel-controller (the real binary)
 // drives the two real workers, with their real pods, under an UpgradePlan. A target whose
 // kubelet never registers halts the plan at the first worker with that node's reason, the node
 // rolled back, Ready and uncordoned, the other never asked; the spec edited to a good image,
@@ -118,6 +118,7 @@ func (c *kubeCluster) controllerRollout(t *testing.T, vms [2]*vmtest.VM) {
 	}
 	c.readyAfterBoot(t, vms[0], "worker-1", "", 5*time.Minute)
 	c.uncordoned(t, "worker-1", 2*time.Minute)
+	c.podsRunning(t, "app=agent", 2, 3*time.Minute) // the old slot's kubelet runs its pods again
 	if u := vms[1].Status().Upgrade; u != nil && u.ID != before["worker-2"] {
 		t.Errorf("worker-2 was asked to upgrade after the halt: %+v", u)
 	}
