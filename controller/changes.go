@@ -21,6 +21,10 @@ type Change struct {
 // written status and the new one.
 func Changes(prev, next api.UpgradePlanStatus) []Change {
 	var out []Change
+	if next.Target != prev.Target && next.Target != "" {
+		// A plan's first target, a spec edit's, or a channel's newer release.
+		out = append(out, Change{Reason: "NewTarget", Message: fmt.Sprintf("target %s (%s)", next.Target, next.Image)})
+	}
 	old := map[string]api.NodeStatus{}
 	for _, n := range prev.Nodes {
 		old[n.Name] = n

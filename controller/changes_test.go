@@ -16,6 +16,7 @@ func TestChanges(t *testing.T) {
 	n := func(name, phase, id, reason string) api.NodeStatus {
 		return api.NodeStatus{Name: name, Phase: phase, Version: "v1", UpgradeID: id, Reason: reason}
 	}
+	retarget := func(s api.UpgradePlanStatus, v string) api.UpgradePlanStatus { s.Target = v; return s }
 	reasons := func(cs []Change) []string {
 		var out []string
 		for _, c := range cs {
@@ -43,6 +44,9 @@ func TestChanges(t *testing.T) {
 		{"done", st("Rolling", "", passedGates(n("a", "upgraded", "u1", ""))), st("Done", "", passedGates(n("a", "upgraded", "u1", ""))), []string{":PlanDone"}},
 		{"invalid", st("Rolling", ""), st("Invalid", "spec.image"), []string{":PlanInvalid"}},
 		{"waiting message changes: no event", st("Waiting", "outside"), st("Waiting", "a node is out"), nil},
+		{"the first target", api.UpgradePlanStatus{}, st("Rolling", ""), []string{":NewTarget"}},
+		{"a channel's newer release", st("Done", ""), retarget(st("Rolling", ""), "v3"), []string{":NewTarget"}},
+		{"a channel still unresolved", api.UpgradePlanStatus{}, retarget(st("Waiting", "channel r: no signed release"), ""), nil},
 	} {
 		if got := reasons(Changes(c.prev, c.next)); !reflect.DeepEqual(got, c.want) {
 			t.Errorf("%s: %v, want %v", c.name, got, c.want)

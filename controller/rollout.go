@@ -85,11 +85,11 @@ func statusOf(ctx context.Context, fleet Nodes, nodes []Node) []nodeStatus {
 // Pass is one reconcile of a plan: it returns the plan's new status. prev is the status the
 // last pass wrote: its node entries carry the upgrade ids this plan started, which is how a
 // restarted controller knows its own upgrades from older ones. A failed node halts the plan
-// until the spec changes: on a new generation its failed upgrade is forgotten (it is someone
-// else's failure now), and the node may be tried again.
+// until the spec changes or a channel's newer release becomes the target: then its failed
+// upgrade is forgotten (it is someone else's failure now), and the node may be tried again.
 func Pass(ctx context.Context, p Plan, nodes []Node, prev api.UpgradePlanStatus, fleet Nodes, health Health, now time.Time) api.UpgradePlanStatus {
 	spec, t := p.Spec, p.Target
-	st := api.UpgradePlanStatus{Target: t.Version, Total: len(nodes), ObservedGeneration: p.Generation}
+	st := api.UpgradePlanStatus{Target: t.Version, Image: t.Image, Total: len(nodes), ObservedGeneration: p.Generation}
 	if prev.Target == t.Version {
 		// The same rollout (a resume after a halt is one too); a new target starts a new one.
 		st.StartedAt, st.FinishedAt = prev.StartedAt, prev.FinishedAt
@@ -101,10 +101,12 @@ func Pass(ctx context.Context, p Plan, nodes []Node, prev api.UpgradePlanStatus,
 		st.Phase, st.Message, st.Nodes, st.Done = "Invalid", err.Error(), prev.Nodes, prev.Done
 		return st
 	}
-	sameGen := prev.ObservedGeneration == p.Generation
+	// A new rollout — the spec edited, or a channel's newer release — forgets the failures of
+	// the last: a halted plan resumes.
+	newRollout := prev.ObservedGeneration != p.Generation || prev.Target != "" && prev.Target != t.Version
 	refused := map[string]string{} // refusals stick until the spec changes
 	for _, n := range prev.Nodes {
-		if sameGen && n.Phase == string(plan.Failed) && n.UpgradeID == "" {
+		if !newRollout && n.Phase == string(plan.Failed) && n.UpgradeID == "" {
 			refused[n.Name] = n.Reason
 		}
 	}
@@ -114,7 +116,7 @@ func Pass(ctx context.Context, p Plan, nodes []Node, prev api.UpgradePlanStatus,
 		if n.PassedGates {
 			passed[n.Name] = n.UpgradeID
 		}
-		if n.UpgradeID != "" && !(n.Phase == string(plan.Failed) && prev.ObservedGeneration != p.Generation) {
+		if n.UpgradeID != "" && !(n.Phase == string(plan.Failed) && newRollout) {
 			requested[n.Name] = n.UpgradeID
 		}
 	}

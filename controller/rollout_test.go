@@ -386,6 +386,57 @@ func TestRolloutHaltsAndResumes(t *testing.T) {
 	}
 }
 
+// TestChannelMovesOn: a channel plan halted on its target resumes, without a spec edit, when
+// the channel's newer release becomes the target; every node ends on it, the halted one and
+// those already on the old target upgraded once more, none more.
+func TestChannelMovesOn(t *testing.T) {
+	f, nodes, _ := newFleet(1, 12)
+	f.nodes["w0005"].fail = true
+	spec := api.UpgradePlanSpec{Channel: "r/keel", Concurrency: 3}
+	p := Plan{Spec: spec, Generation: 1, Target: Target{Image: "r/keel:v2@sha256:aa", Version: "v2"}}
+	var st api.UpgradePlanStatus
+	ctx := context.Background()
+	for pass := 0; st.Phase != "Halted"; pass++ {
+		if pass > 200 {
+			t.Fatalf("no halt: %s %s", st.Phase, st.Message)
+		}
+		st = Pass(ctx, p, nodes, st, f, f, time.Now())
+		f.tick()
+	}
+	for i := 0; i < 20; i++ { // the same target: halted it stays, those in flight end
+		f.tick()
+		if st = Pass(ctx, p, nodes, st, f, f, time.Now()); st.Phase != "Halted" {
+			t.Fatalf("halted plan, same target: %s", st.Phase)
+		}
+	}
+	onV2 := map[string]bool{}
+	for name, n := range f.nodes {
+		onV2[name] = n.version == "v2"
+	}
+	// The channel's v3 (which does not fail) becomes the target; the generation is the same.
+	f.target, f.nodes["w0005"].fail = "v3", false
+	p.Target = Target{Image: "r/keel:v3@sha256:bb", Version: "v3"}
+	for pass := 0; st.Phase != "Done"; pass++ {
+		if pass > 500 {
+			t.Fatalf("no end on the new target: %s %s", st.Phase, st.Message)
+		}
+		st = Pass(ctx, p, nodes, st, f, f, time.Now())
+		f.tick()
+	}
+	if st.Target != "v3" || st.Image != "r/keel:v3@sha256:bb" {
+		t.Errorf("status target %s image %s", st.Target, st.Image)
+	}
+	for name, n := range f.nodes {
+		want := 1
+		if onV2[name] || name == "w0005" {
+			want = 2
+		}
+		if n.version != "v3" || n.calls != want || n.rec.Image != p.Target.Image {
+			t.Errorf("%s on %s after %d calls (last %s), want v3 after %d", name, n.version, n.calls, n.rec.Image, want)
+		}
+	}
+}
+
 // lossyFleet loses the answer to the first upgrade request it takes: the node starts it, the
 // controller hears an error (a timeout after the node took the request).
 type lossyFleet struct {

@@ -375,3 +375,38 @@ func TestPullVersionBeforeSlot(t *testing.T) {
 		t.Fatalf("accepted: %v, slot layer requested %d times, want 1", err, slotGets.Load())
 	}
 }
+
+// TestInspect: the controller's check of an image reads its signature and manifest, never the
+// slot, and refuses what a node would refuse.
+func TestInspect(t *testing.T) {
+	f := newFixture(t)
+	img, _ := release.Build(release.BuildOptions{SlotPath: f.slot, Slot: f.manifest})
+	layers, _ := img.Layers()
+	d, _ := layers[len(layers)-1].Digest()
+	var slotGets atomic.Int32
+	addr := serve(t, func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, d.String()) {
+				slotGets.Add(1)
+			}
+			h.ServeHTTP(w, r)
+		})
+	})
+	ref, digest := push(t, addr, "keel:v2", release.BuildOptions{SlotPath: f.slot, Slot: f.manifest})
+	unsigned, _ := push(t, addr, "other:v2", release.BuildOptions{SlotPath: f.slot, Slot: f.manifest})
+	sign(t, addr, digest, digest, f.key)
+	policy := installer.Policy{Arch: "amd64", TrustedKeys: []installer.TrustedKey{{Name: "release", Key: f.key.Public()}}}
+	got, err := installer.Inspect(context.Background(), ref, policy, local)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Manifest.Version != "v2" || got.Named != digest.String() || got.Digest != digest.String() || got.Signed.Key != "release" {
+		t.Errorf("inspected %+v, want v2 named %s signed by release", got, digest)
+	}
+	if _, err := installer.Inspect(context.Background(), unsigned, policy, local); !errors.Is(err, installer.ErrUnsigned) {
+		t.Errorf("unsigned: %v, want %v", err, installer.ErrUnsigned)
+	}
+	if n := slotGets.Load(); n != 0 {
+		t.Errorf("the slot layer was requested %d times, want 0", n)
+	}
+}

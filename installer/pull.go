@@ -162,6 +162,25 @@ func Pull(ctx context.Context, ref string, p Policy, o PullOptions) (Pulled, err
 	return Pulled{Ref: ref, Digest: im.digest, Manifest: im.m, Signed: im.signed}, nil
 }
 
+// Inspect checks ref as Pull does, short of the slot's bytes: the signature, the image and
+// its signed manifest, from a few kilobytes. What the cluster controller decides with (which
+// version a channel's newest signed image is); the node that installs it pulls it in full.
+func Inspect(ctx context.Context, ref string, p Policy, o PullOptions) (Inspected, error) {
+	im, err := resolve(ctx, ref, p, o, true)
+	if err != nil {
+		return Inspected{}, err
+	}
+	return Inspected{Pulled: Pulled{Ref: ref, Digest: im.digest, Manifest: im.m, Signed: im.signed}, Named: im.named}, nil
+}
+
+// Inspected is an image checked without its slot.
+type Inspected struct {
+	Pulled
+	// Named is the digest ref resolves to: an index's for a multi-arch tag (the digest a
+	// signature of the tag names), else Digest. repo:tag@Named pins what was checked.
+	Named string
+}
+
 // Slot is an installer image's slot, streaming: at most the manifest's size and one byte more
 // (so that a longer slot shows), decompressed. The reader checks neither size nor digest at
 // its end: the caller hashes what it reads (it writes it, and verifies the written copy).
@@ -222,6 +241,7 @@ func checkSlot(n int64, sum string, m Manifest) error {
 type image struct {
 	m      Manifest
 	digest string
+	named  string // the digest the reference resolves to (an index's, for a multi-arch tag)
 	layer  v1.Layer // the slot's
 	signed SignedBy
 }
@@ -340,7 +360,7 @@ func resolve(ctx context.Context, ref string, p Policy, o PullOptions, verify bo
 	if len(m.SlotSHA256) != 64 {
 		return nil, fmt.Errorf("%w: slot sha256 %q", ErrNotInstaller, m.SlotSHA256)
 	}
-	return &image{m: m, digest: digest.String(), layer: sl, signed: signed}, nil
+	return &image{m: m, digest: digest.String(), named: desc.Digest.String(), layer: sl, signed: signed}, nil
 }
 
 // slotReader is the slot layer decompressed, limited to the manifest's size and one byte.

@@ -6,12 +6,14 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -29,7 +31,9 @@ import (
 
 	"keel/controller"
 	"keel/controller/api"
+	"keel/controller/channel"
 	"keel/controller/reconciler"
+	"keel/installer"
 )
 
 func main() {
@@ -51,7 +55,12 @@ func main() {
 		installCRD = flag.Bool("install-crd", true, "create or update the UpgradePlan CRD at start")
 		qps        = flag.Float64("kube-api-qps", 50, "requests per second to the API server (status writes, Events, leader election)")
 		burst      = flag.Int("kube-api-burst", 100, "burst of requests to the API server")
+		refresh    = flag.Duration("channel-refresh", 5*time.Minute, "how often a channel plan looks for a newer release")
+		regCA      = flag.String("registry-ca", "", "CA file (PEM) for channels' registries (default: the system's bundle)")
 	)
+	var keys, insecure list
+	flag.Var(&keys, "trusted-key", "a cosign public key file (cosign.pub) channel releases may be signed with; repeat for more (a channel plan needs one)")
+	flag.Var(&insecure, "insecure-registry", "a registry (host or host:port) channels may reach over plain HTTP; repeat for more")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	ctrl.SetLogger(logr.FromSlogHandler(log.Handler()))
@@ -59,6 +68,7 @@ func main() {
 	if err := run(ctrl.SetupSignalHandler(), log, options{
 		secret: *secret, cert: *certFile, key: *keyFile, ca: *caFile, port: *port, poll: *poll,
 		elect: *elect, electNS: *electNS, lease: *leaseName, leaseDur: *leaseDur, renew: *renew, retry: *retry, metrics: *metricsAt, probes: *probesAt, installCRD: *installCRD, qps: float32(*qps), burst: *burst,
+		keys: keys, registryCA: *regCA, insecure: insecure, refresh: *refresh,
 	}); err != nil {
 		log.Error("keel-controller", "err", err)
 		os.Exit(1)
@@ -77,6 +87,42 @@ type options struct {
 	installCRD            bool
 	qps                   float32
 	burst                 int
+	keys, insecure        list
+	registryCA            string
+	refresh               time.Duration
+}
+
+// list is a repeatable flag.
+type list []string
+
+func (l *list) String() string     { return strings.Join(*l, ",") }
+func (l *list) Set(v string) error { *l = append(*l, v); return nil }
+
+// channels is the resolver of channel plans: the trusted keys and the registries' trust.
+func channels(o options) (*channel.Resolver, error) {
+	r := &channel.Resolver{Insecure: o.insecure, Refresh: o.refresh}
+	for _, f := range o.keys {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("-trusted-key: %w", err)
+		}
+		k, err := installer.ParsePublicKey(b)
+		if err != nil {
+			return nil, fmt.Errorf("-trusted-key %s: %w", f, err)
+		}
+		r.TrustedKeys = append(r.TrustedKeys, installer.TrustedKey{Name: strings.TrimSuffix(filepath.Base(f), filepath.Ext(f)), Key: k})
+	}
+	if o.registryCA != "" {
+		b, err := os.ReadFile(o.registryCA)
+		if err != nil {
+			return nil, fmt.Errorf("-registry-ca: %w", err)
+		}
+		r.RootCAs = x509.NewCertPool()
+		if !r.RootCAs.AppendCertsFromPEM(b) {
+			return nil, fmt.Errorf("-registry-ca %s: no PEM certificate in it", o.registryCA)
+		}
+	}
+	return r, nil
 }
 
 func run(ctx context.Context, log *slog.Logger, o options) error {
@@ -87,6 +133,10 @@ func run(ctx context.Context, log *slog.Logger, o options) error {
 	cfg.UserAgent = "keel-controller"
 	cfg.QPS, cfg.Burst = o.qps, o.burst
 	certPEM, keyPEM, caPEM, err := credentials(ctx, cfg, o)
+	if err != nil {
+		return err
+	}
+	resolver, err := channels(o)
 	if err != nil {
 		return err
 	}
@@ -139,7 +189,7 @@ func run(ctx context.Context, log *slog.Logger, o options) error {
 	r := &reconciler.Reconciler{
 		Client: mgr.GetClient(), Plans: mgr.GetAPIReader(), Nodes: nodes, Streams: nodes, HTTP: &http.Client{Timeout: 10 * time.Second},
 		Events: mgr.GetEventRecorder("keel-controller"), Metrics: reconciler.NewMetrics(metrics.Registry),
-		Log: log, Poll: o.poll,
+		Log: log, Poll: o.poll, Channels: resolver,
 	}
 	if err := r.SetupWithManager(ctx, mgr); err != nil {
 		return err

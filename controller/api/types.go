@@ -122,7 +122,10 @@ func (s UpgradePlanSpec) PreserveOrDefault() bool { return s.Preserve == nil || 
 // Done/Total and Phase.
 type UpgradePlanStatus struct {
 	Target string `json:"target,omitempty"` // the version being installed
-	Phase  string `json:"phase,omitempty"`  // Rolling, Waiting, Halted, Done, Invalid
+	// Image is the image being installed: spec.image, or the channel's newest signed
+	// release, pinned by digest (repo:version@sha256:…).
+	Image string `json:"image,omitempty"`
+	Phase string `json:"phase,omitempty"` // Rolling, Waiting, Halted, Done, Invalid
 	// Message says why the plan waits, what halted it (the node and its record's reason), or
 	// what is wrong with the spec.
 	Message string       `json:"message,omitempty"`

@@ -8,8 +8,11 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
 	"reflect"
+	"runtime"
+	"slices"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -25,6 +28,7 @@ import (
 
 	"keel/controller"
 	"keel/controller/api"
+	"keel/controller/channel"
 )
 
 // Reconciler reconciles UpgradePlans.
@@ -51,6 +55,8 @@ type Reconciler struct {
 	Poll time.Duration
 	// Now is the clock (windows, times in the status): default time.Now.
 	Now func() time.Time
+	// Channels resolves channel plans (nil: they are invalid).
+	Channels *channel.Resolver
 
 	follow *followers
 }
@@ -128,9 +134,12 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	if prev.Phase != st.Phase {
 		r.Log.Info("upgrade plan", "plan", p.Name, "phase", st.Phase, "done", st.Done, "total", st.Total, "message", st.Message)
 	}
-	switch st.Phase {
-	case "Rolling", "Waiting":
+	switch {
+	case st.Phase == "Rolling" || st.Phase == "Waiting":
 		return ctrl.Result{RequeueAfter: r.poll()}, nil
+	case p.Spec.Channel != "" && r.Channels != nil:
+		// Done or halted, a channel plan looks for a newer release.
+		return ctrl.Result{RequeueAfter: r.Channels.Every()}, nil
 	}
 	// Halted and Invalid wait for a spec edit, Done for a node to join: both are watched.
 	return ctrl.Result{}, nil
@@ -143,41 +152,58 @@ func (r *Reconciler) pass(ctx context.Context, p *api.UpgradePlan, now time.Time
 		st.Phase, st.Message, st.ObservedGeneration = "Invalid", err.Error(), p.Generation
 		return st
 	}
-	if p.Spec.Channel != "" {
-		return invalid(fmt.Errorf("%w: spec.channel: channel plans are not supported by this controller yet; name the version with spec.image", api.ErrInvalid))
-	}
-	t, err := controller.TargetOf(p.Spec.Image)
-	if err != nil {
-		return invalid(fmt.Errorf("%w: %w", api.ErrInvalid, err))
-	}
-	nodes, err := r.nodes(ctx, p.Spec.NodeSelector)
+	nodes, archs, err := r.nodes(ctx, p.Spec.NodeSelector)
 	if err != nil {
 		return invalid(err)
+	}
+	var t controller.Target
+	if p.Spec.Channel != "" {
+		var wait error
+		if t, wait, err = r.channelTarget(ctx, p, archs); err != nil {
+			return invalid(err)
+		}
+		if wait != nil {
+			st := p.Status
+			st.Phase, st.Message, st.ObservedGeneration = "Waiting", wait.Error(), p.Generation
+			return st
+		}
+	} else if t, err = controller.TargetOf(p.Spec.Image); err != nil {
+		return invalid(fmt.Errorf("%w: %w", api.ErrInvalid, err))
 	}
 	h := cachedHealth{c: r.Client, http: r.HTTP, check: p.Spec.HealthCheck}
 	return controller.Pass(ctx, controller.Plan{Spec: p.Spec, Generation: p.Generation, Target: t}, nodes, p.Status, r.Nodes, h, now)
 }
 
-// nodes are the keel nodes the selector picks.
-func (r *Reconciler) nodes(ctx context.Context, sel map[string]string) ([]controller.Node, error) {
+// nodes are the keel nodes the selector picks, and their architectures (kubernetes.io/arch;
+// the controller's own for a node without the label).
+func (r *Reconciler) nodes(ctx context.Context, sel map[string]string) ([]controller.Node, []string, error) {
 	s, err := labels.ValidatedSelectorFromSet(sel)
 	if err != nil {
-		return nil, fmt.Errorf("%w: spec.nodeSelector: %w", api.ErrInvalid, err)
+		return nil, nil, fmt.Errorf("%w: spec.nodeSelector: %w", api.ErrInvalid, err)
 	}
 	keel, err := labels.NewRequirement(LabelKeelNode, selection.Exists, nil)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var nl corev1.NodeList
 	if err := r.Client.List(ctx, &nl, client.MatchingLabelsSelector{Selector: s.Add(*keel)}); err != nil {
-		return nil, fmt.Errorf("list nodes: %w", err)
+		return nil, nil, fmt.Errorf("list nodes: %w", err)
 	}
 	out := make([]controller.Node, 0, len(nl.Items))
+	archs := map[string]bool{}
 	for _, n := range nl.Items {
 		_, cp := n.Labels[LabelControlPlane]
 		out = append(out, controller.Node{Name: n.Name, ControlPlane: cp})
+		a := n.Labels[corev1.LabelArchStable]
+		if a == "" {
+			a = runtime.GOARCH
+		}
+		archs[a] = true
 	}
-	return out, nil
+	if len(archs) == 0 { // no nodes (yet): the plan still shows its target
+		archs[runtime.GOARCH] = true
+	}
+	return out, slices.Sorted(maps.Keys(archs)), nil
 }
 
 // record makes a change an Event: a node's regards its Node (kubectl describe node shows

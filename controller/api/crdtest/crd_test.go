@@ -123,7 +123,7 @@ func TestUpgradePlanCRD(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got.Object["status"] = map[string]any{"target": "v2.0.0", "phase": "Rolling", "done": int64(1), "total": int64(3)}
+	got.Object["status"] = map[string]any{"target": "v2.0.0", "image": "r.example/keel:v2.0.0@sha256:aa", "phase": "Rolling", "done": int64(1), "total": int64(3)}
 	if _, err := plans.UpdateStatus(ctx, got, metav1.UpdateOptions{}); err != nil {
 		t.Fatalf("update status: %v", err)
 	}
@@ -151,7 +151,8 @@ func TestUpgradePlanCRD(t *testing.T) {
 		cols = append(cols, c.Name)
 	}
 	cells := table.Rows[0].Cells
-	if strings.Join(cols, ",") != "Name,Target,Done,Total,Phase,Age" || cells[0] != "fleet" || cells[1] != "v2.0.0" || cells[2] != float64(1) || cells[3] != float64(3) || cells[4] != "Rolling" {
+	// Image has priority 1: kubectl shows it with -o wide.
+	if strings.Join(cols, ",") != "Name,Target,Done,Total,Phase,Age,Image" || cells[0] != "fleet" || cells[1] != "v2.0.0" || cells[2] != float64(1) || cells[3] != float64(3) || cells[4] != "Rolling" || cells[6] != "r.example/keel:v2.0.0@sha256:aa" {
 		t.Errorf("kubectl get upgradeplans: columns %v, row %v", cols, cells)
 	}
 	t.Logf("kubectl get upgradeplans: %v / %v", cols, cells[:5])
