@@ -95,6 +95,10 @@ type PullOptions struct {
 	Insecure []string
 	// RootCAs verify registries' certificates; nil: the system's bundle.
 	RootCAs *x509.CertPool
+	// Transport, if set, is used instead of one made of Insecure and RootCAs (it must guard
+	// plain HTTP the same way: installer.Transport): a caller checking many images keeps its
+	// connections.
+	Transport http.RoundTripper
 	// Progress is called as the slot streams (bytes so far, total).
 	Progress func(done, total int64)
 	// Version, if set, judges the version the signed manifest declares before the slot is
@@ -259,7 +263,11 @@ func resolve(ctx context.Context, ref string, p Policy, o PullOptions, verify bo
 	if _, pinned := r.(name.Digest); !verify && !pinned {
 		return nil, fmt.Errorf("%w: %q: an image opened without its signature check must be named by digest", ErrReference, ref)
 	}
-	ropts := []remote.Option{remote.WithContext(ctx), remote.WithTransport(Transport(o.Insecure, o.RootCAs)), remote.WithPlatform(v1.Platform{OS: "linux", Architecture: p.Arch})}
+	rt := o.Transport
+	if rt == nil {
+		rt = Transport(o.Insecure, o.RootCAs)
+	}
+	ropts := []remote.Option{remote.WithContext(ctx), remote.WithTransport(rt), remote.WithPlatform(v1.Platform{OS: "linux", Architecture: p.Arch})}
 	desc, err := remote.Get(r, ropts...)
 	if err != nil {
 		return nil, transportError(ref, err)

@@ -56,10 +56,10 @@ func main() {
 		qps        = flag.Float64("kube-api-qps", 50, "requests per second to the API server (status writes, Events, leader election)")
 		burst      = flag.Int("kube-api-burst", 100, "burst of requests to the API server")
 		refresh    = flag.Duration("channel-refresh", 5*time.Minute, "how often a channel plan looks for a newer release")
-		regCA      = flag.String("registry-ca", "", "CA file (PEM) for channels' registries (default: the system's bundle)")
 	)
-	var keys, insecure list
+	var keys, insecure, regCAs list
 	flag.Var(&keys, "trusted-key", "a cosign public key file (cosign.pub) channel releases may be signed with; repeat for more (a channel plan needs one)")
+	flag.Var(&regCAs, "registry-ca", "a CA file (PEM) channels' registries may be signed by, besides the system's bundle; repeat for more")
 	flag.Var(&insecure, "insecure-registry", "a registry (host or host:port) channels may reach over plain HTTP; repeat for more")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
@@ -68,7 +68,7 @@ func main() {
 	if err := run(ctrl.SetupSignalHandler(), log, options{
 		secret: *secret, cert: *certFile, key: *keyFile, ca: *caFile, port: *port, poll: *poll,
 		elect: *elect, electNS: *electNS, lease: *leaseName, leaseDur: *leaseDur, renew: *renew, retry: *retry, metrics: *metricsAt, probes: *probesAt, installCRD: *installCRD, qps: float32(*qps), burst: *burst,
-		keys: keys, registryCA: *regCA, insecure: insecure, refresh: *refresh,
+		keys: keys, registryCAs: regCAs, insecure: insecure, refresh: *refresh,
 	}); err != nil {
 		log.Error("keel-controller", "err", err)
 		os.Exit(1)
@@ -88,7 +88,7 @@ type options struct {
 	qps                   float32
 	burst                 int
 	keys, insecure        list
-	registryCA            string
+	registryCAs           list
 	refresh               time.Duration
 }
 
@@ -98,9 +98,10 @@ type list []string
 func (l *list) String() string     { return strings.Join(*l, ",") }
 func (l *list) Set(v string) error { *l = append(*l, v); return nil }
 
-// channels is the resolver of channel plans: the trusted keys and the registries' trust.
-func channels(o options) (*channel.Resolver, error) {
-	r := &channel.Resolver{Insecure: o.insecure, Refresh: o.refresh}
+// channels is the resolver of channel plans: the trusted keys and the registries' trust (as
+// a node's: the system's bundle and the CAs given).
+func channels(o options, log *slog.Logger) (*channel.Resolver, error) {
+	r := &channel.Resolver{Insecure: o.insecure, Refresh: o.refresh, Log: log}
 	for _, f := range o.keys {
 		b, err := os.ReadFile(f)
 		if err != nil {
@@ -112,14 +113,18 @@ func channels(o options) (*channel.Resolver, error) {
 		}
 		r.TrustedKeys = append(r.TrustedKeys, installer.TrustedKey{Name: strings.TrimSuffix(filepath.Base(f), filepath.Ext(f)), Key: k})
 	}
-	if o.registryCA != "" {
-		b, err := os.ReadFile(o.registryCA)
+	for _, f := range o.registryCAs {
+		b, err := os.ReadFile(f)
 		if err != nil {
 			return nil, fmt.Errorf("-registry-ca: %w", err)
 		}
-		r.RootCAs = x509.NewCertPool()
+		if r.RootCAs == nil {
+			if r.RootCAs, err = x509.SystemCertPool(); err != nil {
+				r.RootCAs = x509.NewCertPool()
+			}
+		}
 		if !r.RootCAs.AppendCertsFromPEM(b) {
-			return nil, fmt.Errorf("-registry-ca %s: no PEM certificate in it", o.registryCA)
+			return nil, fmt.Errorf("-registry-ca %s: no PEM certificate in it", f)
 		}
 	}
 	return r, nil
@@ -136,7 +141,7 @@ func run(ctx context.Context, log *slog.Logger, o options) error {
 	if err != nil {
 		return err
 	}
-	resolver, err := channels(o)
+	resolver, err := channels(o, log)
 	if err != nil {
 		return err
 	}

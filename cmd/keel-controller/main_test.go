@@ -26,7 +26,7 @@ func TestChannels(t *testing.T) {
 	pub := write("release.pub", string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})))
 	notKey := write("notkey.pub", "hello")
 	notCA := write("ca.pem", "hello")
-	r, err := channels(options{keys: list{pub}, refresh: 0})
+	r, err := channels(options{keys: list{pub}}, nil)
 	if err != nil || len(r.TrustedKeys) != 1 || r.TrustedKeys[0].Name != "release" || r.RootCAs != nil {
 		t.Fatalf("a key: %+v, %v", r, err)
 	}
@@ -36,9 +36,9 @@ func TestChannels(t *testing.T) {
 	}{
 		{options{keys: list{filepath.Join(dir, "missing.pub")}}, "-trusted-key: open"},
 		{options{keys: list{notKey}}, "-trusted-key " + notKey + ": not a PEM PUBLIC KEY"},
-		{options{keys: list{pub}, registryCA: notCA}, "-registry-ca " + notCA + ": no PEM certificate"},
+		{options{keys: list{pub}, registryCAs: list{notCA}}, "-registry-ca " + notCA + ": no PEM certificate"},
 	} {
-		if _, err := channels(tc.o); err == nil || !strings.Contains(err.Error(), tc.want) {
+		if _, err := channels(tc.o, nil); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%+v: %v, want %q", tc.o, err, tc.want)
 		}
 	}

@@ -9,6 +9,8 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
+	"net/http"
 	"slices"
 	"strings"
 	"sync"
@@ -45,20 +47,23 @@ var (
 // full of unsigned pushes costs a few manifests, not one request per tag.
 const MaxCandidates = 10
 
-// Resolver resolves channels and remembers each answer for Refresh.
+// Resolver resolves channels and remembers each answer for Refresh. Safe for concurrent use.
 type Resolver struct {
 	TrustedKeys []installer.TrustedKey
 	Insecure    []string       // registries reached over plain HTTP
 	RootCAs     *x509.CertPool // nil: the system's bundle
+	// Log hears each resolution once (the release and the tags passed over, or the failure).
+	Log *slog.Logger
 	// Refresh is how long a resolution is reused (default 5 min); a failed one at most 1 min.
 	Refresh time.Duration
-	// Timeout bounds one resolution (default 20 s): a registry that hangs delays one pass a
-	// minute by that much (a failure is remembered for a minute after it), not every pass.
+	// Timeout bounds one resolution (default 1 min): a registry that hangs delays one pass by
+	// that much, once per remembered failure, not every pass.
 	Timeout time.Duration
 	Now     func() time.Time
 
 	mu    sync.Mutex
 	cache map[string]cached
+	rt    http.RoundTripper // one transport for every check: its connections are kept
 }
 
 type cached struct {
@@ -84,7 +89,7 @@ func (r *Resolver) Latest(ctx context.Context, repo string, archs []string) (Rel
 	}
 	timeout := r.Timeout
 	if timeout <= 0 {
-		timeout = 20 * time.Second
+		timeout = time.Minute
 	}
 	rctx, cancel := context.WithTimeout(ctx, timeout)
 	rel, err := r.resolve(rctx, repo, archs)
@@ -96,8 +101,24 @@ func (r *Resolver) Latest(ctx context.Context, repo string, archs []string) (Rel
 		}
 		r.cache[key] = cached{rel: rel, err: err, at: r.now()} // from its end: a slow one is not retried at once
 		r.mu.Unlock()
+		if r.Log != nil {
+			if err != nil {
+				r.Log.Warn("channel: not resolved", "channel", repo, "err", err)
+			} else {
+				r.Log.Info("channel: newest signed release", "channel", repo, "version", rel.Version, "image", rel.Image, "key", rel.Key, "passed_over", rel.Skipped)
+			}
+		}
 	}
 	return rel, err
+}
+
+func (r *Resolver) transport() http.RoundTripper {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.rt == nil {
+		r.rt = installer.Transport(r.Insecure, r.RootCAs)
+	}
+	return r.rt
 }
 
 // Every is how often a resolution is made again: Refresh, default 5 min.
@@ -130,7 +151,7 @@ func (r *Resolver) resolve(ctx context.Context, repo string, archs []string) (Re
 	if err != nil {
 		return Release{}, fmt.Errorf("channel %q: %w", repo, err)
 	}
-	tags, err := remote.List(rp, remote.WithContext(ctx), remote.WithTransport(installer.Transport(r.Insecure, r.RootCAs)))
+	tags, err := remote.List(rp, remote.WithContext(ctx), remote.WithTransport(r.transport()))
 	if err != nil {
 		return Release{}, fmt.Errorf("channel %s: list tags: %w", repo, err)
 	}
@@ -166,7 +187,7 @@ func (r *Resolver) check(ctx context.Context, ref, tag string, archs []string) (
 	named := ""
 	for _, arch := range archs {
 		in, err := installer.Inspect(ctx, ref, installer.Policy{Arch: arch, TrustedKeys: r.TrustedKeys, Now: r.now()},
-			installer.PullOptions{Insecure: r.Insecure, RootCAs: r.RootCAs})
+			installer.PullOptions{Insecure: r.Insecure, RootCAs: r.RootCAs, Transport: r.transport()})
 		switch {
 		case err == nil:
 		case skippable(err):
@@ -186,10 +207,12 @@ func (r *Resolver) check(ctx context.Context, ref, tag string, archs []string) (
 	return rel, "", nil
 }
 
-// skippable are the refusals that are about the image under a tag.
+// skippable are the refusals that are about what the registry holds under a tag, for good:
+// no signature of a trusted key, not an installer image, not for these nodes. Not a 404 nor
+// a digest that does not match: a registry replica behind, or a body cut short, says those
+// for a moment, and skipping then would move the target to an older tag.
 func skippable(err error) bool {
-	for _, e := range []error{installer.ErrUnsigned, installer.ErrSignature, installer.ErrNotInstaller, installer.ErrArch,
-		installer.ErrDigest, installer.ErrNotFound, installer.ErrTooLarge} {
+	for _, e := range []error{installer.ErrUnsigned, installer.ErrSignature, installer.ErrNotInstaller, installer.ErrArch, installer.ErrTooLarge} {
 		if errors.Is(err, e) {
 			return true
 		}
@@ -197,10 +220,11 @@ func skippable(err error) bool {
 	return false
 }
 
-// Releases are the tags that name a release, newest first: semantic versions without a
-// pre-release part (v1.2.3, not v1.3.0-rc.1: a channel that keeps nodes updated does not
-// install candidates; name one with spec.image). Tags of the same version (v1.2 and v1.2.0)
-// keep their order.
+// Releases are the tags that name a release, newest first: MAJOR.MINOR.PATCH, "v" optional,
+// without a pre-release part (v1.2.3 and 1.2.3; not v1.3.0-rc.1: a channel that keeps nodes
+// updated does not install candidates, name one with spec.image; not the short forms v1,
+// 1.2, nor 20240101 or a build number, which would sort above every release). Tags of the
+// same version (v1.2.3, 1.2.3) keep their order.
 func Releases(tags []string) []string {
 	var out []string
 	for _, t := range tags {
@@ -208,7 +232,7 @@ func Releases(tags []string) []string {
 		if !strings.HasPrefix(c, "v") {
 			c = "v" + c
 		}
-		if upgrade.ValidVersion(t) && semver.Prerelease(c) == "" && semver.Build(c) == "" {
+		if semver.IsValid(c) && semver.Canonical(c) == c && semver.Prerelease(c) == "" {
 			out = append(out, t)
 		}
 	}

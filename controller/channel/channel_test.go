@@ -27,10 +27,10 @@ import (
 func TestReleases(t *testing.T) {
 	for _, tc := range []struct{ tags, want []string }{
 		{nil, nil},
-		{[]string{"latest", "sha256-ab.sig", "main", "v1.2.3-rc.1", "v1.2.3+build.5", "one"}, nil},
-		{[]string{"v1.2.0", "v1.10.0", "v1.9.9", "latest", "v2.0.0-rc.1", "v1.10.0-rc.2"}, []string{"v1.10.0", "v1.9.9", "v1.2.0"}},
-		// Without the v, and short forms, ordered as the versions they are; equal ones keep their order.
-		{[]string{"1.2.0", "v1.2", "v1.3.0", "2.0.0"}, []string{"2.0.0", "v1.3.0", "1.2.0", "v1.2"}},
+		{[]string{"latest", "sha256-ab.sig", "main", "v1.2.3-rc.1", "one", "v1", "1.2", "42", "20240101", "v1.2.3.4", "v01.2.3"}, nil},
+		{[]string{"v1.2.0", "v1.10.0", "v1.9.9", "latest", "v2.0.0-rc.1", "v1.10.0-rc.2", "20240101"}, []string{"v1.10.0", "v1.9.9", "v1.2.0"}},
+		// Without the v, ordered as the versions they are; equal ones keep their order.
+		{[]string{"1.2.0", "v1.2", "v1.3.0", "2.0.0", "v1.2.0"}, []string{"2.0.0", "v1.3.0", "1.2.0", "v1.2.0"}},
 	} {
 		if got := Releases(tc.tags); !slices.Equal(got, tc.want) {
 			t.Errorf("Releases(%v) = %v, want %v", tc.tags, got, tc.want)
@@ -88,5 +88,44 @@ func TestRemembered(t *testing.T) {
 	latest()
 	if n := lists.Load(); n != 2 {
 		t.Fatalf("%d listings after the minute, want 2", n)
+	}
+}
+
+// TestMomentaryFailureAborts: a registry failing the newest tag for a moment (a 500, or a 404
+// from a replica behind: a real registry does not do either on demand, hence the wrapper)
+// fails the resolution, so the plan keeps its target, rather than passing over the tag and
+// moving the target back to an older one.
+func TestMomentaryFailureAborts(t *testing.T) {
+	for _, code := range []int{http.StatusInternalServerError, http.StatusNotFound} {
+		var olderAsked atomic.Int32
+		var broken atomic.Bool
+		reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			switch {
+			case !broken.Load():
+			case strings.HasSuffix(r.URL.Path, "/manifests/v1.2.0"):
+				w.WriteHeader(code)
+				return
+			case strings.HasSuffix(r.URL.Path, "/manifests/v1.1.0"):
+				olderAsked.Add(1)
+			}
+			reg.ServeHTTP(w, r)
+		}))
+		host := strings.TrimPrefix(srv.URL, "http://")
+		for _, tag := range []string{"v1.1.0", "v1.2.0"} {
+			img, _ := random.Image(64, 1)
+			ref, _ := name.NewTag(host+"/keel:"+tag, name.Insecure)
+			if err := remote.Write(ref, img); err != nil {
+				t.Fatal(err)
+			}
+		}
+		broken.Store(true)
+		k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		r := Resolver{TrustedKeys: []installer.TrustedKey{{Key: k.Public()}}, Insecure: []string{host}}
+		_, err := r.Latest(context.Background(), host+"/keel", []string{"amd64"})
+		if err == nil || errors.Is(err, ErrNoRelease) || olderAsked.Load() != 0 {
+			t.Errorf("newest tag answered %d: err %v, the older tag asked %d times; want a failure before the older tag", code, err, olderAsked.Load())
+		}
+		srv.Close()
 	}
 }

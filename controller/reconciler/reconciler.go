@@ -13,6 +13,7 @@ import (
 	"reflect"
 	"runtime"
 	"slices"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -59,6 +60,18 @@ type Reconciler struct {
 	Channels *channel.Resolver
 
 	follow *followers
+	notes  sync.Map // plan name → the last channel note logged
+}
+
+// noteOnce logs a plan's channel note when it changes (a pass runs every few seconds).
+func (r *Reconciler) noteOnce(plan, note string) {
+	if old, _ := r.notes.Load(plan); old == note || old == nil && note == "" {
+		return
+	}
+	r.notes.Store(plan, note)
+	if note != "" {
+		r.Log.Warn("channel", "plan", plan, "note", note)
+	}
 }
 
 // podNodeField indexes pods by node for the health gate.
@@ -138,7 +151,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	case st.Phase == "Rolling" || st.Phase == "Waiting":
 		return ctrl.Result{RequeueAfter: r.poll()}, nil
 	case p.Spec.Channel != "" && r.Channels != nil:
-		// Done or halted, a channel plan looks for a newer release.
+		// Done, halted or invalid (the keys may be the problem), a channel plan looks again.
 		return ctrl.Result{RequeueAfter: r.Channels.Every()}, nil
 	}
 	// Halted and Invalid wait for a spec edit, Done for a node to join: both are watched.
@@ -158,13 +171,17 @@ func (r *Reconciler) pass(ctx context.Context, p *api.UpgradePlan, now time.Time
 	}
 	var t controller.Target
 	if p.Spec.Channel != "" {
+		var note string
 		var wait error
-		if t, wait, err = r.channelTarget(ctx, p, archs); err != nil {
+		if t, note, wait, err = r.channelTarget(ctx, p, archs); err != nil {
 			return invalid(err)
 		}
+		r.noteOnce(p.Name, note)
 		if wait != nil {
+			// The status stays the last spec's (its generation too): the first pass with a
+			// target is a new rollout.
 			st := p.Status
-			st.Phase, st.Message, st.ObservedGeneration = "Waiting", wait.Error(), p.Generation
+			st.Phase, st.Message = "Waiting", wait.Error()
 			return st
 		}
 	} else if t, err = controller.TargetOf(p.Spec.Image); err != nil {
