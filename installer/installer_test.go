@@ -341,10 +341,8 @@ func TestPullDamagedDownloads(t *testing.T) {
 	}
 }
 
-// TestPullVersionBeforeSlot: the version policy is asked once the signed manifest is read,
-// and a refusal ends the pull before the slot's layer is requested.
-func TestPullVersionBeforeSlot(t *testing.T) {
-	f := newFixture(t)
+// serveCountingSlot serves a registry that counts the GETs of f's slot layer.
+func serveCountingSlot(t *testing.T, f fixture) (string, *atomic.Int32) {
 	img, _ := release.Build(release.BuildOptions{SlotPath: f.slot, Slot: f.manifest})
 	layers, _ := img.Layers()
 	d, _ := layers[len(layers)-1].Digest()
@@ -357,6 +355,14 @@ func TestPullVersionBeforeSlot(t *testing.T) {
 			h.ServeHTTP(w, r)
 		})
 	})
+	return addr, &slotGets
+}
+
+// TestPullVersionBeforeSlot: the version policy is asked once the signed manifest is read,
+// and a refusal ends the pull before the slot's layer is requested.
+func TestPullVersionBeforeSlot(t *testing.T) {
+	f := newFixture(t)
+	addr, slotGets := serveCountingSlot(t, f)
 	ref, digest := push(t, addr, "keel:v2", release.BuildOptions{SlotPath: f.slot, Slot: f.manifest})
 	sign(t, addr, digest, digest, f.key)
 	policy := installer.Policy{Arch: "amd64", TrustedKeys: []installer.TrustedKey{{Key: f.key.Public()}}}
@@ -380,18 +386,7 @@ func TestPullVersionBeforeSlot(t *testing.T) {
 // slot, and refuses what a node would refuse.
 func TestInspect(t *testing.T) {
 	f := newFixture(t)
-	img, _ := release.Build(release.BuildOptions{SlotPath: f.slot, Slot: f.manifest})
-	layers, _ := img.Layers()
-	d, _ := layers[len(layers)-1].Digest()
-	var slotGets atomic.Int32
-	addr := serve(t, func(h http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, d.String()) {
-				slotGets.Add(1)
-			}
-			h.ServeHTTP(w, r)
-		})
-	})
+	addr, slotGets := serveCountingSlot(t, f)
 	ref, digest := push(t, addr, "keel:v2", release.BuildOptions{SlotPath: f.slot, Slot: f.manifest})
 	unsigned, _ := push(t, addr, "other:v2", release.BuildOptions{SlotPath: f.slot, Slot: f.manifest})
 	sign(t, addr, digest, digest, f.key)
