@@ -72,9 +72,10 @@ image: deps node-bins
 push: image key
 	@$(GO) run ./cmd/mkimage push -image build/installer-$(VERSION) -ref $(REGISTRY)/keel:$(VERSION) -allow-http
 
-# A local OCI registry (in memory) for trying upgrades; a VM reaches it as 10.0.2.2.
-registry:
-	@$(GO) run ./cmd/mkimage registry -addr $(REGISTRY)
+# A local registry for trying upgrades (Debian's docker-registry, images kept in
+# build/registry across restarts); a VM reaches it as 10.0.2.2.
+registry: deps
+	@$(GO) run ./cmd/mkimage registry -addr $(REGISTRY) -dir build/registry
 
 run: disk
 	@KVM=$(KVM) scripts/qemu-run.sh build/disk.img $(PORT)

@@ -6,7 +6,7 @@
 //	mkimage key  -dir build/keys                      cosign key pair that signs installer images
 //	mkimage image -version v2 -out build/installer-v2   installer image (OCI image layout)
 //	mkimage push -image build/installer-v2 -ref 127.0.0.1:5000/keel:v2   push, sign with cosign
-//	mkimage registry -addr 127.0.0.1:5000            a local OCI registry (in memory) to push to
+//	mkimage registry -addr 127.0.0.1:5000            a local registry to push to (kept in build/registry)
 //	mkimage install-doc -image REF -out build/install/node.json   install mode's document
 //	mkimage serve-install -dir build/install          serve it over HTTPS; prints the kernel arguments
 //
@@ -19,14 +19,12 @@ import (
 	"flag"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -288,14 +286,6 @@ func cmdPush(args []string) error {
 	}
 	fmt.Printf("push: signed %s with %s (cosign)\n", byDigest, *key)
 	return nil
-}
-
-func cmdRegistry(args []string) error {
-	fs := flag.NewFlagSet("registry", flag.ExitOnError)
-	addr := fs.String("addr", "127.0.0.1:5000", "listen address (a VM reaches the host's 127.0.0.1 as 10.0.2.2)")
-	fs.Parse(args)
-	fmt.Printf("registry: serving an in-memory OCI registry on %s (Ctrl-C ends it)\n", *addr)
-	return http.ListenAndServe(*addr, registry.New())
 }
 
 // listFlag collects a repeatable flag.
