@@ -25,7 +25,7 @@ E2E_TIMEOUT  ?= 50m
 UNIT_PKGS = $(shell $(GO) list ./... | grep -v -e /e2e -e /internal/testenv/ -e 'keel/cluster/kube$$' -e 'keel/cluster/etcd$$' -e 'keel/controller/api/crdtest$$' -e 'keel/controller/controllertest$$')
 INTEGRATION_PKGS = ./cluster/kube ./cluster/etcd ./internal/testenv/registrytest ./controller/api/crdtest ./controller/controllertest
 
-.PHONY: all deps k8s-bins etcd-bin node-bins cosign-bin pki key disk image push registry run run-install stop test test-unit test-integration test-e2e bench fuzz vet clean
+.PHONY: all deps k8s-bins etcd-bin node-bins cosign-bin pki key disk image push registry run run-install stop test test-unit test-integration test-e2e test-fleet bench fuzz vet clean
 
 all: disk
 
@@ -112,6 +112,12 @@ test-integration: deps k8s-bins
 	@$(GO) test -count=1 $(INTEGRATION_PKGS)
 
 test: deps test-unit test-integration test-e2e
+
+# keel-controller upgrading a whole real cluster (three control-plane VMs with etcd and a
+# kubelet, two workers) under one plan: opt-in, about half an hour (e2e/fleet_test.go).
+test-fleet: deps k8s-bins
+	@mkdir -p build
+	@KEEL_E2E_FLEET=1 KVM=$(KVM) $(GO) test -count=1 -v -run TestFleet -timeout 90m ./e2e 2>&1 | tee build/fleet.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|fleet_test.go' ; exit $${PIPESTATUS[0]}
 
 # Boot time and slot-write throughput (see e2e/bench_test.go).
 bench: deps
