@@ -245,7 +245,7 @@ func checkSlot(n int64, sum string, m Manifest) error {
 type image struct {
 	m      Manifest
 	digest string
-	named  string // the digest the reference resolves to (an index's, for a multi-arch tag)
+	named  string   // the digest the reference resolves to (an index's, for a multi-arch tag)
 	layer  v1.Layer // the slot's
 	signed SignedBy
 }
