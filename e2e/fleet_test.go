@@ -7,26 +7,19 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/go-logr/logr"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
-	"sigs.k8s.io/controller-runtime/pkg/client"
-	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	etcdnode "keel/cluster/etcd"
 	"keel/config"
 	"keel/controller/api"
 	"keel/controller/reconciler"
 	"keel/internal/testenv"
-	"keel/internal/testenv/controllerproc"
 	"keel/internal/testenv/vmtest"
 	"keel/upgrade"
 )
@@ -177,54 +170,17 @@ func TestFleet(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	dir := t.TempDir()
-	kc := filepath.Join(dir, "kubeconfig")
-	if err := os.WriteFile(kc, c.api.Kubeconfig("127.0.0.1"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	pk := nodes[0].vm.PKIDir()
-	controllerproc.Start(t, "fleet", "-kubeconfig", kc, "-client-cert", filepath.Join(pk, "admin.crt"), "-client-key", filepath.Join(pk, "admin.key"),
-		"-ca", filepath.Join(pk, "ca.crt"), "-leader-election-namespace", "default", "-poll", "2s")
-	ctrllog.SetLogger(logr.Discard())
-	scheme := runtime.NewScheme()
-	clientgoscheme.AddToScheme(scheme)
-	api.AddToScheme(scheme)
-	cl, err := client.New(c.api.Config, client.Options{Scheme: scheme})
-	if err != nil {
-		t.Fatal(err)
-	}
 	plan := &api.UpgradePlan{ObjectMeta: metav1.ObjectMeta{Name: "fleet"}, Spec: api.UpgradePlanSpec{Image: target, Concurrency: 1, DrainTimeoutSeconds: 300}}
-	for deadline := time.Now().Add(time.Minute); ; time.Sleep(time.Second) { // the controller installs the CRD as it starts
-		if err = cl.Create(ctx, plan.DeepCopyObject().(*api.UpgradePlan)); err == nil || time.Now().After(deadline) {
-			break
-		}
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, wait := c.startPlan(t, nodes[0].vm.PKIDir(), plan)
 	tPlan := time.Now()
-	var last string
-	for deadline := time.Now().Add(60 * time.Minute); ; time.Sleep(2 * time.Second) {
-		var pl api.UpgradePlan
-		if err := cl.Get(ctx, client.ObjectKey{Name: "fleet"}, &pl); err == nil {
-			s := fmt.Sprintf("%s %d/%d %s", pl.Status.Phase, pl.Status.Done, pl.Status.Total, pl.Status.Message)
-			if s != last {
-				t.Logf("plan: %s", s)
-				last = s
-			}
-			if pl.Status.Phase == "Done" || pl.Status.Phase == "Halted" || pl.Status.Phase == "Invalid" {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("plan not done within an hour: %s", last)
-		}
-	}
+	end := wait("an end", 60*time.Minute, func(s api.UpgradePlanStatus) bool {
+		return s.Phase == "Done" || s.Phase == "Halted" || s.Phase == "Invalid"
+	})
 	rollout := time.Since(tPlan)
 	scancel()
 	<-sampled
-	if !strings.HasPrefix(last, "Done 5/5") {
-		t.Fatalf("plan ended %s", last)
+	if end.Phase != "Done" || end.Done != 5 {
+		t.Fatalf("plan ended %s %d/%d: %s", end.Phase, end.Done, end.Total, end.Message)
 	}
 	for _, n := range nodes {
 		st := n.vm.Status()

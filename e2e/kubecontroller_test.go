@@ -60,50 +60,8 @@ func (c *kubeCluster) controllerRollout(t *testing.T, vms [2]*vmtest.VM) {
 			before[name] = u.ID
 		}
 	}
-	dir := t.TempDir()
-	kc := filepath.Join(dir, "kubeconfig")
-	if err := os.WriteFile(kc, c.api.Kubeconfig("127.0.0.1"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	pk := vms[0].PKIDir()
-	controllerproc.Start(t, "e2e", "-kubeconfig", kc, "-client-cert", filepath.Join(pk, "admin.crt"), "-client-key", filepath.Join(pk, "admin.key"),
-		"-ca", filepath.Join(pk, "ca.crt"), "-leader-election-namespace", "default", "-poll", "2s")
-	ctrllog.SetLogger(logr.Discard()) // the test's client logs nothing worth reading
-	scheme := runtime.NewScheme()
-	clientgoscheme.AddToScheme(scheme)
-	api.AddToScheme(scheme)
-	cl, err := client.New(c.api.Config, client.Options{Scheme: scheme})
-	if err != nil {
-		t.Fatal(err)
-	}
 	plan := &api.UpgradePlan{ObjectMeta: metav1.ObjectMeta{Name: "workers"}, Spec: api.UpgradePlanSpec{Image: bad, Concurrency: 1, DrainTimeoutSeconds: 120}}
-	for deadline := time.Now().Add(time.Minute); ; time.Sleep(time.Second) { // the controller installs the CRD as it starts
-		if err = cl.Create(ctx, plan.DeepCopyObject().(*api.UpgradePlan)); err == nil || time.Now().After(deadline) {
-			break
-		}
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	wait := func(what string, timeout time.Duration, ok func(api.UpgradePlanStatus) bool) api.UpgradePlanStatus {
-		t.Helper()
-		var last string
-		for deadline := time.Now().Add(timeout); ; time.Sleep(time.Second) {
-			var p api.UpgradePlan
-			if err := cl.Get(ctx, client.ObjectKey{Name: "workers"}, &p); err == nil {
-				if ok(p.Status) {
-					return p.Status
-				}
-				if s := fmt.Sprintf("%s %d/%d %s", p.Status.Phase, p.Status.Done, p.Status.Total, p.Status.Message); s != last {
-					t.Logf("plan: %s", s)
-					last = s
-				}
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("plan: %s: not within %s (last %s)", what, timeout, last)
-			}
-		}
-	}
+	cl, wait := c.startPlan(t, vms[0].PKIDir(), plan)
 
 	// The bad target halts at worker-1.
 	tBad := time.Now()
@@ -125,7 +83,7 @@ func (c *kubeCluster) controllerRollout(t *testing.T, vms [2]*vmtest.VM) {
 
 	// The spec fixed, staged: resumed to the end.
 	// Read again and retried: the controller's status writes move the resourceVersion on.
-	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		var p api.UpgradePlan
 		if err := cl.Get(ctx, client.ObjectKey{Name: "workers"}, &p); err != nil {
 			return err
@@ -168,4 +126,58 @@ func (c *kubeCluster) controllerRollout(t *testing.T, vms [2]*vmtest.VM) {
 		t.Errorf("events: %v", reasons)
 	}
 	t.Logf("events: %v", reasons)
+}
+
+// planWait polls a plan's status, logging each change, until ok says so (or fails the test
+// after timeout).
+type planWait func(what string, timeout time.Duration, ok func(api.UpgradePlanStatus) bool) api.UpgradePlanStatus
+
+// startPlan runs keel-controller (the real binary) against the host's control plane, with
+// the admin certificate of pkiDir for the nodes' endpoints, and creates plan (retried while
+// the controller installs its CRD). It returns a client of the API server and the plan's wait.
+func (c *kubeCluster) startPlan(t *testing.T, pkiDir string, plan *api.UpgradePlan) (client.Client, planWait) {
+	t.Helper()
+	ctx := context.Background()
+	kc := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := os.WriteFile(kc, c.api.Kubeconfig("127.0.0.1"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	controllerproc.Start(t, plan.Name, "-kubeconfig", kc, "-client-cert", filepath.Join(pkiDir, "admin.crt"), "-client-key", filepath.Join(pkiDir, "admin.key"),
+		"-ca", filepath.Join(pkiDir, "ca.crt"), "-leader-election-namespace", "default", "-poll", "2s")
+	ctrllog.SetLogger(logr.Discard()) // the test's client logs nothing worth reading
+	scheme := runtime.NewScheme()
+	clientgoscheme.AddToScheme(scheme)
+	api.AddToScheme(scheme)
+	cl, err := client.New(c.api.Config, client.Options{Scheme: scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(time.Second) {
+		if err = cl.Create(ctx, plan.DeepCopyObject().(*api.UpgradePlan)); err == nil || time.Now().After(deadline) {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	wait := func(what string, timeout time.Duration, ok func(api.UpgradePlanStatus) bool) api.UpgradePlanStatus {
+		t.Helper()
+		var last string
+		for deadline := time.Now().Add(timeout); ; time.Sleep(time.Second) {
+			var p api.UpgradePlan
+			if err := cl.Get(ctx, client.ObjectKey{Name: plan.Name}, &p); err == nil {
+				if ok(p.Status) {
+					return p.Status
+				}
+				if s := fmt.Sprintf("%s %d/%d %s", p.Status.Phase, p.Status.Done, p.Status.Total, p.Status.Message); s != last {
+					t.Logf("plan: %s", s)
+					last = s
+				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("plan: %s: not within %s (last %s)", what, timeout, last)
+			}
+		}
+	}
+	return cl, wait
 }
