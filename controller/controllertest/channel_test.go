@@ -120,10 +120,7 @@ func TestChannel(t *testing.T) {
 			t.Errorf("%s: %s after %d upgrades, record %+v", n, f.Version, f.Upgrades, f.Record.Current)
 		}
 	}
-	ev := e.events("keep") // Events trail the status: wait for the second rollout's last
-	for deadline := time.Now().Add(time.Minute); ev["PlanDone"] < 2 && time.Now().Before(deadline); ev = e.events("keep") {
-		time.Sleep(200 * time.Millisecond)
-	}
+	ev := e.eventsUntil("keep", map[string]int{"NewTarget": 2, "PlanDone": 2, "NodeUpgraded": 2 * len(e.names)})
 	if ev["NewTarget"] != 2 || ev["PlanDone"] != 2 || ev["NodeUpgraded"] != 2*len(e.names) {
 		t.Errorf("events %v", ev)
 	}

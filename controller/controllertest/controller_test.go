@@ -79,11 +79,20 @@ func (w *watch) end() {
 	}
 }
 
-// eventsUntil is events once reason (the plan's last) is among them: Events are sent behind
-// the status, at the client's rate (up to a minute).
-func (e *env) eventsUntil(plan, reason string) map[string]int {
+// eventsUntil is the plan's events once each reason of want is among them at least that many
+// times, or after a minute: the recorder sends each Event from its own goroutine, so the
+// plan's last (PlanDone, PlanHalted) may land before a node's from the same pass.
+func (e *env) eventsUntil(plan string, want map[string]int) map[string]int {
+	reached := func(ev map[string]int) bool {
+		for r, n := range want {
+			if ev[r] < n {
+				return false
+			}
+		}
+		return true
+	}
 	ev := e.events(plan)
-	for deadline := time.Now().Add(time.Minute); ev[reason] == 0 && time.Now().Before(deadline); ev = e.events(plan) {
+	for deadline := time.Now().Add(time.Minute); !reached(ev) && time.Now().Before(deadline); ev = e.events(plan) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	return ev
@@ -192,7 +201,7 @@ func TestRolloutWithFailover(t *testing.T) {
 	waves := cps + (workers+conc-1)/conc
 	over := (took - takeover - ideal) / time.Duration(waves)
 	t.Logf("the controller's time per wave beyond the nodes' own: %.2f s (%d waves); at a node upgrade of 3 min that is %.3f×", over.Seconds(), waves, float64(3*time.Minute+over)/float64(3*time.Minute))
-	ev := e.eventsUntil("fleet", "PlanDone")
+	ev := e.eventsUntil("fleet", map[string]int{"PlanDone": 1, "UpgradeStarted": total - 2*conc, "NodeUpgraded": total - 2*conc})
 	// Events are best effort: a replica killed with Events queued loses them (at most a
 	// wave's starts and ends); the one that takes over reports what changed since the status
 	// it reads, and a node whose status write the kill lost is reported again.
@@ -243,7 +252,7 @@ func TestFailureHalts(t *testing.T) {
 			t.Errorf("%s was asked to upgrade after the halt", name)
 		}
 	}
-	if ev := e.eventsUntil("bad", "PlanHalted"); ev["NodeFailed"] != 1 || ev["PlanHalted"] != 1 {
+	if ev := e.eventsUntil("bad", map[string]int{"NodeFailed": 1, "PlanHalted": 1}); ev["NodeFailed"] != 1 || ev["PlanHalted"] != 1 {
 		t.Errorf("events %v", ev)
 	}
 	e.edit("bad", func(s *api.UpgradePlanSpec) { s.Image = "registry.test/keel:v2.0.0" })
@@ -345,7 +354,7 @@ func TestStagedRollout(t *testing.T) {
 		}
 		out += u.FinishedAt.Sub(u.ActivatedAt)
 	}
-	ev := e.eventsUntil("staged", "PlanDone")
+	ev := e.eventsUntil("staged", map[string]int{"StagingStarted": workers + 1, "NodeStaged": workers + 1, "UpgradeStarted": workers + 1, "PlanDone": 1})
 	if ev["StagingStarted"] != workers+1 || ev["NodeStaged"] != workers+1 || ev["UpgradeStarted"] != workers+1 || ev["PlanDone"] != 1 {
 		t.Errorf("events %v", ev)
 	}
