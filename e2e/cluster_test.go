@@ -240,7 +240,7 @@ func refusedAndCancelled(t *testing.T, ctx context.Context, cli *clientv3.Client
 	if err != nil {
 		t.Fatal(err)
 	}
-	hl, err := etcdnode.Acquire(ctx, cli, hid, etcdnode.Holder{Node: "e2e-host"}, func(etcdnode.Holder) {})
+	hl, err := etcdnode.Acquire(ctx, cli, hid, etcdnode.Holder{Node: "e2e-host"}, func(etcdnode.Holder) {}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

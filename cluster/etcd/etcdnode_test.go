@@ -52,7 +52,7 @@ func hold(endpoints []string, ttl, pkiDir string) int {
 	n, _ := strconv.Atoi(ttl)
 	id, err := etcdnode.Grant(ctx, cli, n)
 	if err == nil {
-		_, err = etcdnode.Acquire(ctx, cli, id, etcdnode.Holder{Node: "doomed", Since: time.Now()}, func(etcdnode.Holder) {})
+		_, err = etcdnode.Acquire(ctx, cli, id, etcdnode.Holder{Node: "doomed", Since: time.Now()}, func(etcdnode.Holder) {}, nil)
 	}
 	if err != nil {
 		fmt.Println("error", err)
@@ -180,7 +180,7 @@ func TestLockOneAtATime(t *testing.T) {
 						mu.Lock()
 						waited[name] = append(waited[name], h.Node)
 						mu.Unlock()
-					})
+					}, nil)
 					if err != nil {
 						t.Error(err)
 						return
@@ -259,7 +259,7 @@ func TestHolderKilled(t *testing.T) {
 	var told []string
 	got := make(chan *etcdnode.Lock, 1)
 	go func() {
-		l, err := etcdnode.Acquire(ctx, cli, id, etcdnode.Holder{Node: "m1", Since: time.Now()}, func(h etcdnode.Holder) { told = append(told, h.String()) })
+		l, err := etcdnode.Acquire(ctx, cli, id, etcdnode.Holder{Node: "m1", Since: time.Now()}, func(h etcdnode.Holder) { told = append(told, h.String()) }, nil)
 		if err != nil {
 			t.Error(err)
 		}

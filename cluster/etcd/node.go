@@ -175,7 +175,7 @@ func (n *Node) Lock(ctx context.Context, lease int64, id string, waiting func(st
 		n.o.Log.Info("upgrade: waiting for the upgrade lease", "holder", h.String())
 		n.o.Event("upgrade", id, "waiting for the upgrade lease, held by "+h.String(), map[string]any{"holder": h.Node, "since": h.Since, "lease": fmt.Sprintf("%x", h.Lease)})
 		waiting(h.String())
-	})
+	}, n.o.Log)
 	if err != nil {
 		return err
 	}
@@ -193,7 +193,11 @@ func (n *Node) keep(l *Lock, lost func(string)) {
 	n.lock = l
 	n.mu.Unlock()
 	go func() {
-		<-l.Lost()
+		select {
+		case <-l.Lost():
+		case <-l.Detached():
+			return
+		}
 		n.mu.Lock()
 		ours := n.lock == l
 		if ours {
@@ -201,8 +205,8 @@ func (n *Node) keep(l *Lock, lost func(string)) {
 		}
 		n.mu.Unlock()
 		if ours {
-			reason := fmt.Sprintf("lease %x can no longer be kept alive (TTL %d s)", l.ID, n.o.Config.LeaseTTL())
-			n.o.Warn("etcd: the upgrade %s", reason)
+			reason := fmt.Sprintf("%s (TTL %d s)", l.Reason(), n.o.Config.LeaseTTL())
+			n.o.Warn("etcd: the upgrade lease is lost: %s", reason)
 			lost(reason)
 		}
 	}()
@@ -220,7 +224,7 @@ func (n *Node) KeepLease(ctx context.Context, lease int64, id string, lost func(
 	for {
 		l, err := Acquire(ctx, cli, lease, Holder{Node: n.o.Name, UpgradeID: id}, func(h Holder) {
 			n.o.Warn("etcd: resuming the upgrade lease, but %s holds the lock", h)
-		})
+		}, n.o.Log)
 		if err == nil {
 			n.keep(l, lost)
 			n.o.Log.Info("upgrade: upgrade lease resumed after the reboot", "lease", fmt.Sprintf("%x", lease))

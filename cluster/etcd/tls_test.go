@@ -38,7 +38,7 @@ func TestMutualTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lock, err := etcdnode.Acquire(ctx, good, lease, etcdnode.Holder{Node: "m0", UpgradeID: "u1"}, func(etcdnode.Holder) {})
+	lock, err := etcdnode.Acquire(ctx, good, lease, etcdnode.Holder{Node: "m0", UpgradeID: "u1"}, func(etcdnode.Holder) {}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
