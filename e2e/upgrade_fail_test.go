@@ -47,10 +47,17 @@ func TestBrokenNewSlot(t *testing.T) {
 		fault, reason string
 		console       []string
 		boots         int // of the new slot: a panic or a hang spends every try, a failed gate disarms
+		// prevLog is in GET /v1/logs/init?boot=-1 after the fallback: the last kept boot's
+		// log (a boot that died before mounting EPHEMERAL keeps none: then it is the boot
+		// that asked for the upgrade, which kept its log until the upgrade stopped it).
+		prevLog []string
 	}{
-		{"exit-at-start", "the new slot never reported healthy (its boot tries were spent before its init came up", []string{`fault injected: exiting at start`, `Kernel panic`}, boot.TrialTries},
-		{"hang-in-trial", "the new slot never reported healthy (reset during the trial boot: 2 trial boot(s) reached the init", []string{`watchdog armed`, `fault injected: hanging`}, boot.TrialTries},
-		{"health-fail", "health gate failed: fault-injected", nil, 1},
+		{"exit-at-start", "the new slot never reported healthy (its boot tries were spent before its init came up", []string{`fault injected: exiting at start`, `Kernel panic`}, boot.TrialTries,
+			[]string{`version=v1.0.0-e2e`, `msg="upgrade: state"`, `state=stopping`}},
+		{"hang-in-trial", "the new slot never reported healthy (reset during the trial boot: 2 trial boot(s) reached the init", []string{`watchdog armed`, `fault injected: hanging`}, boot.TrialTries,
+			[]string{`version=v2.0.1-broken`, `fault injected: hanging in the trial boot`}},
+		{"health-fail", "health gate failed: fault-injected", nil, 1,
+			[]string{`version=v2.0.1-broken`, `upgrade: health gate failed`, `this test image always fails its health gate`}},
 	} {
 		t.Run(tc.fault, func(t *testing.T) {
 			t.Parallel()
@@ -79,6 +86,21 @@ func TestBrokenNewSlot(t *testing.T) {
 			}
 			if st.NextSlot != "" {
 				t.Errorf("next slot %q left armed", st.NextSlot)
+			}
+			// Why the trial failed, read on the node after the fallback.
+			code, b, err := vm.Call("reader", "GET", "/v1/logs/init?boot=-1&tail=100000", nil)
+			if err != nil || code != 200 {
+				t.Fatalf("the boot before's init log: %d %v %s", code, err, b)
+			}
+			for _, want := range tc.prevLog {
+				if !strings.Contains(string(b), want) {
+					t.Errorf("the boot before's init log lacks %q:\n%s", want, b)
+				}
+			}
+			if code, b, err := vm.Call("reader", "GET", "/v1/boots", nil); err != nil || code != 200 {
+				t.Errorf("boots: %d %v %s", code, err, b)
+			} else {
+				t.Logf("%s: GET /v1/boots: %s", tc.fault, b)
 			}
 		})
 	}

@@ -15,10 +15,12 @@ import (
 	"net/http"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
 	"keel/events"
+	"keel/journal"
 	"keel/supervisor"
 	"keel/upgrade"
 )
@@ -84,6 +86,11 @@ type Node interface {
 	RestartService(name string) error
 	// LogRing is a service's output, or the init's own log under the name "init".
 	LogRing(name string) (*events.Ring, error)
+	// PastLog is the files of log name of an earlier boot (back < 0: -1 is the boot before
+	// this one), oldest first; ErrNotFound when that boot or that log was not kept.
+	PastLog(name string, back int) ([]string, error)
+	// Boots are the boots whose logs are kept on EPHEMERAL, this one first.
+	Boots() ([]journal.Boot, error)
 	// Events is the event stream's ring of NDJSON lines.
 	Events() *events.Ring
 	// Dmesg calls emit for each kernel log record; with follow, until ctx ends.
@@ -166,6 +173,7 @@ func New(o Options) *Server {
 	s.route("GET /v1/services", RoleReader, s.services)
 	s.route("POST /v1/services/{name}/restart", RoleOperator, s.restartService)
 	s.route("GET /v1/logs/{name}", RoleReader, s.logs)
+	s.route("GET /v1/boots", RoleReader, s.boots)
 	s.route("GET /v1/events", RoleReader, s.events)
 	s.route("GET /v1/dmesg", RoleReader, s.dmesg)
 	// A snapshot holds every key of the cluster, Kubernetes Secrets included: admin only.
@@ -389,12 +397,62 @@ type LogLine struct {
 }
 
 func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
-	ring, err := s.node.LogRing(r.PathValue("name"))
+	back := 0
+	if v := r.URL.Query().Get("boot"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n > 0 {
+			WriteError(w, http.StatusBadRequest, "bad_request", "boot must be 0 (this boot) or negative (-1: the boot before this one; GET /v1/boots lists them)")
+			return
+		}
+		back = n
+	}
+	if back == 0 {
+		ring, err := s.node.LogRing(r.PathValue("name"))
+		if err != nil {
+			writeNodeError(w, err)
+			return
+		}
+		s.follow(w, r, ring, 100, func(l string) any { return LogLine{Line: l} })
+		return
+	}
+	tail, ok := queryTail(r, 100)
+	follow, ok2 := queryFollow(r)
+	if !ok || !ok2 || follow {
+		WriteError(w, http.StatusBadRequest, "bad_request", "tail must be 0-100000; follow only for this boot (boot=0): an earlier boot's log does not grow")
+		return
+	}
+	paths, err := s.node.PastLog(r.PathValue("name"), back)
 	if err != nil {
 		writeNodeError(w, err)
 		return
 	}
-	s.follow(w, r, ring, 100, func(l string) any { return LogLine{Line: l} })
+	var lines []string
+	if tail > 0 {
+		if lines, err = journal.Tail(paths, tail); err != nil {
+			writeNodeError(w, err)
+			return
+		}
+	}
+	lw := newLineWriter(w)
+	for _, l := range lines {
+		if lw.value(LogLine{Line: l}) != nil {
+			return
+		}
+	}
+}
+
+// boots lists the boots whose logs are kept (GET /v1/logs/NAME?boot=N reads them).
+func (s *Server) boots(w http.ResponseWriter, r *http.Request) {
+	bs, err := s.node.Boots()
+	if err != nil {
+		writeNodeError(w, err)
+		return
+	}
+	out := Boots{Boots: []BootLogs{}}
+	for i, b := range bs {
+		out.Boots = append(out.Boots, BootLogs{Boot: -i, BootID: b.BootID, Version: b.Info.Version, Slot: b.Info.Slot, Started: b.Info.Started, Logs: b.Logs, Bytes: b.Bytes})
+	}
+	WriteJSON(w, http.StatusOK, out)
 }
 
 // etcdSnapshot sends a saved snapshot, for `etcdutl snapshot restore` elsewhere.

@@ -15,12 +15,14 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"keel/events"
+	"keel/journal"
 	"keel/pki"
 	"keel/supervisor"
 )
@@ -32,6 +34,27 @@ type fakeNode struct {
 	initLog *events.Ring
 	resets  [][]string
 	snapDir string
+	journal *journal.Journal // a real one in a temporary directory, when a test makes it
+}
+
+func (f *fakeNode) PastLog(name string, back int) ([]string, error) {
+	if f.journal == nil {
+		return nil, fmt.Errorf("%w: no logs kept", ErrNotFound)
+	}
+	b, err := f.journal.Boot(back)
+	if err == nil {
+		var paths []string
+		if paths, err = journal.Paths(b.Dir, name); err == nil {
+			return paths, nil
+		}
+	}
+	return nil, fmt.Errorf("%w: %v", ErrNotFound, err)
+}
+func (f *fakeNode) Boots() ([]journal.Boot, error) {
+	if f.journal == nil {
+		return nil, nil
+	}
+	return f.journal.Boots()
 }
 
 func (f *fakeNode) Services() []supervisor.Status {
@@ -320,6 +343,47 @@ func TestStreams(t *testing.T) {
 	code, _, b = do(t, reader, "GET", e.url+"/v1/dmesg")
 	if code != 200 || !strings.Contains(string(b), "kernel says hi") {
 		t.Errorf("dmesg: %d %s", code, b)
+	}
+}
+
+// TestPastBootLogs: ?boot=-1 reads the log the boot before kept on disk (a real journal),
+// tail applies; a boot or a log not kept is 404; following or a positive boot is 400;
+// /v1/boots lists the boots, this one first.
+func TestPastBootLogs(t *testing.T) {
+	e := newEnv(t)
+	reader := e.client(t, e.ca, "reader")
+	root := t.TempDir()
+	prev, err := journal.Start(root, "b1", journal.Info{Version: "v2", Slot: "B"}, journal.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ring := events.NewRing(100, 0)
+	prev.Follow(ring, "init")
+	for i := range 5 {
+		ring.Append(fmt.Sprintf("trial %d", i))
+	}
+	prev.Close()
+	if e.node.journal, err = journal.Start(root, "b2", journal.Info{Version: "v1", Slot: "A"}, journal.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, b := do(t, reader, "GET", e.url+"/v1/logs/init?boot=-1&tail=2"); code != 200 || string(b) != "{\"line\":\"trial 3\"}\n{\"line\":\"trial 4\"}\n" {
+		t.Errorf("boot=-1 tail=2: %d %q", code, b)
+	}
+	for url, want := range map[string]int{
+		"/v1/logs/init?boot=-2":          404,
+		"/v1/logs/kubelet?boot=-1":       404,
+		"/v1/logs/init?boot=-1&follow=1": 400,
+		"/v1/logs/init?boot=1":           400,
+		"/v1/logs/init?boot=x":           400,
+	} {
+		if code, eb, _ := do(t, reader, "GET", e.url+url); code != want || eb.Error.Message == "" {
+			t.Errorf("%s: %d %+v, want %d", url, code, eb, want)
+		}
+	}
+	code, _, b := do(t, reader, "GET", e.url+"/v1/boots")
+	var bs Boots
+	if err := json.Unmarshal(b, &bs); code != 200 || err != nil || len(bs.Boots) != 2 || bs.Boots[0].BootID != "b2" || bs.Boots[1].Boot != -1 || bs.Boots[1].Version != "v2" || !slices.Equal(bs.Boots[1].Logs, []string{"init"}) {
+		t.Errorf("boots: %d %s", code, b)
 	}
 }
 

@@ -135,6 +135,23 @@ type SlotInfo struct {
 	Error   string `json:"error,omitempty"`
 }
 
+// Boots is GET /v1/boots: the boots whose logs the node keeps on EPHEMERAL, this one first.
+type Boots struct {
+	Boots []BootLogs `json:"boots"`
+}
+
+// BootLogs is one boot's kept logs.
+type BootLogs struct {
+	// Boot is what GET /v1/logs/NAME?boot= takes: 0 this boot, -1 the one before, ...
+	Boot    int       `json:"boot"`
+	BootID  string    `json:"boot_id"`
+	Version string    `json:"version"`
+	Slot    string    `json:"slot"`
+	Started time.Time `json:"started"`
+	Logs    []string  `json:"logs"`
+	Bytes   int64     `json:"bytes"`
+}
+
 // Accepted is the answer to a request that starts something asynchronous.
 type Accepted struct {
 	Status string `json:"status"`

@@ -12,6 +12,7 @@ import (
 	"keel/cluster/etcd"
 	"keel/events"
 	"keel/installer"
+	"keel/journal"
 	"keel/machine"
 	"keel/netapi"
 	"keel/supervisor"
@@ -217,6 +218,39 @@ func (a *api) LogRing(name string) (*events.Ring, error) {
 		}
 	}
 	return nil, fmt.Errorf("%w: no log %q (services and \"init\")", netapi.ErrNotFound, name)
+}
+
+// PastLog implements netapi.Node: an earlier boot's log, from the journal on EPHEMERAL.
+func (a *api) PastLog(name string, back int) ([]string, error) {
+	j := a.n.logJournal()
+	if j == nil {
+		return nil, fmt.Errorf("%w: this boot keeps no logs on EPHEMERAL (not mounted, or closed for a shutdown or an upgrade)", netapi.ErrNotFound)
+	}
+	b, err := j.Boot(back)
+	if err != nil {
+		return nil, journalError(err)
+	}
+	paths, err := journal.Paths(b.Dir, name)
+	if err != nil {
+		return nil, journalError(err)
+	}
+	return paths, nil
+}
+
+// Boots implements netapi.Node.
+func (a *api) Boots() ([]journal.Boot, error) {
+	j := a.n.logJournal()
+	if j == nil {
+		return nil, fmt.Errorf("%w: this boot keeps no logs on EPHEMERAL (not mounted, or closed for a shutdown or an upgrade)", netapi.ErrNotFound)
+	}
+	return j.Boots()
+}
+
+func journalError(err error) error {
+	if errors.Is(err, journal.ErrNotFound) {
+		return fmt.Errorf("%w: %v", netapi.ErrNotFound, err)
+	}
+	return err
 }
 
 // Events implements netapi.Node.

@@ -19,6 +19,7 @@ import (
 	"keel/events"
 	"keel/host"
 	"keel/internal/fault"
+	"keel/journal"
 	"keel/machine"
 	"keel/netapi"
 	"keel/supervisor"
@@ -37,8 +38,9 @@ const (
 	BootLog = MountEphemeral + "/log/keel/boots.log"
 	// PKIDir holds the endpoint's CA, certificate and key on STATE.
 	PKIDir = MountState + "/pki"
-	// ServiceLogDir is where service output also goes while EPHEMERAL is mounted.
-	ServiceLogDir = MountEphemeral + "/log/services"
+	// JournalDir keeps each boot's logs (the init's, every service's) while EPHEMERAL is
+	// mounted: one directory a boot (package journal).
+	JournalDir = MountEphemeral + "/log/keel/boots"
 )
 
 // Options configure a Node.
@@ -94,6 +96,9 @@ type Node struct {
 	downloads openFiles
 	kube      *kube.Node
 	trial     trialWatchdog
+	// journal keeps this boot's logs on EPHEMERAL (nil while it is not mounted, or once the
+	// logs were closed before its unmount).
+	journal *journal.Journal
 }
 
 // New returns a Node; initAt is the kernel uptime at which the init started.

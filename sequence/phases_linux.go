@@ -20,6 +20,7 @@ import (
 	"keel/host"
 	"keel/install"
 	"keel/internal/fault"
+	"keel/journal"
 	"keel/machine"
 	"keel/netapi"
 	"keel/network"
@@ -367,7 +368,50 @@ func (n *Node) mountEphemeral(context.Context) error {
 	if err := n.mountExt4(disk.PartEphemeral, MountEphemeral); err != nil {
 		return err
 	}
-	return n.recordBoot()
+	if err := n.recordBoot(); err != nil {
+		return err
+	}
+	n.startJournal()
+	return nil
+}
+
+// startJournal keeps this boot's logs on EPHEMERAL: the init's from its first line (the ring
+// holds them) and every service's. A failure keeps them in memory only, and says so.
+func (n *Node) startJournal() {
+	n.mu.Lock()
+	info := journal.Info{Version: n.opts.Version, Slot: string(n.booted), Started: time.Now().UTC()}
+	id := n.bootID
+	n.mu.Unlock()
+	j, err := journal.Start(JournalDir, id, info, journal.Options{Log: n.log})
+	if err != nil {
+		n.warn("this boot's logs are kept in memory only: %v", err)
+		return
+	}
+	if n.opts.InitLog != nil {
+		j.Follow(n.opts.InitLog, "init")
+	}
+	n.mu.Lock()
+	n.journal = j
+	n.mu.Unlock()
+}
+
+// closeJournal flushes and closes the logs kept on EPHEMERAL: before it is unmounted. Later
+// lines stay in memory only.
+func (n *Node) closeJournal() {
+	n.mu.Lock()
+	j := n.journal
+	n.journal = nil
+	n.mu.Unlock()
+	if j != nil {
+		j.Close()
+	}
+}
+
+// logJournal is this boot's journal, if its logs are being kept.
+func (n *Node) logJournal() *journal.Journal {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.journal
 }
 
 // recordBoot appends this boot to BootLog and syncs it.

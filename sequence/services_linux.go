@@ -41,8 +41,8 @@ func (n *Node) startServices(ctx context.Context) error {
 		Log:     n.log,
 		Starter: n.Reaper,
 		LogDir: func() string {
-			if n.mounts.has(MountEphemeral) {
-				return ServiceLogDir
+			if j := n.logJournal(); j != nil {
+				return j.Dir()
 			}
 			return ""
 		},

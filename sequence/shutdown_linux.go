@@ -73,6 +73,7 @@ func (n *Node) RunShutdown(ctx context.Context, a machine.Action, o ShutdownOpti
 		return nil
 	})
 	step("container-mounts", func() error { return releaseMounts([]string{MountEphemeral, MountState}) })
+	n.closeJournal()
 	machine.Sync()
 	mounts := n.mounts.list()
 	for i := len(mounts) - 1; i >= 0; i-- {

@@ -93,6 +93,7 @@ func (s slotIO) Verify(ctx context.Context, slot boot.Slot) (string, error) {
 // mounted it; at boot, the executor runs this before it is mounted).
 func (s slotIO) WipeEphemeral(context.Context) error {
 	if s.n.mounts.has(MountEphemeral) {
+		s.n.closeJournal()
 		if err := machine.Unmount(MountEphemeral, 5*time.Second); err != nil {
 			return err
 		}

@@ -36,6 +36,7 @@ func (h upgradeHost) Stop(context.Context) error {
 	if err := releaseMounts(mounts); err != nil {
 		return err
 	}
+	n.closeJournal()
 	if k := machine.KillHolders(5*time.Second, n.Reaper.ReapOnce, mounts...); k > 0 {
 		n.log.Warn("upgrade: processes needed SIGKILL", "count", k)
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"keel/events"
+	"keel/journal"
 )
 
 // State is where a service is.
@@ -114,10 +115,10 @@ func New(specs []Spec, o Options) (*Supervisor, error) {
 		o.RingBytes = 256 << 10
 	}
 	if o.LogMaxBytes <= 0 {
-		o.LogMaxBytes = DefaultLogMaxBytes
+		o.LogMaxBytes = journal.DefaultMaxBytes
 	}
 	if o.LogKeep <= 0 {
-		o.LogKeep = DefaultLogKeep
+		o.LogKeep = journal.DefaultKeep
 	}
 	s := &Supervisor{opts: o, svcs: map[string]*service{}}
 	for _, sp := range ordered {
@@ -348,12 +349,36 @@ func (svc *service) runOnce(ctx context.Context) (int, error) {
 	return code, nil
 }
 
+// A service's output goes to its ring and, while a log directory exists, to NAME.log there
+// (a journal.File: best effort, never an error the service could see).
+
+// output tees a service's output into its ring and its log file. Write never fails.
+type output struct {
+	ring *events.Ring
+	file *journal.File
+}
+
+func (o *output) Write(p []byte) (int, error) {
+	o.ring.Write(p)
+	if o.file != nil {
+		o.file.Write(p)
+	}
+	return len(p), nil
+}
+
+func (o *output) Close() error {
+	if o.file != nil {
+		o.file.Close()
+	}
+	return nil
+}
+
 // output is where the process writes: the ring, and a log file when a log directory exists.
 func (svc *service) output() *output {
 	o := &output{ring: svc.ring}
 	if svc.sup.opts.LogDir != nil {
 		if dir := svc.sup.opts.LogDir(); dir != "" {
-			o.file = newLogFile(dir, svc.spec.Name, svc.sup.opts.LogMaxBytes, svc.sup.opts.LogKeep, svc.sup.opts.Log)
+			o.file = journal.NewFile(dir, svc.spec.Name, svc.sup.opts.LogMaxBytes, svc.sup.opts.LogKeep, svc.sup.opts.Log)
 		}
 	}
 	return o

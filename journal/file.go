@@ -1,4 +1,4 @@
-package supervisor
+package journal
 
 import (
 	"bytes"
@@ -9,48 +9,25 @@ import (
 	"strconv"
 	"sync"
 	"time"
-
-	"keel/events"
 )
 
-// A service's output goes to its ring and, while a log directory exists, to NAME.log there.
-// The file is best effort: a write that fails (a full /var, a read-only or vanished
-// filesystem) drops that output from the file only. The service must never notice: if the
-// writer behind its stdout pipe returned an error, os/exec would stop reading the pipe and
-// the service's next write would kill it with SIGPIPE.
+// A File is best effort: a write that fails (a full /var, a read-only or vanished filesystem)
+// drops that output from the file only, and the writer never sees an error. A service must
+// never notice: if the writer behind its stdout pipe returned an error, os/exec would stop
+// reading the pipe and the service's next write would kill it with SIGPIPE; and PID 1's log
+// must never stall on a disk.
 
 // Defaults of the log file limits.
 const (
-	DefaultLogMaxBytes = 10 << 20
-	DefaultLogKeep     = 2
+	DefaultMaxBytes = 10 << 20
+	DefaultKeep     = 2
 	// logRetry is how long a log file that failed is left alone before it is tried again.
 	logRetry = 10 * time.Second
 )
 
-// output tees a service's output into its ring and its log file. Write never fails.
-type output struct {
-	ring *events.Ring
-	file *logFile
-}
-
-func (o *output) Write(p []byte) (int, error) {
-	o.ring.Write(p)
-	if o.file != nil {
-		o.file.write(p)
-	}
-	return len(p), nil
-}
-
-func (o *output) Close() error {
-	if o.file != nil {
-		o.file.close()
-	}
-	return nil
-}
-
-// logFile is dir/NAME.log, rotated when a write would take it past max bytes: NAME.log
+// File is dir/NAME.log, rotated when a write would take it past max bytes: NAME.log
 // becomes NAME.log.1, NAME.log.1 becomes .2, ..., keeping keep old files.
-type logFile struct {
+type File struct {
 	dir, name string
 	max       int64
 	keep      int
@@ -63,11 +40,22 @@ type logFile struct {
 	dropped  int64     // bytes that did not reach the file since the last failure was logged
 }
 
-func newLogFile(dir, name string, max int64, keep int, log *slog.Logger) *logFile {
-	return &logFile{dir: dir, name: name, max: max, keep: keep, log: log}
+// NewFile returns dir/NAME.log (made on the first write) with its limits: max bytes a file
+// (DefaultMaxBytes if 0), keep old files (DefaultKeep if 0).
+func NewFile(dir, name string, max int64, keep int, log *slog.Logger) *File {
+	if max <= 0 {
+		max = DefaultMaxBytes
+	}
+	if keep <= 0 {
+		keep = DefaultKeep
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &File{dir: dir, name: name, max: max, keep: keep, log: log}
 }
 
-func (l *logFile) path(i int) string {
+func (l *File) path(i int) string {
 	p := filepath.Join(l.dir, l.name+".log")
 	if i > 0 {
 		p += "." + strconv.Itoa(i)
@@ -75,7 +63,13 @@ func (l *logFile) path(i int) string {
 	return p
 }
 
-func (l *logFile) write(p []byte) {
+// Write appends p; it never fails (see File).
+func (l *File) Write(p []byte) (int, error) {
+	l.write(p)
+	return len(p), nil
+}
+
+func (l *File) write(p []byte) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if !l.failedAt.IsZero() && time.Since(l.failedAt) < logRetry {
@@ -87,14 +81,14 @@ func (l *logFile) write(p []byte) {
 		return
 	}
 	if !l.failedAt.IsZero() {
-		l.log.Info("service log file writable again", "name", l.name, "bytes_lost", l.dropped)
+		l.log.Info("log file writable again", "name", l.name, "bytes_lost", l.dropped)
 		l.failedAt, l.dropped = time.Time{}, 0
 	}
 }
 
 // writeLocked appends p, rotating first whenever the file would pass max; p is split after a
 // newline where it can be, so that lines stay whole within a file (a pipe read may carry many).
-func (l *logFile) writeLocked(p []byte) error {
+func (l *File) writeLocked(p []byte) error {
 	for len(p) > 0 {
 		if l.f == nil {
 			if err := l.open(); err != nil {
@@ -133,7 +127,7 @@ func (l *logFile) writeLocked(p []byte) error {
 	return nil
 }
 
-func (l *logFile) open() error {
+func (l *File) open() error {
 	if err := os.MkdirAll(l.dir, 0o755); err != nil {
 		return err
 	}
@@ -163,7 +157,7 @@ func (l *logFile) open() error {
 }
 
 // rotate closes the file and shifts the old ones; the next write opens a new NAME.log.
-func (l *logFile) rotate() error {
+func (l *File) rotate() error {
 	if l.f != nil {
 		l.f.Close()
 		l.f = nil
@@ -179,24 +173,35 @@ func (l *logFile) rotate() error {
 }
 
 // fail closes the file (it is reopened on the next try) and says so once per failure spell.
-func (l *logFile) fail(err error, n int) {
+func (l *File) fail(err error, n int) {
 	if l.f != nil {
 		l.f.Close()
 		l.f = nil
 	}
 	if l.failedAt.IsZero() {
-		l.log.Warn("service log file not writable; output kept in memory only, retried every "+logRetry.String(),
+		l.log.Warn("log file not writable; output kept in memory only, retried every "+logRetry.String(),
 			"name", l.name, "file", l.path(0), "err", err)
 	}
 	l.failedAt = time.Now()
 	l.dropped += int64(n)
 }
 
-func (l *logFile) close() {
+// Sync flushes the file to the disk (best effort).
+func (l *File) Sync() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.f != nil {
+		l.f.Sync()
+	}
+}
+
+// Close closes the file; a later write opens it again.
+func (l *File) Close() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.f != nil {
 		l.f.Close()
 		l.f = nil
 	}
+	return nil
 }
