@@ -18,6 +18,7 @@ import (
 	"keel/controller/api"
 	"keel/controller/plan"
 	"keel/netapi"
+	"keel/netapi/client"
 )
 
 // Nodes reaches the nodes' keel endpoints.
@@ -228,7 +229,7 @@ func Pass(ctx context.Context, p Plan, nodes []Node, prev api.UpgradePlanStatus,
 		default:
 			id, err = fleet.Upgrade(ctx, c.name, req)
 		}
-		var ne *NodeError
+		var ne *client.NodeError
 		switch {
 		case errors.As(err, &ne) && ne.Status != http.StatusConflict && ne.Status != http.StatusPreconditionFailed && ne.Status < 500:
 			// Refused for good (a bad request, a forbidden certificate): the node fails

@@ -10,6 +10,7 @@ import (
 
 	"keel/controller/api"
 	"keel/netapi"
+	"keel/netapi/client"
 	"keel/upgrade"
 )
 
@@ -66,7 +67,7 @@ func (f *simFleet) Upgrade(_ context.Context, name string, req netapi.UpgradeReq
 func (f *simFleet) Activate(_ context.Context, name, id string) (string, error) {
 	n := f.nodes[name]
 	if n.rec == nil || n.rec.State != upgrade.Staged || id != "" && id != n.rec.ID {
-		return "", &NodeError{Node: name, Status: 409, Code: "conflict", Msg: "no staged upgrade to activate"}
+		return "", &client.NodeError{Node: name, Status: 409, Code: "conflict", Msg: "no staged upgrade to activate"}
 	}
 	n.rec.State, n.left = upgrade.Cordoning, f.upTicks-f.stageTicks
 	f.activations++
@@ -76,7 +77,7 @@ func (f *simFleet) Activate(_ context.Context, name, id string) (string, error) 
 func (f *simFleet) Cancel(_ context.Context, name string) error {
 	n := f.nodes[name]
 	if n.rec == nil || !(n.rec.State == upgrade.Staging || n.rec.State == upgrade.Staged || n.rec.State == upgrade.Pulling) {
-		return &NodeError{Node: name, Status: 409, Code: "conflict", Msg: "too late to cancel"}
+		return &client.NodeError{Node: name, Status: 409, Code: "conflict", Msg: "too late to cancel"}
 	}
 	n.rec.State, n.rec.Reason = upgrade.Aborted, "discarded: by operator"
 	f.cancels++
@@ -484,11 +485,11 @@ type refusingFleet struct {
 
 func (r *refusingFleet) Upgrade(ctx context.Context, name string, req netapi.UpgradeRequest) (string, error) {
 	if name == r.node && r.status == 400 {
-		return "", &NodeError{Node: name, Status: 400, Code: "bad_request", Msg: "drain_timeout_s must be 0-3600"}
+		return "", &client.NodeError{Node: name, Status: 400, Code: "bad_request", Msg: "drain_timeout_s must be 0-3600"}
 	}
 	if name == r.node && r.refusals > 0 {
 		r.refusals--
-		return "", &NodeError{Node: name, Status: 412, Code: "precondition_failed", Msg: "restarting cp1 leaves 1 of 3 voters healthy, quorum 2; unhealthy voters: cp2"}
+		return "", &client.NodeError{Node: name, Status: 412, Code: "precondition_failed", Msg: "restarting cp1 leaves 1 of 3 voters healthy, quorum 2; unhealthy voters: cp2"}
 	}
 	return r.simFleet.Upgrade(ctx, name, req)
 }

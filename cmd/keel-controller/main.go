@@ -29,11 +29,11 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
-	"keel/controller"
 	"keel/controller/api"
 	"keel/controller/channel"
 	"keel/controller/reconciler"
 	"keel/installer"
+	nodeclient "keel/netapi/client"
 )
 
 func main() {
@@ -187,7 +187,7 @@ func run(ctx context.Context, log *slog.Logger, o options) error {
 			return err
 		}
 	}
-	nodes, err := controller.NewClient(caPEM, certPEM, keyPEM, reconciler.Addr(mgr.GetClient(), o.port))
+	nodes, err := nodeclient.NewClient(caPEM, certPEM, keyPEM, reconciler.Addr(mgr.GetClient(), o.port))
 	if err != nil {
 		return fmt.Errorf("the nodes' client certificate: %w", err)
 	}

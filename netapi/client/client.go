@@ -1,4 +1,7 @@
-package controller
+// Package client is the Go client of a node's keel endpoint (netapi): mTLS with a client
+// certificate whose organization is its role, JSON calls, NDJSON streams. keel-controller
+// reaches its nodes with it, keelctl its operator's.
+package client
 
 import (
 	"bufio"
@@ -15,12 +18,12 @@ import (
 	"keel/netapi"
 )
 
-// Client reaches nodes' keel endpoints over mTLS with the controller's client certificate
-// (an admin role: it starts upgrades). It implements Nodes.
+// Client reaches nodes' keel endpoints over mTLS with one client certificate (the controller's
+// is an admin: it starts upgrades). Nodes are named; Addr says where each one answers.
 type Client struct {
 	HTTP *http.Client
 	// Stream follows event streams: the same transport, no overall timeout.
-	Stream *http.Client
+	StreamHTTP *http.Client
 	// Addr is a node's endpoint, host:port (from its Node object's addresses).
 	Addr func(node string) (string, error)
 }
@@ -34,7 +37,7 @@ func NewClient(caPEM, certPEM, keyPEM []byte, addr func(string) (string, error))
 	// One kept connection per node (a pass asks each node once): the default pool keeps 100
 	// in all, and a thousand-node fleet would pay a TLS handshake per node per pass.
 	tr := &http.Transport{TLSClientConfig: cfg, ResponseHeaderTimeout: 15 * time.Second, MaxIdleConns: 0, MaxIdleConnsPerHost: 2, IdleConnTimeout: 5 * time.Minute}
-	return &Client{Addr: addr, HTTP: &http.Client{Timeout: 15 * time.Second, Transport: tr}, Stream: &http.Client{Transport: tr}}, nil
+	return &Client{Addr: addr, HTTP: &http.Client{Timeout: 15 * time.Second, Transport: tr}, StreamHTTP: &http.Client{Transport: tr}}, nil
 }
 
 // NodeError is a node's error answer: its HTTP status and the endpoint's code and message.
@@ -92,18 +95,30 @@ func (c *Client) Cancel(ctx context.Context, node string) error {
 }
 
 // Follow streams the node's last event and every new one (GET /v1/events?follow=1&tail=1) to
-// fn until ctx ends or the stream does: a node that reboots ends it (cleanly at its shutdown, or by a dropped
-// connection).
+// fn until ctx ends or the stream does: a node that reboots ends it (cleanly at its shutdown,
+// or by a dropped connection).
 func (c *Client) Follow(ctx context.Context, node string, fn func(events.Event)) error {
+	return c.Stream(ctx, node, "/v1/events?follow=1&tail=1", func(line []byte) error {
+		var ev events.Event
+		if json.Unmarshal(line, &ev) == nil {
+			fn(ev)
+		}
+		return nil
+	})
+}
+
+// Stream calls fn with each line of an NDJSON answer (GET path) until it ends, ctx ends, or
+// fn returns an error (which Stream returns).
+func (c *Client) Stream(ctx context.Context, node, path string, fn func(line []byte) error) error {
 	addr, err := c.Addr(node)
 	if err != nil {
 		return fmt.Errorf("%s: endpoint: %w", node, err)
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+addr+"/v1/events?follow=1&tail=1", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+addr+path, nil)
 	if err != nil {
 		return fmt.Errorf("%s: %w", node, err)
 	}
-	resp, err := c.Stream.Do(req)
+	resp, err := c.StreamHTTP.Do(req)
 	if err != nil {
 		return fmt.Errorf("%s: %w", node, err)
 	}
@@ -116,15 +131,20 @@ func (c *Client) Follow(ctx context.Context, node string, fn func(events.Event))
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
-		var ev events.Event
-		if json.Unmarshal(sc.Bytes(), &ev) == nil {
-			fn(ev)
+		if err := fn(sc.Bytes()); err != nil {
+			return err
 		}
 	}
 	if err := sc.Err(); err != nil && ctx.Err() == nil {
-		return fmt.Errorf("%s: events: %w", node, err)
+		return fmt.Errorf("%s: %s: %w", node, path, err)
 	}
 	return nil
+}
+
+// Call makes one JSON call: body (nil: none) is sent as JSON, an answer with status want is
+// decoded into out (nil: ignored), any other is a *NodeError.
+func (c *Client) Call(ctx context.Context, node, method, path string, body any, want int, out any) error {
+	return c.call(ctx, node, method, path, body, want, out)
 }
 
 func (c *Client) call(ctx context.Context, node, method, path string, body any, want int, out any) error {
@@ -158,6 +178,9 @@ func (c *Client) call(ctx context.Context, node, method, path string, body any, 
 		var eb netapi.ErrorBody
 		json.Unmarshal(b, &eb)
 		return &NodeError{Node: node, Status: resp.StatusCode, Code: eb.Error.Code, Msg: eb.Error.Message}
+	}
+	if out == nil {
+		return nil
 	}
 	if err := json.Unmarshal(b, out); err != nil {
 		return fmt.Errorf("%s: %s %s: %w", node, method, path, err)
