@@ -25,7 +25,7 @@ E2E_TIMEOUT  ?= 50m
 UNIT_PKGS = $(shell $(GO) list ./... | grep -v -e /e2e -e /internal/testenv/ -e 'keel/cluster/kube$$' -e 'keel/cluster/etcd$$' -e 'keel/controller/api/crdtest$$' -e 'keel/controller/controllertest$$')
 INTEGRATION_PKGS = ./cluster/kube ./cluster/etcd ./internal/testenv/registrytest ./controller/api/crdtest ./controller/controllertest
 
-.PHONY: all deps k8s-bins etcd-bin node-bins cosign-bin pki key disk image push registry run run-install stop test test-unit test-integration test-e2e test-fleet bench fuzz vet clean
+.PHONY: all deps k8s-bins etcd-bin node-bins cosign-bin pki keelctl key disk image push registry run run-install stop test test-unit test-integration test-e2e test-fleet bench fuzz vet clean
 
 all: disk
 
@@ -46,7 +46,13 @@ node-bins: deps
 	@scripts/k8s-bins.sh node
 
 pki:
-	@$(GO) run ./cmd/mkimage pki -dir build/pki
+	@$(GO) run ./cmd/mkimage pki -dir build/pki -port $(PORT)
+
+# The operator's CLI: build/bin/keelctl (its config for the dev node: build/keelctl.json,
+# written by `make pki`).
+keelctl: pki
+	@$(GO) build -o build/bin/keelctl ./cmd/keelctl
+	@echo "keelctl: build/bin/keelctl; export KEELCONFIG=$(CURDIR)/build/keelctl.json"
 
 # cosign, built from the Go module proxy: it signs installer images.
 cosign-bin:

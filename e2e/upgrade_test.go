@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"net/http"
 	"strings"
@@ -54,11 +56,30 @@ func TestUpgradeAndRollback(t *testing.T) {
 	}
 
 	// Follow the events through the upgrade: progress, then the shutdown, and the stream ends
-	// cleanly at the reboot.
+	// cleanly at the reboot. The upgrade itself is asked by keelctl, which follows it across
+	// the reboot to its end.
 	sc, closeEv := stream(t, vm, "reader", "/v1/events?follow=1&tail=0")
 	defer closeEv()
+	kc := vm.Keelctl()
+	ctx := context.Background()
 	t0 := time.Now()
-	id := vm.Upgrade(v2, true)
+	up := kc.Command(ctx, "upgrade", "--wait", "--timeout", upgradeTimeout.String(), v2)
+	var upOut, upErr bytes.Buffer
+	up.Stdout, up.Stderr = &upOut, &upErr
+	if err := up.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var id string
+	for deadline := time.Now().Add(time.Minute); id == "" && time.Now().Before(deadline); {
+		if st, ok := vm.TryStatus(); ok && st.Upgrade != nil {
+			id = st.Upgrade.ID
+		} else {
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	if id == "" {
+		t.Fatalf("keelctl upgrade: no upgrade on the node after a minute:\n%s\n%s", upOut.String(), upErr.String())
+	}
 	if code, b, _ := vm.Call("admin", "POST", "/v1/upgrade", netapi.UpgradeRequest{Image: v3, Preserve: true}); code != http.StatusConflict {
 		t.Errorf("second upgrade while one runs: %d %s, want 409", code, b)
 	}
@@ -84,6 +105,16 @@ func TestUpgradeAndRollback(t *testing.T) {
 	st := vm.WaitUpgrade(id, upgradeTimeout)
 	t.Logf("upgrade A→B: request → done in %.1fs", time.Since(t0).Seconds())
 	mustState(t, st, upgrade.Done, "v2.0.0-e2e", boot.SlotB)
+	if err := up.Wait(); err != nil {
+		t.Errorf("keelctl upgrade --wait: %v\n%s\n%s", err, upOut.String(), upErr.String())
+	}
+	for _, want := range []string{"upgrade " + id + " to " + v2, "pulling " + v2, "writing", "MiB)", "rebooting into slot B", "node does not answer (rebooting?)",
+		"node answers again (boot of slot B)", "trial: v2.0.0-e2e booted on slot B", "upgrade " + id + " done: v2.0.0-e2e on slot B"} {
+		if !strings.Contains(upOut.String(), want) {
+			t.Errorf("keelctl upgrade --wait said no %q:\n%s", want, upOut.String())
+		}
+	}
+	t.Logf("keelctl upgrade --wait:\n%s", upOut.String())
 	if u := st.Upgrade; u.FromVersion != "v1.0.0-e2e" || u.ToVersion != "v2.0.0-e2e" || u.Digest == "" || u.SignedBy != "harness" || u.Progress.Written != u.SlotSize || u.SlotSize == 0 ||
 		!strings.HasPrefix(u.Kubernetes, "skipped") || u.Uncordon || !strings.HasPrefix(st.Kubernetes, "not configured") {
 		t.Errorf("record = %+v", u)
@@ -117,8 +148,8 @@ func TestUpgradeAndRollback(t *testing.T) {
 		t.Fatalf("after a reboot: boot %s, slot %s, boots %d: still staged, not counted", st.BootID, st.BootedSlot, st.Upgrade.Boots)
 	}
 	t1 := time.Now()
-	if code, b, err := vm.Call("admin", "POST", "/v1/upgrade/activate", nil); err != nil || code != http.StatusAccepted || !strings.Contains(string(b), id2) {
-		t.Fatalf("activate: %d %v %s", code, err, b)
+	if code, out, errOut := kc.Run(ctx, "activate", "--wait", "--timeout", upgradeTimeout.String()); code != 0 || !strings.Contains(out, "staged upgrade "+id2+" activated") || !strings.Contains(out, "upgrade "+id2+" done: v3.0.0-e2e on slot A") {
+		t.Fatalf("keelctl activate --wait: exit %d\n%s\n%s", code, out, errOut)
 	}
 	st = vm.WaitUpgrade(id2, upgradeTimeout)
 	mustState(t, st, upgrade.Done, "v3.0.0-e2e", boot.SlotA)
@@ -130,14 +161,24 @@ func TestUpgradeAndRollback(t *testing.T) {
 		t.Errorf("history = %+v", st.History)
 	}
 
-	// Rollback: back to v2 on B.
-	if code, b, err := vm.Call("admin", "POST", "/v1/rollback", nil); err != nil || code != http.StatusAccepted {
-		t.Fatalf("rollback: %d %v %s", code, err, b)
+	// Rollback: back to v2 on B (a reader may not; keelctl says which role it takes).
+	if code, _, errOut := kc.Run(ctx, "--context", "reader", "rollback"); code != 1 || !strings.Contains(errOut, "needs role admin; the certificate grants reader") || !strings.Contains(errOut, "fix:") {
+		t.Errorf("keelctl rollback as a reader: exit %d: %s", code, errOut)
+	}
+	if code, out, errOut := kc.Run(ctx, "rollback", "--wait", "--timeout", bootTimeout.String()); code != 0 || !strings.Contains(out, "v2.0.0-e2e on slot B") {
+		t.Fatalf("keelctl rollback --wait: exit %d\n%s\n%s", code, out, errOut)
 	}
 	vm.Expect(`keel: booting slot B`, bootTimeout)
 	r := vm.WaitReady(bootTimeout)
 	st = vm.Status()
 	if r.Version != "v2.0.0-e2e" || st.BootedSlot != "B" || st.CommittedSlot != "B" || len(st.Rollbacks) != 1 {
 		t.Fatalf("after rollback: version %s booted %s committed %s rollbacks %+v", r.Version, st.BootedSlot, st.CommittedSlot, st.Rollbacks)
+	}
+	// The boot before (v3 on A, which the rollback ended) kept its log.
+	if code, out, errOut := kc.Run(ctx, "logs", "init", "--boot", "-1", "--tail", "100000"); code != 0 || !strings.Contains(out, "version=v3.0.0-e2e") || !strings.Contains(out, "rollback: committed the other slot; rebooting") {
+		t.Errorf("keelctl logs init --boot -1: exit %d\n%s\n%s", code, out, errOut)
+	}
+	if code, out, errOut := kc.Run(ctx, "status"); code != 0 || !strings.Contains(out, "v2.0.0-e2e (slot B booted, B committed)") {
+		t.Errorf("keelctl status: exit %d\n%s\n%s", code, out, errOut)
 	}
 }

@@ -34,6 +34,7 @@ import (
 	"keel/initramfs/nodeimage"
 	"keel/initramfs/release"
 	"keel/installer"
+	"keel/netapi/client"
 	"keel/pki"
 )
 
@@ -82,6 +83,7 @@ var devIPs = []net.IP{net.IPv4(127, 0, 0, 1), net.IPv4(10, 0, 2, 15), net.IPv6lo
 func cmdPKI(args []string) error {
 	fs := flag.NewFlagSet("pki", flag.ExitOnError)
 	dir := fs.String("dir", "build/pki", "directory for the development PKI")
+	port := fs.Int("port", 50000, "the dev node's endpoint port on 127.0.0.1 (make run's PORT), for keelctl's config")
 	fs.Parse(args)
 	written, err := pki.EnsureDev(*dir, devIPs, []string{"localhost", "keel"}, time.Now())
 	if err != nil {
@@ -93,6 +95,21 @@ func cmdPKI(args []string) error {
 	for _, w := range written {
 		fmt.Println("pki: wrote", w)
 	}
+	// keelctl's config for the dev node: a context per role, admin current.
+	abs, err := filepath.Abs(*dir)
+	if err != nil {
+		return err
+	}
+	cfg := client.Config{Current: "dev", Contexts: map[string]client.Context{}}
+	for name, role := range map[string]string{"dev": "admin", "dev-operator": "operator", "dev-reader": "reader"} {
+		cfg.Contexts[name] = client.Context{Endpoint: fmt.Sprintf("127.0.0.1:%d", *port), CA: filepath.Join(abs, pki.FileCA),
+			Cert: filepath.Join(abs, role+".crt"), Key: filepath.Join(abs, role+".key")}
+	}
+	path := filepath.Join(filepath.Dir(abs), "keelctl.json")
+	if err := cfg.Save(path); err != nil {
+		return err
+	}
+	fmt.Printf("pki: wrote %s (contexts dev, dev-operator, dev-reader): export %s=%s\n", path, client.ConfigEnv, path)
 	return nil
 }
 
