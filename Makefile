@@ -100,8 +100,9 @@ vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }
 	@$(GO) vet ./...
 
-# The executor, the supervisor and the log rings are concurrent: their tests run under -race too.
-RACE_PKGS = ./upgrade ./supervisor ./events
+# The executor, the supervisor, the log rings and journal, and keelctl's waiter are concurrent: their
+# tests run under -race too.
+RACE_PKGS = ./upgrade ./supervisor ./events ./journal ./cmd/keelctl
 
 test-unit: vet
 	@echo "test-unit: go test $(words $(UNIT_PKGS)) packages, then -race on $(RACE_PKGS)"
