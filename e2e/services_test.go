@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -12,6 +13,7 @@ import (
 
 	"keel/config"
 	"keel/events"
+	"keel/internal/testenv/promtest"
 	"keel/internal/testenv/vmtest"
 	"keel/netapi"
 	"keel/supervisor"
@@ -131,6 +133,19 @@ func TestServices(t *testing.T) {
 		}
 		time.Sleep(300 * time.Millisecond)
 	}
+
+	// A real Prometheus scrapes the node's /metrics over mTLS (a reader certificate) and
+	// reads them back through its query API: the restart, the states, the running version.
+	prom := promtest.Start(t, promtest.Target{Job: "keel", Addr: strings.TrimPrefix(vm.URL(""), "https://"), Path: "/metrics",
+		CA: filepath.Join(vm.PKIDir(), "ca.crt"), Cert: filepath.Join(vm.PKIDir(), "reader.crt"), Key: filepath.Join(vm.PKIDir(), "reader.key")})
+	one := func(s []promtest.Sample) bool { return len(s) == 1 && s[0].Value >= 1 }
+	prom.WaitFor(`up{job="keel"}`, time.Minute, one)
+	prom.WaitFor(`keel_service_restarts_total{service="db"}`, time.Minute, one)
+	prom.WaitFor(`keel_service_state{service="app",state="healthy"}`, time.Minute, one)
+	prom.WaitFor(`keel_info{version="v1.0.0-e2e",booted_slot="A"}`, time.Minute, one)
+	rss := prom.WaitFor(`keel_init_resident_memory_bytes`, time.Minute, one)
+	phases := prom.WaitFor(`count(keel_boot_phase_seconds)`, time.Minute, func(s []promtest.Sample) bool { return len(s) == 1 && s[0].Value > 10 })
+	t.Logf("prometheus reads the node: db restarted, app healthy, PID 1 RSS %.1f MiB, %v boot phases timed", rss[0].Value/(1<<20), phases[0].Value)
 
 	// Reboot while following events: reader may not, operator may.
 	if code, _, _ := vm.Call("reader", "POST", "/v1/reboot", nil); code != http.StatusForbidden {

@@ -143,6 +143,8 @@ var (
 type Options struct {
 	Node Node
 	Log  *slog.Logger
+	// Metrics serves GET /metrics (Prometheus text format; role reader). nil: 404.
+	Metrics http.Handler
 }
 
 // Server serves the API. Build it with New.
@@ -174,6 +176,9 @@ func New(o Options) *Server {
 	s.route("POST /v1/services/{name}/restart", RoleOperator, s.restartService)
 	s.route("GET /v1/logs/{name}", RoleReader, s.logs)
 	s.route("GET /v1/boots", RoleReader, s.boots)
+	if o.Metrics != nil {
+		s.route("GET /metrics", RoleReader, o.Metrics.ServeHTTP)
+	}
 	s.route("GET /v1/events", RoleReader, s.events)
 	s.route("GET /v1/dmesg", RoleReader, s.dmesg)
 	// A snapshot holds every key of the cluster, Kubernetes Secrets included: admin only.

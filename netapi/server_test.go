@@ -140,7 +140,8 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	node := &fakeNode{events: events.NewRing(100, 0), initLog: events.NewRing(100, 0)}
-	srv, _ := Serve(ln, New(Options{Node: node, Log: slog.Default()}), cfg, slog.Default())
+	metrics := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "keel_test 1\n") })
+	srv, _ := Serve(ln, New(Options{Node: node, Log: slog.Default(), Metrics: metrics}), cfg, slog.Default())
 	t.Cleanup(func() { srv.Close() })
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(ca.CertPEM)
@@ -195,6 +196,8 @@ func TestRoles(t *testing.T) {
 		{"admin conflict is JSON", "POST", "/v1/shutdown", []string{"admin"}, 409, "busy"},
 		{"wrong method", "GET", "/v1/reboot", []string{"admin"}, 405, "method_not_allowed"},
 		{"unknown path", "GET", "/v1/nope", []string{"admin"}, 404, "not_found"},
+		{"reader scrapes metrics", "GET", "/metrics", []string{"reader"}, 200, ""},
+		{"no role scrapes nothing", "GET", "/metrics", nil, 403, "forbidden"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -51,6 +51,26 @@ else
 	echo "deps: firmware unpacked in $fwdir/root/lib/firmware"
 fi
 
+# Prometheus (Debian's package, pinned) for the test that scrapes a node's /metrics: only its
+# binary, unpacked into $CACHE/prometheus (installing the package would start a service).
+PROM_PKG=prometheus=2.42.0+ds-5+deb12u1
+promdir=$CACHE/prometheus
+if [ -f "$promdir/.done" ]; then
+	echo "deps: prometheus ok ($(cat "$promdir/.done"))"
+else
+	echo "deps: fetching $PROM_PKG"
+	rm -rf "$promdir.tmp"
+	mkdir -p "$promdir.tmp/dl"
+	(cd "$promdir.tmp/dl" && apt-get download -q "$PROM_PKG" >/dev/null 2>&1) || { apt-get update -qq && (cd "$promdir.tmp/dl" && apt-get download -q "$PROM_PKG" >/dev/null); }
+	dpkg-deb -x "$promdir.tmp"/dl/*.deb "$promdir.tmp/root"
+	mkdir -p "$promdir.tmp/bin"
+	mv "$promdir.tmp/root/usr/bin/prometheus" "$promdir.tmp/bin/"
+	rm -rf "$promdir.tmp/dl" "$promdir.tmp/root"
+	mv "$promdir.tmp" "$promdir"
+	echo "$PROM_PKG" > "$promdir/.done"
+	echo "deps: prometheus in $promdir/bin"
+fi
+
 # The kernel: the package linux-image-amd64 depends on (e.g. linux-image-6.1.0-41-amd64).
 kdir=$CACHE/kernel
 if [ -f "$kdir/.done" ]; then

@@ -21,6 +21,7 @@ import (
 	"keel/internal/fault"
 	"keel/journal"
 	"keel/machine"
+	"keel/metrics"
 	"keel/netapi"
 	"keel/supervisor"
 	"keel/upgrade"
@@ -96,6 +97,7 @@ type Node struct {
 	downloads openFiles
 	kube      *kube.Node
 	trial     trialWatchdog
+	metrics   *metrics.Metrics
 	// journal keeps this boot's logs on EPHEMERAL (nil while it is not mounted, or once the
 	// logs were closed before its unmount).
 	journal *journal.Journal
@@ -106,13 +108,15 @@ func New(o Options, initAt time.Duration) *Node {
 	if o.PartitionWait == 0 {
 		o.PartitionWait = 10 * time.Second
 	}
-	return &Node{
+	n := &Node{
 		opts:   o,
 		log:    o.Log,
 		Reaper: machine.NewReaper(o.Log),
 		initAt: initAt,
 		power:  newPower(),
 	}
+	n.metrics = metrics.New(n.status)
+	return n
 }
 
 // ErrFatal marks a boot failure the init cannot serve through: the caller exits, the kernel

@@ -489,7 +489,7 @@ func (n *Node) serveAPI(context.Context) error {
 	if err != nil {
 		return err
 	}
-	srv, done := netapi.Serve(ln, netapi.New(netapi.Options{Node: &api{n}, Log: n.log}), cfg, n.log)
+	srv, done := netapi.Serve(ln, netapi.New(netapi.Options{Node: &api{n}, Log: n.log, Metrics: n.metrics.Handler()}), cfg, n.log)
 	n.mu.Lock()
 	n.srv = srv
 	n.mu.Unlock()

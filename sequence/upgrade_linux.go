@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"keel/boot"
 	"keel/cluster"
@@ -91,6 +92,7 @@ func (n *Node) openMeta() (upgrade.Record, error) {
 // upgradeChanged is the executor's report of each change: events for followers, a log line,
 // and one console line per state (people, and tests that cut the power at a given state).
 func (n *Node) upgradeChanged(prev, cur upgrade.Record, ev upgrade.Event) {
+	n.metrics.Upgrade(prev.Current, cur.Current, time.Now())
 	if p, ok := ev.(upgrade.Progressed); ok && cur.Current != nil {
 		n.publish("upgrade", cur.Current.ID, "progress", map[string]any{"written": p.Written, "total": p.Total})
 	}
