@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"path/filepath"
 	"regexp"
@@ -13,6 +14,7 @@ import (
 
 	"keel/config"
 	"keel/events"
+	"keel/internal/testenv/apitest"
 	"keel/internal/testenv/promtest"
 	"keel/internal/testenv/vmtest"
 	"keel/netapi"
@@ -146,6 +148,29 @@ func TestServices(t *testing.T) {
 	rss := prom.WaitFor(`keel_init_resident_memory_bytes`, time.Minute, one)
 	phases := prom.WaitFor(`count(keel_boot_phase_seconds)`, time.Minute, func(s []promtest.Sample) bool { return len(s) == 1 && s[0].Value > 10 })
 	t.Logf("prometheus reads the node: db restarted, app healthy, PID 1 RSS %.1f MiB, %v boot phases timed", rss[0].Value/(1<<20), phases[0].Value)
+
+	// The node's real answers match its OpenAPI document (kin-openapi validates both).
+	code, doc, err := vm.Call("reader", "GET", "/v1/openapi.json", nil)
+	if err != nil || code != 200 {
+		t.Fatalf("openapi.json: %d %v", code, err)
+	}
+	v, err := apitest.New(doc, vm.URL(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{"/v1/status", "/v1/version", "/v1/services", "/v1/logs/db?tail=5", "/v1/logs/init?tail=50", "/v1/events?tail=100",
+		"/v1/dmesg", "/v1/boots", "/metrics", "/v1/logs/nope", "/v1/logs/init?boot=-1"} {
+		req, _ := http.NewRequest("GET", vm.URL(path), nil)
+		resp, err := vm.StreamClient("reader").Do(req)
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err := v.Check(req, nil, resp.StatusCode, resp.Header, b); err != nil {
+			t.Errorf("the node's answer does not match its OpenAPI document: %v", err)
+		}
+	}
 
 	// Reboot while following events: reader may not, operator may.
 	if code, _, _ := vm.Call("reader", "POST", "/v1/reboot", nil); code != http.StatusForbidden {

@@ -155,6 +155,15 @@ type Server struct {
 	streams chan struct{}
 	// methodRoutes records the paths given a JSON 405 fallback.
 	methodRoutes map[string]bool
+	routes       []registered
+	openapi      []byte // GET /v1/openapi.json
+	openapiErr   error
+}
+
+// registered is a route as registered: its pattern and the role it needs.
+type registered struct {
+	pattern string
+	role    Role
 }
 
 // New returns a Server for node.
@@ -163,6 +172,7 @@ func New(o Options) *Server {
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
+	s.route("GET /v1/openapi.json", RoleReader, s.openAPI)
 	s.route("GET /v1/version", RoleReader, s.version)
 	s.route("GET /v1/status", RoleReader, s.status)
 	s.route("POST /v1/reboot", RoleOperator, s.reboot)
@@ -186,12 +196,27 @@ func New(o Options) *Server {
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no route %s %s", r.Method, r.URL.Path))
 	})
+	// A route without its doc is a defect TestOpenAPI catches; the node serves on without
+	// the document rather than fail its boot.
+	if s.openapi, s.openapiErr = openAPI(s.routes); s.openapiErr != nil {
+		s.log.Error("api: no OpenAPI document", "err", s.openapiErr)
+	}
 	return s
+}
+
+func (s *Server) openAPI(w http.ResponseWriter, r *http.Request) {
+	if s.openapiErr != nil {
+		WriteError(w, http.StatusInternalServerError, "internal", s.openapiErr.Error())
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Write(s.openapi)
 }
 
 // route registers h behind the role check. Go's mux answers 405 itself for a known path
 // with another method; that answer is not JSON, so every path also gets a JSON 405.
 func (s *Server) route(pattern string, need Role, h http.HandlerFunc) {
+	s.routes = append(s.routes, registered{pattern, need})
 	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		role := RoleNone
 		if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {

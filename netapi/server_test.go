@@ -23,6 +23,7 @@ import (
 
 	"keel/events"
 	"keel/journal"
+	"keel/machine"
 	"keel/pki"
 	"keel/supervisor"
 )
@@ -35,6 +36,8 @@ type fakeNode struct {
 	resets  [][]string
 	snapDir string
 	journal *journal.Journal // a real one in a temporary directory, when a test makes it
+	status  *Status          // what Status answers, if set
+	succeed bool             // shutdown, cancel, activate and rollback succeed
 }
 
 func (f *fakeNode) PastLog(name string, back int) ([]string, error) {
@@ -74,7 +77,7 @@ func (f *fakeNode) LogRing(name string) (*events.Ring, error) {
 }
 func (f *fakeNode) Events() *events.Ring { return f.events }
 func (f *fakeNode) Dmesg(ctx context.Context, follow bool, emit func(any) error) error {
-	return emit(map[string]any{"message": "kernel says hi"})
+	return emit(machine.KmsgRecord{Seq: 1, Level: 6, Micros: 12, Message: "kernel says hi"})
 }
 func (f *fakeNode) Reset(wipe []string) error {
 	f.mu.Lock()
@@ -91,7 +94,12 @@ func (f *fakeNode) EtcdSnapshot(name string) (File, error) {
 	return os.Open(filepath.Join(f.snapDir, name))
 }
 
-func (f *fakeNode) Status() Status   { return Status{Version: "v9", BootedSlot: "A"} }
+func (f *fakeNode) Status() Status {
+	if f.status != nil {
+		return *f.status
+	}
+	return Status{Version: "v9", BootedSlot: "A"}
+}
 func (f *fakeNode) Version() Version { return Version{Version: "v9"} }
 func (f *fakeNode) Reboot(string) error {
 	f.mu.Lock()
@@ -99,18 +107,36 @@ func (f *fakeNode) Reboot(string) error {
 	f.reboots++
 	return nil
 }
-func (f *fakeNode) Shutdown(string) error { return errors.New("already shutting down") }
+func (f *fakeNode) Shutdown(string) error {
+	if f.succeed {
+		return nil
+	}
+	return errors.New("already shutting down")
+}
 func (f *fakeNode) StartUpgrade(r UpgradeRequest) (UpgradeAccepted, error) {
 	if r.Image == "busy" {
 		return UpgradeAccepted{}, fmt.Errorf("%w: busy", ErrConflict)
 	}
 	return UpgradeAccepted{ID: "id1", Status: "accepted"}, nil
 }
-func (f *fakeNode) CancelUpgrade() error { return fmt.Errorf("%w: no upgrade in flight", ErrConflict) }
+func (f *fakeNode) CancelUpgrade() error {
+	if f.succeed {
+		return nil
+	}
+	return fmt.Errorf("%w: no upgrade in flight", ErrConflict)
+}
 func (f *fakeNode) ActivateUpgrade(id string) (UpgradeAccepted, error) {
+	if f.succeed {
+		return UpgradeAccepted{ID: "id1", Status: "activating"}, nil
+	}
 	return UpgradeAccepted{}, fmt.Errorf("%w: no staged upgrade to activate", ErrConflict)
 }
-func (f *fakeNode) Rollback() error { return fmt.Errorf("%w: slot B is empty", ErrPrecondition) }
+func (f *fakeNode) Rollback() error {
+	if f.succeed {
+		return nil
+	}
+	return fmt.Errorf("%w: slot B is empty", ErrPrecondition)
+}
 
 type env struct {
 	url   string
