@@ -50,6 +50,9 @@ type VM struct {
 	Forward map[int]int
 	// Memory is the guest's RAM (default 512M; a kubelet and containerd need more).
 	Memory string
+	// Nice runs QEMU (every vCPU thread) at this nice value: guests that share the host's
+	// cores unequally (the fleet test gives its control plane the CPU first).
+	Nice int
 	// Disk and NIC are the guest's disk controller ("virtio" by default, "nvme", "ahci": q35's
 	// own SATA controller) and network card ("virtio" by default, "e1000e"), as on servers.
 	DiskBus, NIC string
@@ -207,6 +210,9 @@ func (vm *VM) Start() {
 	args := vm.Args()
 	vm.t.Logf("qemu (start %d): qemu-system-x86_64 %s", vm.starts, strings.Join(args, " "))
 	cmd := exec.Command("qemu-system-x86_64", args...)
+	if vm.Nice != 0 {
+		cmd = exec.Command("nice", append([]string{"-n", strconv.Itoa(vm.Nice), "qemu-system-x86_64"}, args...)...)
+	}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		vm.t.Fatal(err)
