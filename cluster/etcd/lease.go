@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -52,38 +51,13 @@ func Grant(ctx context.Context, cli *clientv3.Client, ttl int) (int64, error) {
 	return int64(resp.ID), nil
 }
 
-// Lock is the upgrade lock held (or being waited for) under one lease, kept alive until
-// Release or Detach.
-//
-// The lease outlives its keep-alive stream: etcd's client ends a keep-alive whose first answer
-// takes longer than its dial timeout + 1 s, or that gets no answer for a TTL, while the
-// cluster may still hold the lease (a starved or partitioned member, a slow leader change).
-// So the end of a keep-alive is not taken as the loss of the lease: the cluster is asked (a
-// keep-alive of its own, which also renews), and a living lease whose lock key is still there is
-// kept alive by a new stream. Only a lease the cluster says is gone, a lock key gone, or no
-// answer for a whole TTL since the stream ended counts as lost.
-type Lock struct {
-	cli   *clientv3.Client
-	mutex *concurrency.Mutex
-	ID    int64
-	ttl   time.Duration // as granted
-	log   *slog.Logger
-
-	mu       sync.Mutex
-	sess     *concurrency.Session
-	stopped  bool // Detach or Release: the keep-alive's end is ours
-	held     bool // the lock key is made and first in line
-	detached chan struct{}
-	lost     chan struct{}
-	reason   string
-}
-
 // Acquire takes the upgrade lock under lease id (me.Since is set to when it is held), which it
 // keeps alive from now on. A lease granted before a reboot is resumed with the same id: its key
 // is still first in line, so the lock is held again at once. While another node holds the lock,
 // waiting is called with each new holder. Cancelling ctx gives up the place in line (the key is
 // deleted, the lease kept). log (nil: none) hears of keep-alives renewed.
 func Acquire(ctx context.Context, cli *clientv3.Client, id int64, me Holder, waiting func(Holder), log *slog.Logger) (*Lock, error) {
+	checked := time.Now()
 	ttl, err := cli.TimeToLive(ctx, clientv3.LeaseID(id))
 	if err != nil {
 		return nil, fmt.Errorf("etcd: lease %x: %w", id, err)
@@ -91,17 +65,25 @@ func Acquire(ctx context.Context, cli *clientv3.Client, id int64, me Holder, wai
 	if ttl.TTL <= 0 {
 		return nil, fmt.Errorf("%w: lease %x", ErrLeaseExpired, id)
 	}
+	// The mutex needs a session for its lease and client only: the session's own keep-alive
+	// is stopped at once, and the Lock keeps the lease alive itself (keepalive.go).
 	sess, err := concurrency.NewSession(cli, concurrency.WithLease(clientv3.LeaseID(id)))
 	if err != nil {
-		return nil, fmt.Errorf("etcd: keep lease %x alive: %w", id, err)
+		return nil, fmt.Errorf("etcd: lease %x: %w", id, err)
 	}
+	sess.Orphan()
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	l := &Lock{cli: cli, sess: sess, mutex: concurrency.NewMutex(sess, LockPrefix), ID: id,
+	l := &Lock{cli: cli, mutex: concurrency.NewMutex(sess, LockPrefix), ID: id,
 		ttl: time.Duration(ttl.GrantedTTL) * time.Second, log: log,
+		expires:  checked.Add(time.Duration(ttl.TTL) * time.Second),
 		detached: make(chan struct{}), lost: make(chan struct{})}
-	go l.watch()
+	ch, err := l.keepAlive()
+	if err != nil {
+		return nil, fmt.Errorf("etcd: keep lease %x alive: %w", id, err)
+	}
+	go l.watch(ch)
 	lctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	done := make(chan error, 1)
@@ -110,7 +92,10 @@ func Acquire(ctx context.Context, cli *clientv3.Client, id int64, me Holder, wai
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
 	report := func() {
-		h, ok, err := CurrentHolder(ctx, cli)
+		// Bounded: a starved member must not hold up the loop that watches done and lost.
+		rctx, rcancel := context.WithTimeout(ctx, 2*time.Second)
+		defer rcancel()
+		h, ok, err := CurrentHolder(rctx, cli)
 		// A holder that has not marked its key yet is reported once it has (a tick later).
 		if err == nil && ok && h.Lease != id && h.Node != "" && h != last {
 			last = h
@@ -128,92 +113,17 @@ func Acquire(ctx context.Context, cli *clientv3.Client, id int64, me Holder, wai
 			l.mu.Lock()
 			l.held = true
 			l.mu.Unlock()
-			return l, l.mark(ctx, me)
+			if err := l.mark(ctx, me); err != nil {
+				l.Detach() // the caller gets no lock to stop: stop its keep-alive here
+				return nil, err
+			}
+			return l, nil
 		case <-l.lost:
 			cancel()
 			<-done
 			return nil, fmt.Errorf("%w while waiting for the lock: %s", ErrLeaseExpired, l.Reason())
 		case <-tick.C:
 			report()
-		}
-	}
-}
-
-// watch follows the keep-alive streams one after the other until the lease is lost or the
-// lock stopped.
-func (l *Lock) watch() {
-	for {
-		l.mu.Lock()
-		sess := l.sess
-		l.mu.Unlock()
-		select {
-		case <-sess.Done():
-		case <-l.detached:
-			return
-		}
-		err := l.renew(time.Now())
-		l.mu.Lock()
-		if l.stopped {
-			l.mu.Unlock()
-			return
-		}
-		if err != nil {
-			l.reason = err.Error()
-			close(l.lost)
-			l.mu.Unlock()
-			return
-		}
-		l.mu.Unlock()
-	}
-}
-
-// renew asks the cluster about the lease whose keep-alive stream ended at end, and keeps it
-// alive by a new stream if it lives and its lock key is still there (or not made yet).
-func (l *Lock) renew(end time.Time) error {
-	id := clientv3.LeaseID(l.ID)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		_, err := l.cli.KeepAliveOnce(ctx, id)
-		cancel()
-		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
-			return fmt.Errorf("lease %x is gone (expired or revoked)", l.ID)
-		}
-		l.mu.Lock()
-		held := l.held
-		l.mu.Unlock()
-		if err == nil && held {
-			// The mutex's key: its prefix and the lease in hex.
-			key := fmt.Sprintf("%s/%x", LockPrefix, l.ID)
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			resp, gerr := l.cli.Get(ctx, key)
-			cancel()
-			if gerr == nil && (len(resp.Kvs) == 0 || resp.Kvs[0].Lease != l.ID) {
-				return fmt.Errorf("lease %x lives but its lock key %s is gone", l.ID, key)
-			}
-			err = gerr
-		}
-		if err == nil {
-			sess, serr := concurrency.NewSession(l.cli, concurrency.WithLease(id))
-			if serr == nil {
-				l.mu.Lock()
-				if l.stopped {
-					sess.Orphan()
-				} else {
-					l.sess = sess
-				}
-				l.mu.Unlock()
-				l.log.Warn("etcd: the upgrade lease's keep-alive ended but the cluster still holds the lease: kept alive anew", "lease", fmt.Sprintf("%x", l.ID), "after", time.Since(end).Round(time.Millisecond))
-				return nil
-			}
-			err = serr
-		}
-		if time.Since(end) > l.ttl {
-			return fmt.Errorf("lease %x: no answer from etcd for %s since its keep-alive ended (TTL %s): %v", l.ID, time.Since(end).Round(time.Second), l.ttl, err)
-		}
-		select {
-		case <-time.After(time.Second):
-		case <-l.detached:
-			return nil
 		}
 	}
 }
@@ -235,38 +145,6 @@ func (l *Lock) mark(ctx context.Context, me Holder) error {
 		return fmt.Errorf("etcd: mark lock holder: %w", err)
 	}
 	return nil
-}
-
-// Lost is closed when the lease can no longer be kept alive (Reason says why); never after
-// Detach or Release.
-func (l *Lock) Lost() <-chan struct{} { return l.lost }
-
-// Detached is closed by Detach and Release.
-func (l *Lock) Detached() <-chan struct{} { return l.detached }
-
-// Reason says why the lease was lost ("" while it is not).
-func (l *Lock) Reason() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.reason
-}
-
-// Detach stops keeping the lease alive without revoking it: the node is about to reboot and
-// will resume it. If it does not come back, the lease expires after its TTL.
-func (l *Lock) Detach() {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if !l.stopped {
-		l.stopped = true
-		close(l.detached)
-		l.sess.Orphan()
-	}
-}
-
-// Release revokes the lease: the lock key and anything else bound to it go at once.
-func (l *Lock) Release(ctx context.Context) error {
-	l.Detach()
-	return Revoke(ctx, l.cli, l.ID)
 }
 
 // Revoke revokes a lease by id; one that is already gone counts as revoked.
