@@ -43,9 +43,10 @@ type Lock struct {
 	reason   string
 }
 
-// expiryMargin is how long before expires a lease without a confirmed renewal counts as lost:
-// the cluster counts its TTL from when it renewed, a little before the answer arrived here.
-const expiryMargin = 2 * time.Second
+// margin is how long before expires a lease without a confirmed renewal counts as lost: etcd
+// counts the TTL from when it renewed, a little before the answer arrived here. 2 s, and at
+// most a sixth of the TTL: keep-alives go out every third of it.
+func (l *Lock) margin() time.Duration { return min(2*time.Second, l.ttl/6) }
 
 // onKeepAlive, when set (by tests), is called with each keep-alive stream a Lock opens.
 var onKeepAlive func(*Lock)
@@ -86,7 +87,7 @@ func (l *Lock) renewed(at time.Time, ttl int64) {
 func (l *Lock) deadline() time.Time {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.expires.Add(-expiryMargin)
+	return l.expires.Add(-l.margin())
 }
 
 // watch follows the keep-alive streams one after the other until the lease is lost or the
