@@ -19,7 +19,8 @@ import (
 // The OpenAPI 3 document (GET /v1/openapi.json) is generated from the code: the routes as
 // registered (each with its role), the doc below for what a route takes and answers, and the
 // JSON schemas of the Go types the handlers encode, by reflection. A route registered without
-// a doc panics at start; TestOpenAPI validates every handler's real answers against it.
+// a doc leaves the node without a document (GET /v1/openapi.json answers 500 saying why);
+// TestOpenAPI fails on it, and validates every handler's real answers against the document.
 
 // routeDoc describes one route.
 type routeDoc struct {
@@ -30,7 +31,7 @@ type routeDoc struct {
 	resp    any    // JSON answer's type
 	lines   any    // NDJSON stream: each line's type
 	raw     string // another content type (the answer is not JSON)
-	errors  []int  // besides 403 (role), which every route has
+	errors  []int  // besides 403 (role) and 500 (the node failed), which every route may answer
 }
 
 type param struct{ name, typ, desc string }
@@ -105,7 +106,7 @@ func openAPI(routes []registered) ([]byte, error) {
 			okResp["content"] = map[string]any{"application/json": map[string]any{"schema": g.ref(reflect.TypeOf(d.resp), false)}}
 		}
 		resps := map[string]any{strconv.Itoa(d.ok): okResp}
-		for _, code := range append([]int{403}, d.errors...) {
+		for _, code := range append([]int{403, 500}, d.errors...) {
 			resps[strconv.Itoa(code)] = map[string]any{"description": http.StatusText(code),
 				"content": map[string]any{"application/json": map[string]any{"schema": errRef}}}
 		}

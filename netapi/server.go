@@ -456,6 +456,11 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
 		writeNodeError(w, err)
 		return
 	}
+	// Reading a past log can take tens of MiB through PID 1: at most MaxStreams at once.
+	if !s.acquireStream(w) {
+		return
+	}
+	defer s.releaseStream()
 	var lines []string
 	if tail > 0 {
 		if lines, err = journal.Tail(paths, tail); err != nil {

@@ -45,7 +45,7 @@ else
 	apt-get "${apt_fw[@]}" update >/dev/null
 	(cd "$fwdir.tmp/dl" && apt-get "${apt_fw[@]}" download "$FW_PKG" >/dev/null 2>&1)
 	dpkg-deb -x "$fwdir.tmp"/dl/*.deb "$fwdir.tmp/root"
-	rm -rf "$fwdir.tmp/dl" "$fwdir.tmp/apt"
+	rm -rf "$fwdir.tmp/dl" "$fwdir.tmp/apt" "$fwdir" # a run cut before .done left it half made
 	mv "$fwdir.tmp" "$fwdir"
 	echo "$FW_PKG" > "$fwdir/.done"
 	echo "deps: firmware unpacked in $fwdir/root/lib/firmware"
@@ -65,7 +65,7 @@ else
 	dpkg-deb -x "$promdir.tmp"/dl/*.deb "$promdir.tmp/root"
 	mkdir -p "$promdir.tmp/bin"
 	mv "$promdir.tmp/root/usr/bin/prometheus" "$promdir.tmp/bin/"
-	rm -rf "$promdir.tmp/dl" "$promdir.tmp/root"
+	rm -rf "$promdir.tmp/dl" "$promdir.tmp/root" "$promdir" # a run cut before .done left it half made
 	mv "$promdir.tmp" "$promdir"
 	echo "$PROM_PKG" > "$promdir/.done"
 	echo "deps: prometheus in $promdir/bin"

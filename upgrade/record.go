@@ -53,6 +53,10 @@ const (
 	RolledBack State = "rolled-back" // terminal: the new slot failed; back on the old one
 )
 
+// States are every state (a client tells them from other events of an upgrade).
+var States = []State{Pulling, Staging, Staged, Locking, Checking, Cordoning, Draining, Preparing, Leaving, Stopping,
+	Writing, Wiping, Arming, Rebooting, Trial, Committing, Done, Aborted, RolledBack}
+
 // Terminal reports whether s ends an upgrade.
 func (s State) Terminal() bool { return s == Done || s == Aborted || s == RolledBack }
 

@@ -13,6 +13,7 @@ import (
 	"syscall"
 
 	"keel/netapi/client"
+	"keel/upgrade"
 )
 
 // explain turns an error into what happened, what it means and how to fix it, with the exit
@@ -20,10 +21,15 @@ import (
 func explain(err error, k *cli) (string, int) {
 	var ne *client.NodeError
 	var uf *upgradeFailed
+	var nr *notInRecord
 	ep, cert, ca := k.ctx.Endpoint, k.ctx.Cert, k.ctx.CA
 	switch {
+	case errors.As(err, &uf) && uf.u.State == upgrade.RolledBack:
+		return fmt.Sprintf("%v\n  the node is back on %s; why the new slot failed, in its log: keelctl logs init --boot -1 (the trial's boot)", err, orDash(uf.u.FromVersion)), exitFailed
 	case errors.As(err, &uf):
-		return fmt.Sprintf("%v\n  the node is on %s again; why, in its log: keelctl logs init --boot -1 (the trial's boot) or keelctl status", err, orDash(uf.u.FromVersion)), exitFailed
+		return fmt.Sprintf("%v\n  nothing was committed: the node still runs %s (keelctl status, keelctl logs init)", err, orDash(uf.u.FromVersion)), exitFailed
+	case errors.As(err, &nr):
+		return err.Error(), exitFailed
 	case errors.As(err, &ne):
 		msg := fmt.Sprintf("the node refused: %d %s: %s", ne.Status, ne.Code, ne.Msg)
 		switch ne.Status {

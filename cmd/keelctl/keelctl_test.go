@@ -44,9 +44,20 @@ type simNode struct {
 	bootID   string
 	journal  *journal.Journal
 	requests []netapi.UpgradeRequest
+	done     chan struct{} // closed when the test ends: the script stops
+	walking  sync.WaitGroup
 }
 
-type tlsFiles struct{ dir string }
+func (s *simNode) over() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
+	}
+}
+
+type tlsFiles struct{ ca, cert, key []byte }
 
 func (s *simNode) Status() netapi.Status {
 	s.mu.Lock()
@@ -93,11 +104,18 @@ func (s *simNode) StartUpgrade(r netapi.UpgradeRequest) (netapi.UpgradeAccepted,
 	}
 	s.requests = append(s.requests, r)
 	s.cur = &upgrade.Upgrade{ID: "u1", Image: r.Image, State: upgrade.Pulling, FromVersion: "v1.0.0", ToVersion: "v2.0.0", FromSlot: boot.SlotA, ToSlot: boot.SlotB}
-	go s.walk()
+	s.walking.Add(1)
+	go func() {
+		defer s.walking.Done()
+		s.walk()
+	}()
 	return netapi.UpgradeAccepted{ID: "u1", Status: "accepted"}, nil
 }
 
 func (s *simNode) set(st upgrade.State, reason string) {
+	if s.over() {
+		return
+	}
 	s.mu.Lock()
 	s.cur.State, s.cur.Reason = st, reason
 	id, bus := s.cur.ID, s.bus
@@ -107,6 +125,16 @@ func (s *simNode) set(st upgrade.State, reason string) {
 }
 
 func (s *simNode) walk() {
+	s.mu.Lock()
+	stage := s.requests[len(s.requests)-1].Stage
+	s.mu.Unlock()
+	if stage {
+		s.set(upgrade.Staging, "")
+		s.bus.Publish("upgrade", "u1", "progress", map[string]any{"written": 60 << 20, "total": 120 << 20})
+		time.Sleep(100 * time.Millisecond)
+		s.set(upgrade.Staged, "")
+		return
+	}
 	for _, st := range []upgrade.State{upgrade.Pulling, upgrade.Cordoning, upgrade.Draining, upgrade.Stopping, upgrade.Writing} {
 		s.set(st, "")
 	}
@@ -134,6 +162,9 @@ func (s *simNode) walk() {
 
 // reboot closes the endpoint (its streams end) and serves again after away, with a new boot.
 func (s *simNode) reboot(away time.Duration) {
+	if s.over() {
+		return
+	}
 	s.mu.Lock()
 	srv, bus := s.srv, s.bus
 	s.mu.Unlock()
@@ -144,14 +175,19 @@ func (s *simNode) reboot(away time.Duration) {
 	s.bus = events.New(100, nil)
 	s.bootID = s.bootID + "+"
 	s.mu.Unlock()
-	s.serve()
+	if err := s.serve(); err != nil && !s.over() {
+		s.t.Errorf("sim node: %v", err)
+	}
 }
 
-func (s *simNode) serve() {
-	cfg, err := netapi.TLSConfig(read(s.t, s.tlsCfg.dir, "ca.crt"), read(s.t, s.tlsCfg.dir, "server.crt"), read(s.t, s.tlsCfg.dir, "server.key"))
+// serve listens on the node's address (the same after a reboot).
+func (s *simNode) serve() error {
+	if s.over() {
+		return nil
+	}
+	cfg, err := netapi.TLSConfig(s.tlsCfg.ca, s.tlsCfg.cert, s.tlsCfg.key)
 	if err != nil {
-		s.t.Error(err)
-		return
+		return err
 	}
 	var ln net.Listener
 	for range 50 {
@@ -161,14 +197,14 @@ func (s *simNode) serve() {
 		time.Sleep(20 * time.Millisecond)
 	}
 	if err != nil {
-		s.t.Error(err)
-		return
+		return err
 	}
 	s.addr = ln.Addr().String()
 	srv, _ := netapi.Serve(ln, netapi.New(netapi.Options{Node: s, Log: slog.New(slog.DiscardHandler)}), cfg, slog.New(slog.DiscardHandler))
 	s.mu.Lock()
 	s.srv = srv
 	s.mu.Unlock()
+	return nil
 }
 
 func read(t *testing.T, dir, name string) []byte {
@@ -207,10 +243,16 @@ func newEnv(t *testing.T) *env {
 	if j, err = journal.Start(filepath.Join(dir, "boots"), "b2", journal.Info{Version: "v1.0.0", Slot: "A"}, journal.Options{}); err != nil {
 		t.Fatal(err)
 	}
-	n := &simNode{t: t, addr: "127.0.0.1:0", tlsCfg: &tlsFiles{filepath.Join(dir, "pki")}, bus: events.New(100, nil), initLog: events.NewRing(100, 0), bootID: "boot1", journal: j}
+	p := filepath.Join(dir, "pki")
+	n := &simNode{t: t, addr: "127.0.0.1:0", tlsCfg: &tlsFiles{read(t, p, "ca.crt"), read(t, p, "server.crt"), read(t, p, "server.key")},
+		bus: events.New(100, nil), initLog: events.NewRing(100, 0), bootID: "boot1", journal: j, done: make(chan struct{})}
 	n.initLog.Append("keel init starting")
-	n.serve()
+	if err := n.serve(); err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() {
+		close(n.done) // the script stops at its next step; then the endpoint closes
+		n.walking.Wait()
 		n.mu.Lock()
 		defer n.mu.Unlock()
 		n.srv.Close()
@@ -274,6 +316,14 @@ func TestUpgradeWait(t *testing.T) {
 	}
 	contains(t, "terminal output", out, "\r\x1b[2K", "[###############...............]  50%", "rolled-back: health gate failed")
 	contains(t, "error", errOut, "upgrade u1 rolled-back: health gate failed: kubernetes-ready", "keelctl logs init --boot -1")
+
+	// Staged: --wait ends once the slot is written.
+	e3 := newEnv(t)
+	code, out, errOut = e3.run(t, false, "upgrade", "--stage", "--wait", "reg.test/keel:v2.0.0")
+	if code != 0 {
+		t.Fatalf("stage --wait: exit %d\n%s\n%s", code, out, errOut)
+	}
+	contains(t, "staged output", out, "staging", "upgrade u1 staged: v2.0.0 written to slot B; keelctl activate goes on with it")
 }
 
 // TestCommands: the read commands for people and as JSON, an earlier boot's log, a busy node.

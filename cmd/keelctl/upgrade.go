@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -35,7 +36,7 @@ func cmdUpgrade(ctx context.Context, k *cli, fs *flag.FlagSet, args []string) er
 	if err := k.c.Call(ctx, client.NodeName, http.MethodPost, "/v1/upgrade", req, http.StatusAccepted, &acc); err != nil {
 		return err
 	}
-	return k.accepted(ctx, fs, acc, "upgrade "+acc.ID+" to "+req.Image)
+	return k.accepted(ctx, fs, acc, "upgrade "+acc.ID+" to "+req.Image, req.Stage)
 }
 
 func cmdActivate(ctx context.Context, k *cli, fs *flag.FlagSet, _ []string) error {
@@ -43,11 +44,11 @@ func cmdActivate(ctx context.Context, k *cli, fs *flag.FlagSet, _ []string) erro
 	if err := k.c.Call(ctx, client.NodeName, http.MethodPost, "/v1/upgrade/activate", nil, http.StatusAccepted, &acc); err != nil {
 		return err
 	}
-	return k.accepted(ctx, fs, acc, "staged upgrade "+acc.ID+" activated")
+	return k.accepted(ctx, fs, acc, "staged upgrade "+acc.ID+" activated", false)
 }
 
 // accepted reports an accepted upgrade, and with --wait follows it to its end.
-func (k *cli) accepted(ctx context.Context, fs *flag.FlagSet, acc netapi.UpgradeAccepted, what string) error {
+func (k *cli) accepted(ctx context.Context, fs *flag.FlagSet, acc netapi.UpgradeAccepted, what string, staged bool) error {
 	if !flagBool(fs, "wait") {
 		if k.json() {
 			return k.printJSON(acc)
@@ -66,18 +67,29 @@ func (k *cli) accepted(ctx context.Context, fs *flag.FlagSet, acc netapi.Upgrade
 	}
 	ctx, cancel := context.WithTimeout(ctx, flagDuration(fs, "timeout"))
 	defer cancel()
-	u, err := (&waiter{k: k, id: acc.ID, d: d}).run(ctx)
+	u, err := (&waiter{k: k, id: acc.ID, d: d, staged: staged}).run(ctx)
 	if err != nil {
 		return err
 	}
 	if k.json() {
 		k.printJSON(u)
 	}
-	if u.State == upgrade.Done {
+	switch u.State {
+	case upgrade.Done:
 		d.line(fmt.Sprintf("upgrade %s done: %s on slot %s", u.ID, u.ToVersion, u.ToSlot))
+		return nil
+	case upgrade.Staged:
+		d.line(fmt.Sprintf("upgrade %s staged: %s written to slot %s; keelctl activate goes on with it", u.ID, u.ToVersion, u.ToSlot))
 		return nil
 	}
 	return &upgradeFailed{u: u}
+}
+
+// notInRecord is an upgrade the node's record does not hold (exit 1: the node answered).
+type notInRecord struct{ id string }
+
+func (e *notInRecord) Error() string {
+	return fmt.Sprintf("the node has no upgrade %s in its record (a newer one pushed it out of the history?)", e.id)
 }
 
 // upgradeFailed is an upgrade that ended aborted or rolled back (exit 1).
@@ -95,6 +107,8 @@ type waiter struct {
 	k  *cli
 	id string
 	d  *display
+	// staged: the upgrade was asked to stage: it ends, for the waiter, once staged.
+	staged bool
 
 	mu   sync.Mutex
 	last upgrade.Upgrade // the record as last read: what a state event does not carry
@@ -108,6 +122,11 @@ func (w *waiter) seen(u upgrade.Upgrade) {
 }
 
 var errEnded = errors.New("ended")
+
+// ended says whether the waiter is done with u.
+func (w *waiter) ended(u upgrade.Upgrade) bool {
+	return u.State.Terminal() || w.staged && u.State == upgrade.Staged
+}
 
 func (w *waiter) record(ctx context.Context) (upgrade.Upgrade, bool, error) {
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -144,10 +163,10 @@ func (w *waiter) run(ctx context.Context) (upgrade.Upgrade, error) {
 			}
 			continue
 		case !ok:
-			return upgrade.Upgrade{}, fmt.Errorf("the node has no upgrade %s in its record", w.id)
+			return upgrade.Upgrade{}, &notInRecord{w.id}
 		}
 		w.seen(u)
-		if u.State.Terminal() {
+		if w.ended(u) {
 			return u, nil
 		}
 		// Follow the events while asking for the record every 2 s.
@@ -170,7 +189,7 @@ func (w *waiter) run(ctx context.Context) (upgrade.Upgrade, error) {
 				}
 				if ok {
 					w.seen(u)
-					if u.State.Terminal() {
+					if w.ended(u) {
 						mu.Lock()
 						final = &u
 						mu.Unlock()
@@ -180,6 +199,7 @@ func (w *waiter) run(ctx context.Context) (upgrade.Upgrade, error) {
 				}
 			}
 		}()
+		opened := time.Now()
 		err = w.k.c.Stream(sctx, client.NodeName, "/v1/events?follow=1&tail=0", func(line []byte) error {
 			var ev events.Event
 			if json.Unmarshal(line, &ev) != nil {
@@ -194,9 +214,9 @@ func (w *waiter) run(ctx context.Context) (upgrade.Upgrade, error) {
 				w.d.line("  gate passed: " + ev.Source)
 			case ev.Kind == "shutdown" && ev.Source == "begin":
 				w.d.line("node going down: " + ev.Message)
-			case ev.Kind == "upgrade" && ev.Source == w.id && upgrade.State(ev.Message).Terminal():
+			case ev.Kind == "upgrade" && ev.Source == w.id && (upgrade.State(ev.Message).Terminal() || w.staged && upgrade.State(ev.Message) == upgrade.Staged):
 				return errEnded // the record says how
-			case ev.Kind == "upgrade" && ev.Source == w.id && ev.Message != "uncordoned":
+			case ev.Kind == "upgrade" && ev.Source == w.id && slices.Contains(upgrade.States, upgrade.State(ev.Message)):
 				w.mu.Lock()
 				u := w.last
 				w.mu.Unlock()
@@ -213,8 +233,19 @@ func (w *waiter) run(ctx context.Context) (upgrade.Upgrade, error) {
 		if f != nil {
 			return *f, nil
 		}
+		var ne *client.NodeError
+		if errors.As(err, &ne) && ne.Status >= 400 && ne.Status < 500 && ne.Status != http.StatusTooManyRequests {
+			return upgrade.Upgrade{}, err // the node will not stream to this client: no retry helps
+		}
 		if err != nil && !errors.Is(err, errEnded) && !errors.Is(err, context.Canceled) {
 			lastErr = err
+		}
+		if time.Since(opened) < time.Second && ctx.Err() == nil {
+			// Ended at once (the node going down, too many streams): not in a tight loop.
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
 		}
 	}
 }
@@ -309,7 +340,8 @@ func (d *display) progress(written, total int64) {
 	pct := int(written * 100 / total)
 	if d.tty {
 		const width = 30
-		n := int(written * width / total)
+		n := min(max(int(written*width/total), 0), width)
+		pct = min(max(pct, 0), 100)
 		fmt.Fprintf(d.w, "\r\x1b[2K%s %s [%s%s] %3d%% %.1f/%.1f MiB", d.stamp(), d.state_, strings.Repeat("#", n), strings.Repeat(".", width-n), pct, float64(written)/(1<<20), float64(total)/(1<<20))
 		d.bar = true
 		return
