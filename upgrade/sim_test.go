@@ -99,9 +99,10 @@ func settle(t testing.TB, f *incarnation) (cut bool, rec Record) {
 				// Staged and resting, as it should: the operator activates it (again, if
 				// META refused the first).
 				// An idle report may be older than the record (racing calls): then the
-				// activate is refused as busy or unexpected, and the next report tells.
+				// activate is refused as busy or unexpected, and the next report tells; a
+				// racing rollback has the node going down (shutting down), and the reboot tells.
 				err := f.ex.Activate(t.Context(), "")
-				if err != nil && !errors.Is(err, ErrPersist) && !errors.Is(err, ErrStopped) && !errors.Is(err, ErrBusy) && !errors.Is(err, ErrUnexpected) {
+				if err != nil && !errors.Is(err, ErrPersist) && !errors.Is(err, ErrStopped) && !errors.Is(err, ErrBusy) && !errors.Is(err, ErrUnexpected) && !errors.Is(err, ErrShutdown) {
 					t.Fatalf("activate: %v", err)
 				}
 				continue
@@ -564,7 +565,7 @@ again:
 		if r.Active() && r.Current.State == Staged {
 			// A racing request staged an upgrade: resting is right; activate it to the end
 			// (an idle report may be older than the record: then the activate is refused).
-			if err := f.ex.Activate(t.Context(), ""); err != nil && !errors.Is(err, ErrPersist) && !errors.Is(err, ErrUnexpected) && !errors.Is(err, ErrBusy) {
+			if err := f.ex.Activate(t.Context(), ""); err != nil && !errors.Is(err, ErrPersist) && !errors.Is(err, ErrUnexpected) && !errors.Is(err, ErrBusy) && !errors.Is(err, ErrShutdown) {
 				t.Fatalf("activate: %v", err)
 			}
 			goto again
