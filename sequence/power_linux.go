@@ -30,8 +30,9 @@ type power struct {
 
 func newPower() power { return power{ch: make(chan machine.Action, 1)} }
 
-// request accepts r if it is the first.
-func (p *power) request(r PowerRequest) error {
+// request accepts r if it is the first; accepted (if not nil) is called before the shutdown
+// can begin, so that what it reports comes before the shutdown's own reports.
+func (p *power) request(r PowerRequest, accepted func()) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.accepted != nil {
@@ -39,6 +40,9 @@ func (p *power) request(r PowerRequest) error {
 	}
 	r.Wipe = append([]string(nil), r.Wipe...)
 	p.accepted = &r
+	if accepted != nil {
+		accepted()
+	}
 	p.ch <- r.Action
 	return nil
 }
@@ -67,12 +71,11 @@ func (n *Node) PowerRequests() <-chan machine.Action { return n.power.ch }
 func (n *Node) Reboot(reason string) error { return n.requestPower(machine.ActionReboot, reason, nil) }
 
 func (n *Node) requestPower(a machine.Action, reason string, wipe []string) error {
-	if err := n.power.request(PowerRequest{Action: a, Reason: reason, Wipe: wipe}); err != nil {
-		return err
-	}
-	n.log.Info("power request", "action", a.String(), "reason", reason, "wipe", wipe)
-	n.publish("power", a.String(), reason, nil)
-	return nil
+	// The event first: a follower sees the request, then the shutdown it starts.
+	return n.power.request(PowerRequest{Action: a, Reason: reason, Wipe: wipe}, func() {
+		n.log.Info("power request", "action", a.String(), "reason", reason, "wipe", wipe)
+		n.publish("power", a.String(), reason, nil)
+	})
 }
 
 // powerFx is the node's power as the upgrade executor sees it.

@@ -14,11 +14,20 @@ func TestRefusedResetArmsNoWipe(t *testing.T) {
 	if p.down() || p.wipe() != nil {
 		t.Fatal("a new node is going down")
 	}
-	if err := p.request(PowerRequest{Action: machine.ActionReboot, Reason: "api"}); err != nil {
+	var told []string
+	if err := p.request(PowerRequest{Action: machine.ActionReboot, Reason: "api"}, func() {
+		if len(p.ch) != 0 {
+			t.Error("the shutdown could begin before the request was reported")
+		}
+		told = append(told, "api")
+	}); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.request(PowerRequest{Action: machine.ActionReboot, Reason: "reset", Wipe: []string{"STATE"}}); !errors.Is(err, ErrShuttingDown) {
+	if err := p.request(PowerRequest{Action: machine.ActionReboot, Reason: "reset", Wipe: []string{"STATE"}}, func() { told = append(told, "reset") }); !errors.Is(err, ErrShuttingDown) {
 		t.Fatalf("second request: %v", err)
+	}
+	if len(told) != 1 || told[0] != "api" {
+		t.Errorf("reported %v, want the accepted request only", told)
 	}
 	if w := p.wipe(); w != nil {
 		t.Fatalf("the refused reset armed a wipe of %v", w)
@@ -28,7 +37,7 @@ func TestRefusedResetArmsNoWipe(t *testing.T) {
 	}
 	q := newPower()
 	wipe := []string{"EPHEMERAL"}
-	if err := q.request(PowerRequest{Action: machine.ActionReboot, Wipe: wipe}); err != nil {
+	if err := q.request(PowerRequest{Action: machine.ActionReboot, Wipe: wipe}, nil); err != nil {
 		t.Fatal(err)
 	}
 	wipe[0] = "STATE" // the caller's slice is not kept
