@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -92,9 +93,16 @@ func TestBrokenNewSlot(t *testing.T) {
 			if err != nil || code != 200 {
 				t.Fatalf("the boot before's init log: %d %v %s", code, err, b)
 			}
+			var prev strings.Builder
+			for _, raw := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+				var l netapi.LogLine
+				if json.Unmarshal([]byte(raw), &l) == nil {
+					prev.WriteString(l.Line + "\n")
+				}
+			}
 			for _, want := range tc.prevLog {
-				if !strings.Contains(string(b), want) {
-					t.Errorf("the boot before's init log lacks %q:\n%s", want, b)
+				if !strings.Contains(prev.String(), want) {
+					t.Errorf("the boot before's init log lacks %q:\n%s", want, prev.String())
 				}
 			}
 			if code, b, err := vm.Call("reader", "GET", "/v1/boots", nil); err != nil || code != 200 {

@@ -84,6 +84,9 @@ func (n *Node) status() netapi.Status {
 			Name: name, Device: d.Dev, SizeBytes: d.Size, Mountpoint: m.target, CleanAtMount: m.clean, FSUUID: m.uuid,
 		})
 	}
+	if sup := n.supervisor(); sup != nil {
+		st.Services = sup.Status()
+	}
 	return st
 }
 
