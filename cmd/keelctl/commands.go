@@ -292,29 +292,24 @@ func cmdCancel(ctx context.Context, k *cli, _ *flag.FlagSet, _ []string) error {
 }
 
 func cmdShutdown(ctx context.Context, k *cli, _ *flag.FlagSet, _ []string) error {
-	return k.power(ctx, "/v1/shutdown", nil, "shutting down")
+	return k.power(ctx, "/v1/shutdown", nil)
 }
 
 func cmdReboot(ctx context.Context, k *cli, fs *flag.FlagSet, _ []string) error {
-	before, err := k.bootID(ctx)
-	if err != nil {
-		return err
-	}
-	if err := k.power(ctx, "/v1/reboot", nil, "rebooting"); err != nil {
-		return err
-	}
-	if !flagBool(fs, "wait") {
-		return nil
-	}
-	return k.waitBack(ctx, before, flagDuration(fs, "timeout"))
+	return k.powerAndWait(ctx, fs, "/v1/reboot")
 }
 
 func cmdRollback(ctx context.Context, k *cli, fs *flag.FlagSet, _ []string) error {
+	return k.powerAndWait(ctx, fs, "/v1/rollback")
+}
+
+// powerAndWait makes a call that reboots the node and, with --wait, waits for its next boot.
+func (k *cli) powerAndWait(ctx context.Context, fs *flag.FlagSet, path string) error {
 	before, err := k.bootID(ctx)
 	if err != nil {
 		return err
 	}
-	if err := k.power(ctx, "/v1/rollback", nil, "rolling back"); err != nil {
+	if err := k.power(ctx, path, nil); err != nil {
 		return err
 	}
 	if !flagBool(fs, "wait") {
@@ -332,11 +327,11 @@ func cmdReset(ctx context.Context, k *cli, fs *flag.FlagSet, _ []string) error {
 	for _, p := range strings.Split(wipe, ",") {
 		parts = append(parts, strings.ToUpper(strings.TrimSpace(p)))
 	}
-	return k.power(ctx, "/v1/reset", netapi.ResetRequest{Wipe: parts}, "resetting")
+	return k.power(ctx, "/v1/reset", netapi.ResetRequest{Wipe: parts})
 }
 
 // power makes a call answered 202 {"status": ...}.
-func (k *cli) power(ctx context.Context, path string, body any, what string) error {
+func (k *cli) power(ctx context.Context, path string, body any) error {
 	var a netapi.Accepted
 	if err := k.c.Call(ctx, client.NodeName, http.MethodPost, path, body, http.StatusAccepted, &a); err != nil {
 		return err
