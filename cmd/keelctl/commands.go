@@ -117,7 +117,7 @@ func cmdStatus(ctx context.Context, k *cli, _ *flag.FlagSet, _ []string) error {
 		slots = append(slots, s.Slot+" "+v)
 	}
 	fmt.Fprintf(w, "slots\t%s\n", strings.Join(slots, "; "))
-	role := st.Role
+	role := orDash(st.Role)
 	if st.ControlPlane {
 		role += " (control plane)"
 	}
