@@ -35,6 +35,7 @@ type simNode struct {
 	addr     string
 	tlsCfg   *tlsFiles
 	fail     string // the trial's failure reason ("": the upgrade ends done)
+	quick    bool   // the trial is over before a client can reconnect
 	mu       sync.Mutex
 	cur      *upgrade.Upgrade
 	history  []upgrade.Upgrade
@@ -120,7 +121,7 @@ func (s *simNode) set(st upgrade.State, reason string) {
 	s.cur.State, s.cur.Reason = st, reason
 	id, bus := s.cur.ID, s.bus
 	s.mu.Unlock()
-	bus.Publish("upgrade", id, string(st), nil)
+	bus.Publish("upgrade", id, string(st), map[string]any{"reason": reason})
 	time.Sleep(50 * time.Millisecond)
 }
 
@@ -148,9 +149,13 @@ func (s *simNode) walk() {
 	time.Sleep(100 * time.Millisecond)
 	s.reboot(1500 * time.Millisecond)
 	s.set(upgrade.Trial, "")
-	time.Sleep(2500 * time.Millisecond) // the gates take a while: keelctl is back by now
+	if !s.quick {
+		time.Sleep(2500 * time.Millisecond) // the gates take a while: keelctl is back by now
+	}
 	s.bus.Publish("upgrade", "kubernetes-ready", "gate passed", nil)
-	time.Sleep(300 * time.Millisecond)
+	if !s.quick {
+		time.Sleep(300 * time.Millisecond)
+	}
 	if s.fail != "" {
 		s.reboot(500 * time.Millisecond)
 		s.set(upgrade.RolledBack, s.fail)
@@ -316,6 +321,19 @@ func TestUpgradeWait(t *testing.T) {
 	}
 	contains(t, "terminal output", out, "\r\x1b[2K", "[###############...............]  50%", "rolled-back: health gate failed")
 	contains(t, "error", errOut, "upgrade u1 rolled-back: health gate failed: kubernetes-ready", "keelctl logs init --boot -1")
+
+	// A trial over before keelctl reconnects: its states and gates are shown from the new
+	// boot's history.
+	e4 := newEnv(t)
+	e4.node.quick = true
+	code, out, errOut = e4.run(t, false, "upgrade", "--wait", "reg.test/keel:v2.0.0")
+	if code != 0 {
+		t.Fatalf("quick trial: exit %d\n%s\n%s", code, out, errOut)
+	}
+	contains(t, "quick trial", out, "node answers again (boot of slot B)\n", "trial: v2.0.0 booted on slot B", "gate passed: kubernetes-ready", "committing", "upgrade u1 done")
+	if i, j := strings.Index(out, "node answers again"), strings.Index(out, "trial:"); i < 0 || j < i {
+		t.Errorf("the replayed trial comes before the node answered:\n%s", out)
+	}
 
 	// Staged: --wait ends once the slot is written.
 	e3 := newEnv(t)

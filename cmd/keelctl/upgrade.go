@@ -146,8 +146,51 @@ func (w *waiter) record(ctx context.Context) (upgrade.Upgrade, bool, error) {
 	return upgrade.Upgrade{}, false, nil
 }
 
+// event shows one line of the event stream: the write's progress, a gate passed, the node
+// going down, a state (errEnded for the last one: the record says how it ended). replay: the
+// line is from a boot's history, read once the node answers again.
+func (w *waiter) event(line []byte, replay bool) error {
+	var ev events.Event
+	if json.Unmarshal(line, &ev) != nil {
+		return nil
+	}
+	state := upgrade.State(ev.Message)
+	switch {
+	case replay && (ev.Kind != "upgrade" || ev.Message == "progress"):
+	case ev.Kind == "upgrade" && ev.Source == w.id && ev.Message == "progress":
+		written, _ := ev.Data["written"].(float64)
+		total, _ := ev.Data["total"].(float64)
+		w.d.progress(int64(written), int64(total))
+	case ev.Kind == "upgrade" && ev.Message == "gate passed":
+		w.d.line("  gate passed: " + ev.Source)
+	case ev.Kind == "shutdown" && ev.Source == "begin":
+		w.d.line("node going down: " + ev.Message)
+	case ev.Kind == "upgrade" && ev.Source == w.id && (state.Terminal() || w.staged && state == upgrade.Staged):
+		if !replay {
+			return errEnded // the record says how (a replay leaves it to the record too)
+		}
+	case ev.Kind == "upgrade" && ev.Source == w.id && slices.Contains(upgrade.States, state):
+		w.mu.Lock()
+		u := w.last
+		w.mu.Unlock()
+		u.State = state
+		u.Reason, _ = ev.Data["reason"].(string)
+		w.d.state(u)
+	}
+	return nil
+}
+
+// replay shows what the node's new boot did before it answered (a trial may be over by then):
+// its event history, once.
+func (w *waiter) replay(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	w.k.c.Stream(ctx, client.NodeName, "/v1/events?tail=1000", func(line []byte) error { return w.event(line, true) })
+}
+
 func (w *waiter) run(ctx context.Context) (upgrade.Upgrade, error) {
 	var lastErr error
+	wasDown := false
 	for {
 		u, ok, err := w.record(ctx)
 		switch {
@@ -156,6 +199,7 @@ func (w *waiter) run(ctx context.Context) (upgrade.Upgrade, error) {
 				return upgrade.Upgrade{}, fmt.Errorf("gave up waiting for upgrade %s (last: %v): %w", w.id, errOr(lastErr, "no answer"), ctx.Err())
 			}
 			lastErr = err
+			wasDown = true
 			w.d.unreachable(err)
 			select {
 			case <-ctx.Done():
@@ -164,6 +208,13 @@ func (w *waiter) run(ctx context.Context) (upgrade.Upgrade, error) {
 			continue
 		case !ok:
 			return upgrade.Upgrade{}, &notInRecord{w.id}
+		}
+		if wasDown {
+			wasDown = false
+			w.mu.Lock()
+			w.last = u
+			w.mu.Unlock()
+			w.replay(ctx)
 		}
 		w.seen(u)
 		if w.ended(u) {
@@ -200,32 +251,7 @@ func (w *waiter) run(ctx context.Context) (upgrade.Upgrade, error) {
 			}
 		}()
 		opened := time.Now()
-		err = w.k.c.Stream(sctx, client.NodeName, "/v1/events?follow=1&tail=0", func(line []byte) error {
-			var ev events.Event
-			if json.Unmarshal(line, &ev) != nil {
-				return nil
-			}
-			switch {
-			case ev.Kind == "upgrade" && ev.Source == w.id && ev.Message == "progress":
-				written, _ := ev.Data["written"].(float64)
-				total, _ := ev.Data["total"].(float64)
-				w.d.progress(int64(written), int64(total))
-			case ev.Kind == "upgrade" && ev.Message == "gate passed":
-				w.d.line("  gate passed: " + ev.Source)
-			case ev.Kind == "shutdown" && ev.Source == "begin":
-				w.d.line("node going down: " + ev.Message)
-			case ev.Kind == "upgrade" && ev.Source == w.id && (upgrade.State(ev.Message).Terminal() || w.staged && upgrade.State(ev.Message) == upgrade.Staged):
-				return errEnded // the record says how
-			case ev.Kind == "upgrade" && ev.Source == w.id && slices.Contains(upgrade.States, upgrade.State(ev.Message)):
-				w.mu.Lock()
-				u := w.last
-				w.mu.Unlock()
-				u.State = upgrade.State(ev.Message)
-				u.Reason, _ = ev.Data["reason"].(string)
-				w.d.state(u)
-			}
-			return nil
-		})
+		err = w.k.c.Stream(sctx, client.NodeName, "/v1/events?follow=1&tail=0", func(line []byte) error { return w.event(line, false) })
 		cancel()
 		mu.Lock()
 		f := final
