@@ -109,7 +109,7 @@ func TestUpgradeAndRollback(t *testing.T) {
 		t.Errorf("keelctl upgrade --wait: %v\n%s\n%s", err, upOut.String(), upErr.String())
 	}
 	for _, want := range []string{"upgrade " + id + " to " + v2, "pulling " + v2, "writing", "MiB)", "rebooting into slot B", "node does not answer (rebooting?)",
-		"node answers again (boot of slot B)", "upgrade " + id + " done: v2.0.0-e2e on slot B"} {
+		"node answers again (boot of slot B)", "trial: v2.0.0-e2e booted on slot B", "committing", "upgrade " + id + " done: v2.0.0-e2e on slot B"} {
 		if !strings.Contains(upOut.String(), want) {
 			t.Errorf("keelctl upgrade --wait said no %q:\n%s", want, upOut.String())
 		}
