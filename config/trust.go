@@ -126,6 +126,25 @@ func validRegistryHost(r string) error {
 	return nil
 }
 
+// StagedTrust is the part of p a staged upgrade is held to again, at each boot and at its
+// activation (upgrade.Trust): the keys that count now, by installer.KeyID, with their expiry
+// (a key revoked in any entry is left out, as the pull leaves it out), and allow_unsigned.
+func StagedTrust(p installer.Policy) *upgrade.Trust {
+	revoked := map[string]bool{}
+	for _, k := range p.TrustedKeys {
+		if k.Revoked {
+			revoked[installer.KeyID(k.Key)] = true
+		}
+	}
+	t := &upgrade.Trust{Keys: map[string]time.Time{}, AllowUnsigned: p.AllowUnsigned}
+	for _, k := range p.TrustedKeys {
+		if id := installer.KeyID(k.Key); !revoked[id] {
+			t.Keys[id] = k.Expires
+		}
+	}
+	return t
+}
+
 // PullPolicy is what a node accepts of an installer image (for a slot of maxSlot bytes) and
 // how it reaches registries, from this configuration. warn hears of parts that do not apply
 // (a key that does not parse; the config was validated, so only a bug gets there).

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"keel/installer"
 )
 
 func testPEM(t *testing.T) string {
@@ -39,6 +41,21 @@ func TestTrust(t *testing.T) {
 	}
 	if _, err := c.Upgrade.CertPool(); err != nil {
 		t.Fatal(err)
+	}
+	// What a staged upgrade is held to again: the two keys that count, by ID, with their
+	// expiry; not the revoked one.
+	p, _ := c.Upgrade.PullPolicy("amd64", 0, func(err error) { t.Error(err) })
+	st := StagedTrust(p)
+	ik2, _ := ks[1].Installer()
+	ik3, _ := ks[2].Installer()
+	if _, ok := st.Keys[installer.KeyID(ik2.Key)]; ok || len(st.Keys) != 2 || st.AllowUnsigned {
+		t.Fatalf("staged trust %+v", st)
+	}
+	if e, ok := st.Keys[installer.KeyID(ik.Key)]; !ok || !e.IsZero() {
+		t.Fatalf("staged trust %+v: unnamed key", st)
+	}
+	if e := st.Keys[installer.KeyID(ik3.Key)]; !e.Equal(ks[2].Expires) {
+		t.Fatalf("staged trust %+v: expiry of %q", st, ks[2].Name)
 	}
 	for _, tc := range []struct{ cfg, says string }{
 		{`{"upgrade":{"trusted_keys":["nope"]}}`, "ed25519 format is gone"},

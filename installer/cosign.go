@@ -125,6 +125,7 @@ func verifySig(k crypto.PublicKey, payload, sig []byte) bool {
 // image is unsigned and the node allows that.
 type SignedBy struct {
 	Key      string // the key's name; empty when unsigned
+	KeyID    string // KeyID of that key
 	Unsigned bool
 }
 
@@ -180,7 +181,7 @@ func verifyCosign(repo name.Repository, digests []v1.Hash, p Policy, ropts []rem
 				case !k.Expires.IsZero() && now.After(k.Expires):
 					note = fmt.Sprintf("key %s expired at %s", kn, k.Expires.UTC().Format(time.RFC3339))
 				default:
-					return SignedBy{Key: kn}, nil
+					return SignedBy{Key: kn, KeyID: KeyID(k.Key)}, nil
 				}
 			}
 			why = append(why, note)

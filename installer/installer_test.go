@@ -19,6 +19,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -215,6 +216,12 @@ func TestPull(t *testing.T) {
 				}
 				if (p.Signed.Key == "") != tc.policy.AllowUnsigned {
 					t.Errorf("signed by %+v", p.Signed)
+				}
+				// The key's ID is the one a staged upgrade is checked against again.
+				if p.Signed.Key != "" && !slices.ContainsFunc(tc.policy.TrustedKeys, func(k installer.TrustedKey) bool {
+					return installer.KeyID(k.Key) == p.Signed.KeyID && !k.Revoked
+				}) {
+					t.Errorf("signed by %+v: not the ID of a trusted key", p.Signed)
 				}
 				// The write pass streams the same bytes again, by digest.
 				repo := tc.ref[:strings.LastIndex(tc.ref, ":")]

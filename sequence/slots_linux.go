@@ -46,7 +46,7 @@ func (s slotIO) Pull(ctx context.Context, a upgrade.ActPull) (upgrade.PullResult
 	if err != nil {
 		return upgrade.PullResult{}, err
 	}
-	return upgrade.PullResult{Digest: r.Digest, Version: r.Manifest.Version, SlotSHA256: r.Manifest.SlotSHA256, SlotSize: r.Manifest.SlotSize, SignedBy: r.Signed.Key}, nil
+	return upgrade.PullResult{Digest: r.Digest, Version: r.Manifest.Version, SlotSHA256: r.Manifest.SlotSHA256, SlotSize: r.Manifest.SlotSize, SignedBy: r.Signed.Key, SignerKey: r.Signed.KeyID}, nil
 }
 
 // Write implements upgrade.Slots: the image (by digest) streams from the registry onto the

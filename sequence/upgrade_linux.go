@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"time"
 
 	"keel/boot"
@@ -50,7 +51,11 @@ func (n *Node) bootMeta(ctx context.Context) error {
 	if n.esp != nil {
 		committed = n.esp.Committed()
 	}
-	if err := n.exec.Boot(ctx, upgrade.Booted{Slot: n.bootedSlot(), Committed: committed, MinVersion: n.config().Upgrade.MinVersion}); err != nil {
+	// A staged upgrade is held to this boot's signature policy (the config may have rotated
+	// its key out since the staging).
+	policy, _ := cfg.Upgrade.PullPolicy(runtime.GOARCH, 0, func(err error) { n.log.Warn("upgrade: policy", "err", err) })
+	booted := upgrade.Booted{Slot: n.bootedSlot(), Committed: committed, MinVersion: cfg.Upgrade.MinVersion, Trust: config.StagedTrust(policy)}
+	if err := n.exec.Boot(ctx, booted); err != nil {
 		return errors.Join(metaErr, err)
 	}
 	return metaErr

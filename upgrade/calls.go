@@ -59,7 +59,8 @@ func (e *Executor) Request(ctx context.Context, r Request) error {
 // Activate goes on with the staged upgrade id ("": whichever is staged): cordon, drain, stop,
 // reboot into the staged slot. It returns once that is persisted, or refused: ErrBusy (the
 // upgrade is not staged, another one is, or grubenv cannot be read), ErrRefused (its version
-// is now below the rollback floor), ErrUnexpected (none in flight), ErrPersist, ErrShutdown.
+// is now below the rollback floor, or its signing key expired since the boot: Trust),
+// ErrUnexpected (none in flight), ErrPersist, ErrShutdown.
 func (e *Executor) Activate(ctx context.Context, id string) error {
 	reply := make(chan error, 1)
 	return e.call(ctx, callIn{ev: Activate{ID: id}, reply: reply}, reply)
@@ -141,7 +142,7 @@ func (e *Executor) callEvent(ev Event) error {
 		if e.o.Effects.Boot != nil && e.o.Effects.Boot.Committed() == "" {
 			return fmt.Errorf("%w: the bootloader's state (grubenv) cannot be read: no slot can be armed", ErrBusy)
 		}
-		r.Now = now
+		r.Now, r.Trust = now, e.trust
 		return e.applyCall(r)
 	case Cancel:
 		r.Now = now

@@ -31,6 +31,7 @@ type PullResult struct {
 	SlotSHA256 string
 	SlotSize   int64
 	SignedBy   string // the trusted key whose signature was accepted ("" for unsigned)
+	SignerKey  string // its installer.KeyID ("" for unsigned)
 }
 
 // Slots reads and writes the boot slots.

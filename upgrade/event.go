@@ -35,8 +35,9 @@ type Request struct {
 // Activate goes on with a staged upgrade: the cordon, drain and stop, then the reboot into
 // the slot written while the node served.
 type Activate struct {
-	ID  string // the staged upgrade meant ("": whichever is staged)
-	Now time.Time
+	ID    string // the staged upgrade meant ("": whichever is staged)
+	Trust *Trust // the boot's signature policy (the executor fills it in)
+	Now   time.Time
 }
 
 // LeaseGranted reports the etcd lease the upgrade lock will be held with; persisted before
@@ -99,7 +100,7 @@ type Cancel struct {
 // Pulled reports a pulled and verified installer image.
 type Pulled struct {
 	Digest, ToVersion, SlotSHA256 string
-	SignedBy                      string
+	SignedBy, SignerKey           string
 	SlotSize                      int64
 	Now                           time.Time
 }
@@ -138,7 +139,10 @@ type Progressed struct {
 type Booted struct {
 	Slot, Committed boot.Slot
 	MinVersion      string // the config's rollback floor; raises the record's
-	Now             time.Time
+	// Trust is this boot's signature policy: a staged upgrade it no longer allows is
+	// discarded (nil: not checked).
+	Trust *Trust
+	Now   time.Time
 }
 
 // Health reports the trial boot's health gates.

@@ -82,7 +82,8 @@ type Executor struct {
 	cancelled *running
 	tag       uint64
 	ready     bool
-	booted    bool // the boot event is stepped: API calls are taken from then on
+	booted    bool   // the boot event is stepped: API calls are taken from then on
+	trust     *Trust // the boot's signature policy, for activations
 	bootWait  []chan error
 	rollWait  chan error
 	retries   map[string]*retry
@@ -257,6 +258,7 @@ func (e *Executor) handle(ctx context.Context, in input) {
 	case bootIn:
 		in.ev.Now = e.o.Now()
 		e.booted = true
+		e.trust = in.ev.Trust
 		if err := e.apply(in.ev, false); err != nil {
 			in.reply <- err
 			return

@@ -27,7 +27,7 @@ func (e *Executor) perform(ctx context.Context, a Action, post func(Event)) outc
 		if err != nil {
 			return fail("pull %s: %v", a.Image, err)
 		}
-		return outcome{ev: Pulled{Digest: p.Digest, ToVersion: p.Version, SignedBy: p.SignedBy, SlotSHA256: p.SlotSHA256, SlotSize: p.SlotSize, Now: now()}}
+		return outcome{ev: Pulled{Digest: p.Digest, ToVersion: p.Version, SignedBy: p.SignedBy, SignerKey: p.SignerKey, SlotSHA256: p.SlotSHA256, SlotSize: p.SlotSize, Now: now()}}
 
 	case ActGrant:
 		if fx.Cluster == nil {

@@ -85,8 +85,9 @@ type Upgrade struct {
 	ID         string `json:"id"`
 	State      State  `json:"state"`
 	Image      string `json:"image"`
-	Digest     string `json:"digest,omitempty"`    // of the installer image's manifest
-	SignedBy   string `json:"signed_by,omitempty"` // the trusted key that signed it
+	Digest     string `json:"digest,omitempty"`     // of the installer image's manifest
+	SignedBy   string `json:"signed_by,omitempty"`  // the trusted key that signed it
+	SignerKey  string `json:"signer_key,omitempty"` // its installer.KeyID ("" unsigned): a staged upgrade is checked again (Trust)
 	SlotSHA256 string `json:"slot_sha256,omitempty"`
 	SlotSize   int64  `json:"slot_size,omitempty"`
 	Preserve   bool   `json:"preserve"`

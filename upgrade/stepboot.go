@@ -41,6 +41,10 @@ func stepBoot(n Record, e Booted) (Record, []Action, error) {
 		// A staged upgrade waits across reboots; they are not its boots. It stays staged as
 		// long as the node runs the slot it was staged from.
 		if e.Slot == u.FromSlot && e.Committed == u.FromSlot {
+			if err := e.Trust.check(u, e.Now); err != nil {
+				setSlot(&n, u.ToSlot, SlotRecord{})
+				return finish(n, Aborted, "discarded: "+err.Error(), e.Now)
+			}
 			return n, nil, nil
 		}
 		setSlot(&n, u.ToSlot, SlotRecord{})

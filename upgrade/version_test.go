@@ -192,3 +192,70 @@ func TestInService(t *testing.T) {
 		}
 	}
 }
+
+// TestStagedTrust: a staged image is held to each boot's signature policy and to the
+// activation's clock. A boot whose config revoked or dropped its key, or no longer allows an
+// unsigned image, discards it (the slot never armed); a key that expired after the boot
+// refuses the activation and keeps it staged; a key still trusted lets it go on.
+func TestStagedTrust(t *testing.T) {
+	now := time.Unix(1000, 0)
+	step := func(r Record, ev Event) Record {
+		t.Helper()
+		n, _, err := Step(r, ev)
+		if err != nil {
+			t.Fatalf("%T: %v", ev, err)
+		}
+		return n
+	}
+	staged := func(signer string) Record {
+		r := step(Record{}, Booted{Slot: boot.SlotA, Committed: boot.SlotA, Now: now})
+		r = step(r, Request{ID: "s", Image: "r/i:v1.5.0", FromVersion: "v1.0.0", Stage: true, Booted: boot.SlotA, Committed: boot.SlotA, Now: now})
+		signedBy := ""
+		if signer != "" {
+			signedBy = "release-2026"
+		}
+		r = step(r, Pulled{Digest: "sha256:d", ToVersion: "v1.5.0", SignedBy: signedBy, SignerKey: signer, SlotSHA256: "s", SlotSize: 10, Now: now})
+		r = step(r, Completed{Now: now})
+		if r.Current.State != Staged || r.Current.SignerKey != signer {
+			t.Fatalf("staged: %s, signer %q", r.Current.State, r.Current.SignerKey)
+		}
+		return r
+	}
+	later := now.Add(time.Hour)
+	for _, c := range []struct {
+		name, signer string
+		trust        *Trust
+		discarded    string // at the boot; "" stays staged
+	}{
+		{"key still trusted", "k1", &Trust{Keys: map[string]time.Time{"k1": {}}}, ""},
+		{"key expires later", "k1", &Trust{Keys: map[string]time.Time{"k1": later.Add(time.Hour)}}, ""},
+		{"no policy given", "k1", nil, ""},
+		{"key revoked or removed", "k1", &Trust{Keys: map[string]time.Time{"k2": {}}}, "no longer trusts (revoked or removed)"},
+		{"key expired before the boot", "k1", &Trust{Keys: map[string]time.Time{"k1": now.Add(-time.Second)}}, "which expired at"},
+		{"unsigned, still allowed", "", &Trust{AllowUnsigned: true}, ""},
+		{"unsigned, no longer allowed", "", &Trust{Keys: map[string]time.Time{"k1": {}}}, "unsigned and this boot's config does not allow"},
+	} {
+		r := step(staged(c.signer), Booted{Slot: boot.SlotA, Committed: boot.SlotA, Trust: c.trust, Now: now})
+		if c.discarded != "" {
+			if u := r.Current; u.State != Aborted || !strings.HasPrefix(u.Reason, "discarded: signature check: ") || !strings.Contains(u.Reason, c.discarded) || r.Slots[boot.SlotB].Verified {
+				t.Errorf("%s: %s %q, slot B %+v", c.name, u.State, u.Reason, r.Slots[boot.SlotB])
+			}
+			continue
+		}
+		if r.Current.State != Staged {
+			t.Errorf("%s: %s %q after the boot, want staged", c.name, r.Current.State, r.Current.Reason)
+			continue
+		}
+		n, acts, err := Step(r, Activate{ID: "s", Trust: c.trust, Now: later})
+		if err != nil || n.Current.State == Staged || len(acts) == 0 {
+			t.Errorf("%s: activation: %v, %s, %v", c.name, err, n.Current.State, acts)
+		}
+	}
+	// A key that expires between the boot and the activation: refused, still staged.
+	tr := &Trust{Keys: map[string]time.Time{"k1": now.Add(time.Minute)}}
+	r := step(staged("k1"), Booted{Slot: boot.SlotA, Committed: boot.SlotA, Trust: tr, Now: now})
+	n, acts, err := Step(r, Activate{ID: "s", Trust: tr, Now: later})
+	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "signature check:") || !strings.Contains(err.Error(), "expired at") || len(acts) != 0 || n.Current.State != Staged {
+		t.Fatalf("activation after the key expired: %v, %v, %s", err, acts, n.Current.State)
+	}
+}
