@@ -15,7 +15,6 @@ package main
 
 import (
 	"context"
-	"crypto/x509"
 	"flag"
 	"fmt"
 	"net"
@@ -24,16 +23,13 @@ import (
 	"strings"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"keel/boot"
 	"keel/config"
 	"keel/initramfs/nodeimage"
 	"keel/initramfs/release"
-	"keel/installer"
 	"keel/netapi/client"
 	"keel/pki"
 )
@@ -268,40 +264,19 @@ func cmdPush(args []string) error {
 	}
 	// The push goes as the node's pulls go: HTTPS checked against -registry-ca (or the
 	// system's bundle), plain HTTP only with -allow-http.
-	var insecure []string
-	if *allowHTTP {
-		if r, err := name.ParseReference(*ref); err == nil {
-			insecure = []string{r.Context().RegistryStr()}
-		}
+	o := release.PushOptions{Key: *key, AllowHTTP: *allowHTTP, CAFile: *caFile}
+	if !*unsigned {
+		c := cosignOf(*cosign)
+		o.Cosign = &c
 	}
-	r, err := installer.ParseReference(*ref, insecure)
+	byDigest, err := release.Push(context.Background(), img, *ref, o)
 	if err != nil {
 		return err
 	}
-	var roots *x509.CertPool
-	if *caFile != "" {
-		b, err := os.ReadFile(*caFile)
-		if err != nil {
-			return err
-		}
-		if roots = x509.NewCertPool(); !roots.AppendCertsFromPEM(b) {
-			return fmt.Errorf("-registry-ca %s: no PEM certificate in it", *caFile)
-		}
+	fmt.Printf("push: %s (%s)\n", *ref, byDigest)
+	if !*unsigned {
+		fmt.Printf("push: signed %s with %s (cosign)\n", byDigest, *key)
 	}
-	if err := remote.Write(r, img, remote.WithTransport(installer.Transport(insecure, roots))); err != nil {
-		return err
-	}
-	d, _ := img.Digest()
-	byDigest := r.Context().Digest(d.String()).String()
-	fmt.Printf("push: %s (%s)\n", r, byDigest)
-	if *unsigned {
-		return nil
-	}
-	// cosign signs what it is given by digest: the tag could move between push and sign.
-	if err := cosignOf(*cosign).Sign(context.Background(), byDigest, release.SignOptions{Key: *key, HTTP: *allowHTTP, CAFile: *caFile}); err != nil {
-		return err
-	}
-	fmt.Printf("push: signed %s with %s (cosign)\n", byDigest, *key)
 	return nil
 }
 

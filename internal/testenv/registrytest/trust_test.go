@@ -115,6 +115,60 @@ func TestCosignOverTLS(t *testing.T) {
 	check("signature removed, unsigned allowed", tag(good, "v2.0.0"), allow, opts, nil, "")
 }
 
+// TestPushSigns: what `make push` does (mkimage push: release.Push) with the real cosign and
+// docker-registry over TLS: the image pushed by tag, signed by digest, and a node that trusts
+// the key pulls it as signed by that key (its ID is what a staged upgrade is checked against
+// later); pushed unsigned, the same node refuses it.
+func TestPushSigns(t *testing.T) {
+	ctx := context.Background()
+	d := registrytest.StartDistribution(t)
+	c := registrytest.Cosign(t)
+	k := registrytest.NewKey(t, c)
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	os.WriteFile(caFile, d.CAPEM, 0o644)
+	slot := filepath.Join(t.TempDir(), "slot.img")
+	os.WriteFile(slot, bytes.Repeat([]byte("slot"), 1<<16), 0o644)
+	build := func(kernel string) v1.Image {
+		img, err := release.Build(release.BuildOptions{SlotPath: slot, Slot: disk.Manifest{Version: "v2.0.0", Arch: "amd64", KernelRelease: kernel,
+			Files: []disk.File{disk.NewFile("vmlinuz", []byte("k"))}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return img
+	}
+	pub, err := installer.ParsePublicKey([]byte(k.PublicPEM))
+	if err != nil {
+		t.Fatal(err)
+	}
+	policy := installer.Policy{Arch: "amd64", TrustedKeys: []installer.TrustedKey{{Name: "release", Key: pub}}}
+	opts := installer.PullOptions{RootCAs: d.Pool}
+
+	signed, err := release.Push(ctx, build("a"), d.Addr+"/keel:v2.0.0", release.PushOptions{Cosign: &c, Key: k.Private, CAFile: caFile})
+	if err != nil {
+		t.Fatalf("push, signed: %v", err)
+	}
+	got, err := installer.Pull(ctx, d.Addr+"/keel:v2.0.0", policy, opts)
+	if err != nil {
+		t.Fatalf("pull of the pushed image: %v", err)
+	}
+	if got.Digest != signed.DigestStr() || got.Signed.Key != "release" || got.Signed.KeyID != installer.KeyID(pub) {
+		t.Fatalf("pulled %s signed by %+v; pushed %s, key %s", got.Digest, got.Signed, signed, installer.KeyID(pub))
+	}
+	if err := c.Verify(ctx, signed.String(), k.Public, release.SignOptions{CAFile: caFile}); err != nil {
+		t.Fatalf("cosign verify of the pushed image: %v", err)
+	}
+
+	if _, err := release.Push(ctx, build("b"), d.Addr+"/keel:v2.0.1", release.PushOptions{CAFile: caFile}); err != nil {
+		t.Fatalf("push, unsigned: %v", err)
+	}
+	if _, err := installer.Pull(ctx, d.Addr+"/keel:v2.0.1", policy, opts); !errors.Is(err, installer.ErrUnsigned) {
+		t.Fatalf("pull of the image pushed unsigned: %v, want ErrUnsigned", err)
+	}
+	if _, err := release.Push(ctx, build("c"), d.Addr+"/keel:v2.0.2", release.PushOptions{Cosign: &c, Key: k.Private}); err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Fatalf("push without the registry's CA: %v, want a certificate error", err)
+	}
+}
+
 func mustHash(t *testing.T, d name.Digest) v1.Hash {
 	t.Helper()
 	h, err := v1.NewHash(d.DigestStr())
