@@ -111,7 +111,7 @@ test-unit: vet
 
 test-e2e: deps k8s-bins
 	@echo "test-e2e: QEMU end-to-end tests (TCG; KVM=1 to opt in), -parallel $(E2E_PARALLEL)"
-	@KVM=$(KVM) $(GO) test -count=1 -v -parallel $(E2E_PARALLEL) -timeout $(E2E_TIMEOUT) ./e2e 2>&1 | tee build/e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|boot_test.go|vmtest|cluster_test.go:[0-9]+: (rolling|prober|cp[0-9]|leadership|refused|cancelled|power cut|single)' ; exit $${PIPESTATUS[0]}
+	@KVM=$(KVM) $(GO) test -count=1 -v -parallel $(E2E_PARALLEL) -timeout $(E2E_TIMEOUT) ./e2e 2>&1 | tee build/e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|boot_test.go|vmtest|cluster_test.go:[0-9]+: (rolling|prober|cp[0-9]|leadership|refused|cancelled|power cut|single)|upgrade_fail_test.go:[0-9]+: [a-z-]+: first boot' ; exit $${PIPESTATUS[0]}
 
 # Against a real etcd and kube-apiserver on 127.0.0.1.
 test-integration: deps k8s-bins

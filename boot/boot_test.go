@@ -17,7 +17,7 @@ func TestEnvRoundTrip(t *testing.T) {
 	}{
 		{"empty", nil},
 		{"commit", map[string]string{KeySavedEntry: "B"}},
-		{"one-shot cleared", map[string]string{KeySavedEntry: "A", KeyNextEntry: ""}},
+		{"trial cleared", map[string]string{KeySavedEntry: "A", KeyNextEntry: "", KeyTrialTries: ""}},
 		{"escapes", map[string]string{"x": "a\\b\nc"}},
 	}
 	for _, tc := range tests {
@@ -130,13 +130,30 @@ func TestEnvMatchesGrubEditenv(t *testing.T) {
 	if want := (Entries{Committed: SlotB, CommittedSet: true, Next: SlotA, Tries: 1}); ent != want {
 		t.Fatalf("entries = %+v, want %+v", ent, want)
 	}
+	// A trial's tries, as GRUB's save_env leaves them after spending one.
+	run("set", "trial_tries=1")
+	if e, err = ReadEnvFile(path); err != nil {
+		t.Fatal(err)
+	}
+	if ent, err := EntriesOf(e); err != nil || ent.Tries != 1 || ent.Next != SlotA {
+		t.Fatalf("entries = %+v, %v; want A with 1 try", ent, err)
+	}
+	e, _ = e.Set(KeyNextEntry, "B")
+	e, _ = e.Set(KeyTrialTries, "2")
+	if err := WriteEnvFile(path, e); err != nil {
+		t.Fatal(err)
+	}
+	if list := run("list"); !strings.Contains(list, "next_entry=B\n") || !strings.Contains(list, "trial_tries=2\n") {
+		t.Errorf("grub-editenv list after our arming:\n%s", list)
+	}
 	e, _ = e.Set(KeyNextEntry, "")
+	e, _ = e.Set(KeyTrialTries, "")
 	e, _ = e.Set(KeySavedEntry, "A")
 	if err := WriteEnvFile(path, e); err != nil {
 		t.Fatal(err)
 	}
 	list := run("list")
-	if !strings.Contains(list, "saved_entry=A\n") || !strings.Contains(list, "next_entry=\n") {
+	if !strings.Contains(list, "saved_entry=A\n") || !strings.Contains(list, "next_entry=\n") || !strings.Contains(list, "trial_tries=\n") {
 		t.Errorf("grub-editenv list after our write:\n%s", list)
 	}
 	fi, _ := os.Stat(path)
@@ -209,7 +226,7 @@ fi`,
 			t.Errorf("grub.cfg lacks %q:\n%s", want, cfg)
 		}
 	}
-	// The one-shot must be cleared before any entry boots.
+	// The trial's try must be spent (save_env) before any entry boots.
 	if strings.Index(cfg, "save_env") > strings.Index(cfg, "menuentry") {
 		t.Error("save_env comes after the menu entries")
 	}

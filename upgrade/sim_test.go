@@ -186,7 +186,7 @@ func check(t testing.TB, s scenario, w *world, r Record, desc string) {
 		t.Fatalf("%s: committed slot %s holds no good image", desc, w.committed())
 	}
 	if w.next != "" {
-		t.Fatalf("%s: boot-once %s left armed", desc, w.next)
+		t.Fatalf("%s: trial of %s left armed", desc, w.next)
 	}
 	if u.Boots > MaxBoots {
 		t.Fatalf("%s: %d boots", desc, u.Boots)
@@ -241,12 +241,23 @@ func TestEveryCrashPoint(t *testing.T) {
 			r := w.run(t, nil)
 			check(t, s, w, r, s.name+": no crash")
 			n := w.actionN + 4
+			// Boot tries: once the new slot is armed, one cut anywhere (the reboot, the trial,
+			// the commit, what follows) costs at most one of GRUB's tries, and an upgrade
+			// that can succeed still ends done.
+			armed := actionIndex(w.log, "arm[arming]")
+			if s.healthy() && armed < 0 {
+				t.Fatalf("no arm action in %v", w.log)
+			}
 			runs := 0
 			for k := 0; k < n; k++ {
 				for _, m := range []string{"before", "during", "after"} {
 					w := newWorld(t, s)
 					r := w.run(t, []crash{{k, m}})
-					check(t, s, w, r, fmt.Sprintf("%s: crash %s action %d", s.name, m, k))
+					desc := fmt.Sprintf("%s: crash %s action %d", s.name, m, k)
+					check(t, s, w, r, desc)
+					if s.healthy() && (k > armed || k == armed && m == "after") && r.Current.State != Done {
+						t.Fatalf("%s (after the arm): %s %q, want done; log %v", desc, r.Current.State, r.Current.Reason, w.log)
+					}
 					runs++
 					if testing.Short() {
 						continue
@@ -592,7 +603,7 @@ func checkRaced(t testing.TB, w *world, r Record, desc string) {
 		t.Fatalf("%s: running a slot with no good image", desc)
 	}
 	if w.next != "" {
-		t.Fatalf("%s: boot-once %s left armed; log %v", desc, w.next, w.log)
+		t.Fatalf("%s: trial of %s left armed; log %v", desc, w.next, w.log)
 	}
 	if u := r.Current; u != nil {
 		if u.Uncordon || w.ourCordon {

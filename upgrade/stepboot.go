@@ -1,6 +1,10 @@
 package upgrade
 
-import "fmt"
+import (
+	"fmt"
+
+	"keel/boot"
+)
 
 // stepBoot decides what a boot means for the upgrade (or rollback) in flight. GRUB spends a try
 // before each boot of the slot under trial, so a boot of the new slot after arming is its trial
@@ -101,9 +105,9 @@ func stepBoot(n Record, e Booted) (Record, []Action, error) {
 		reason := "the new slot never reported healthy"
 		switch {
 		case u.TrialBoots == 0:
-			reason += " (its boot tries were spent before its init came up: panic, hang or power loss)"
+			reason += fmt.Sprintf(" (GRUB spent its %d boot tries and none reached the init: panic, hang or power loss)", boot.TrialTries)
 		default:
-			reason += fmt.Sprintf(" (reset during the trial boot: %d trial boot(s) reached the init, none finished)", u.TrialBoots)
+			reason += fmt.Sprintf(" (GRUB spent its %d boot tries; %d reached the init, none finished: reset or power loss during the trial)", boot.TrialTries, u.TrialBoots)
 		}
 		return finish(n, RolledBack, reason, e.Now)
 	case Committing:
