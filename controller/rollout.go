@@ -172,11 +172,14 @@ func Pass(ctx context.Context, p Plan, nodes []Node, prev api.UpgradePlanStatus,
 			}
 		}
 		ns.Phase = string(pn.Phase)
-		if pn.Phase == plan.Upgraded && pn.Healthy {
-			st.Done++
-		}
 		if id, ok := passed[n.Name]; pn.Phase == plan.Upgraded && (pn.Healthy || ok && id == ns.UpgradeID) {
 			ns.PassedGates = true
+		}
+		// Done counts the nodes that run the target and passed its gates once: a node whose
+		// pods are briefly not Ready while another node drains stays counted (its reason
+		// says what it waits for), so the column does not flicker backwards.
+		if ns.PassedGates {
+			st.Done++
 		}
 		seen = append(seen, pn)
 		st.Nodes = append(st.Nodes, ns)

@@ -315,6 +315,38 @@ func TestControlPlaneByItsOwnWord(t *testing.T) {
 	}
 }
 
+// TestDoneNeverGoesBack: the plan's done count does not fall when nodes that passed their
+// gates are briefly unhealthy again (pods displaced by another node's drain, a slow API
+// answer): each such node is marked unhealthy for a while every few passes.
+func TestDoneNeverGoesBack(t *testing.T) {
+	f, nodes, _ := newFleet(3, 4)
+	spec := api.UpgradePlanSpec{Image: "r/keel:v2", Concurrency: 1}
+	var st api.UpgradePlanStatus
+	last, dips := 0, 0
+	for passes := 0; st.Phase != "Done"; passes++ {
+		if passes > 1000 {
+			t.Fatalf("no end: %+v", st.Message)
+		}
+		st = Pass(context.Background(), Plan{Spec: spec, Generation: 1, Target: Target{Image: spec.Image, Version: "v2"}}, nodes, st, f, f, time.Now())
+		if st.Done < last {
+			t.Fatalf("pass %d: done %d after %d", passes, st.Done, last)
+		}
+		last = st.Done
+		if passes%3 == 0 && passes < 60 {
+			for _, n := range f.nodes {
+				if n.rec != nil && n.rec.State == upgrade.Done && n.unhealty == 0 {
+					n.unhealty = 2
+					dips++
+				}
+			}
+		}
+		f.tick()
+	}
+	if st.Done != len(nodes) || dips == 0 {
+		t.Fatalf("done %d of %d; %d dips made", st.Done, len(nodes), dips)
+	}
+}
+
 // TestRolloutHaltsAndResumes: a worker whose upgrade rolls back halts the plan within one
 // pass, naming the node and its record's reason; nothing starts after; the nodes in flight
 // finish. Editing the spec resumes it: the failed node is tried again, and a node that was

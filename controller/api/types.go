@@ -129,7 +129,7 @@ type UpgradePlanStatus struct {
 	// Message says why the plan waits, what halted it (the node and its record's reason), or
 	// what is wrong with the spec.
 	Message string       `json:"message,omitempty"`
-	Done    int          `json:"done"`
+	Done    int          `json:"done"` // nodes that run the target and passed its gates
 	Total   int          `json:"total"`
 	Nodes   []NodeStatus `json:"nodes,omitempty"`
 	// StartedAt is when the rollout to Target started its first node; FinishedAt when every

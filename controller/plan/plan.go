@@ -175,9 +175,11 @@ func Decide(s Spec, nodes []Node, now time.Time) (Decision, error) {
 		}
 	}
 	if len(d.Start) == 0 {
-		d.Waiting = fmt.Sprintf("%d of %d workers out of service", outWorkers, conc)
+		// Out of service counts a node that passed its gates and is unhealthy again (its pods
+		// displaced by another's drain): more than the concurrency can be out that way.
+		d.Waiting = fmt.Sprintf("%d worker(s) out of service, concurrency %d", outWorkers, conc)
 		if s.Stage && outWorkers < conc {
-			d.Waiting = fmt.Sprintf("%d of %d workers out of service; waiting for workers to be staged", outWorkers, conc)
+			d.Waiting += "; waiting for workers to be staged"
 		}
 	}
 	return d, nil

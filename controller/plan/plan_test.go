@@ -51,12 +51,12 @@ func TestDecide(t *testing.T) {
 		{"a worker out of service holds the control plane", "cp0:pending w0:upgrading", Spec{Concurrency: 5}, nil, "one at a time"},
 		{"workers by concurrency", "cp0:done w3:pending w1:pending w0:pending w2:pending", Spec{Concurrency: 2}, []string{"w0", "w1"}, ""},
 		{"in flight counts", "cp0:done w0:upgrading w1:unhealthy w2:pending w3:pending", Spec{Concurrency: 3}, []string{"w2"}, ""},
-		{"full", "w0:upgrading w1:pending", Spec{Concurrency: 1}, nil, "1 of 1 workers out of service"},
+		{"full", "w0:upgrading w1:pending", Spec{Concurrency: 1}, nil, "1 worker(s) out of service, concurrency 1"},
 		{"concurrency 0 means 1", "w0:pending w1:pending", Spec{}, []string{"w0"}, ""},
 		{"a failure halts", "cp0:done w0:failed w1:pending", Spec{Concurrency: 4}, nil, "node w0 failed: health gate failed"},
 		{"paused", "w0:pending", Spec{Paused: true}, nil, "paused"},
 		{"done", "cp0:done w0:done", Spec{}, nil, "done"},
-		{"last unhealthy is not done", "cp0:done w0:unhealthy", Spec{}, nil, "1 of 1 workers"},
+		{"last unhealthy is not done", "cp0:done w0:unhealthy", Spec{}, nil, "1 worker(s) out of service, concurrency 1"},
 		{"no nodes", "", Spec{}, nil, "done"},
 	} {
 		d, err := Decide(c.spec, nodes(c.nodes), monday)
