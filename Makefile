@@ -121,7 +121,7 @@ test-integration: deps k8s-bins
 test: deps test-unit test-integration test-e2e
 
 # keel-controller upgrading a whole real cluster (three control-plane VMs with etcd and a
-# kubelet, two workers) under one plan: opt-in, about half an hour (e2e/fleet_test.go).
+# kubelet, two workers) under one plan: opt-in, about 15 minutes (e2e/fleet_test.go).
 test-fleet: deps k8s-bins
 	@mkdir -p build
 	@KEEL_E2E_FLEET=1 KVM=$(KVM) $(GO) test -count=1 -v -run TestFleet -timeout 90m ./e2e 2>&1 | tee build/fleet.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|fleet_test.go' ; exit $${PIPESTATUS[0]}

@@ -31,11 +31,11 @@ import (
 // concurrency, while a host prober's quorum reads see no failure and the Deployment keeps a
 // ready replica. Sampled from the nodes' own records every second.
 //
-// Opt-in (KEEL_E2E_FLEET=1, `make test-fleet`): five TCG guests take about half an hour on 2
+// Opt-in (KEEL_E2E_FLEET=1, `make test-fleet`): five TCG guests take about 15 minutes on 2
 // cores, more than make test's budget has left.
 func TestFleet(t *testing.T) {
 	if os.Getenv("KEEL_E2E_FLEET") == "" {
-		t.Skip("opt-in: KEEL_E2E_FLEET=1 (make test-fleet): five TCG guests for about half an hour")
+		t.Skip("opt-in: KEEL_E2E_FLEET=1 (make test-fleet): five TCG guests for about 15 minutes")
 	}
 	c := newKubeCluster(t)
 	const v1, v2 = "v1.0.0-fl", "v2.0.0-fl"
