@@ -138,9 +138,16 @@ func StagedTrust(p installer.Policy) *upgrade.Trust {
 	}
 	t := &upgrade.Trust{Keys: map[string]time.Time{}, AllowUnsigned: p.AllowUnsigned}
 	for _, k := range p.TrustedKeys {
-		if id := installer.KeyID(k.Key); !revoked[id] {
-			t.Keys[id] = k.Expires
+		id := installer.KeyID(k.Key)
+		if revoked[id] {
+			continue
 		}
+		// Listed twice (a config error the validation refuses): the later expiry counts,
+		// none being the latest, as the pull accepts any entry not expired.
+		if e, ok := t.Keys[id]; ok && (e.IsZero() || !k.Expires.IsZero() && k.Expires.Before(e)) {
+			continue
+		}
+		t.Keys[id] = k.Expires
 	}
 	return t
 }

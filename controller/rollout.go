@@ -135,6 +135,11 @@ func Pass(ctx context.Context, p Plan, nodes []Node, prev api.UpgradePlanStatus,
 			ns.ControlPlane = ns.ControlPlane || wasCP[n.Name]
 			pn = plan.Node{Name: n.Name, ControlPlane: ns.ControlPlane, Phase: plan.Upgrading}
 			ns.Reason = "unreachable: " + err.Error()
+			// It passed its gates on this upgrade before: still counted as done (a slow
+			// answer is not a lost upgrade), though out of service for the decisions.
+			if id, ok := passed[n.Name]; ok && id == ns.UpgradeID {
+				ns.PassedGates = true
+			}
 		} else {
 			if u := s.Upgrade; ns.UpgradeID == "" && u != nil && !u.State.Terminal() && u.Image == t.Image {
 				// Our image, running, but its id never reached the status (a request that
@@ -176,8 +181,8 @@ func Pass(ctx context.Context, p Plan, nodes []Node, prev api.UpgradePlanStatus,
 			ns.PassedGates = true
 		}
 		// Done counts the nodes that run the target and passed its gates once: a node whose
-		// pods are briefly not Ready while another node drains stays counted (its reason
-		// says what it waits for), so the column does not flicker backwards.
+		// pods are briefly not Ready while another node drains, or that answers too slowly,
+		// stays counted (its reason says what it waits for), so the count does not fall.
 		if ns.PassedGates {
 			st.Done++
 		}
@@ -234,6 +239,17 @@ func Pass(ctx context.Context, p Plan, nodes []Node, prev api.UpgradePlanStatus,
 		}
 		var ne *client.NodeError
 		switch {
+		case errors.As(err, &ne) && ne.Code == "stale_staged":
+			// Staged for this target, but the node will never activate it (a rollback
+			// floor raised, its signing key expired since): discard it, so that the next
+			// pass stages it again, and that pull passes or fails the node with its reason.
+			if cerr := fleet.Cancel(ctx, c.name); cerr != nil {
+				ns.Reason = fmt.Sprintf("activation refused (%v); discarding it: %v", err, cerr)
+			} else {
+				ns.Reason, ns.UpgradeID = fmt.Sprintf("discarded upgrade %s, which the node refuses to activate: %v", ns.UpgradeID, err), ""
+			}
+			st.Message = fmt.Sprintf("%s: %s", c.name, ns.Reason)
+			continue
 		case errors.As(err, &ne) && ne.Status != http.StatusConflict && ne.Status != http.StatusPreconditionFailed && ne.Status < 500:
 			// Refused for good (a bad request, a forbidden certificate): the node fails
 			// and the plan halts, as for a failed upgrade.

@@ -22,6 +22,7 @@ type simNode struct {
 	rec      *upgrade.Upgrade
 	left     int // ticks until the upgrade in flight ends
 	unhealty int // ticks until healthy after it ended
+	down     int // ticks its status does not answer (a slow node)
 	fail     bool
 	calls    int
 	cp       bool // runs an etcd member: its status says so
@@ -38,7 +39,7 @@ type simFleet struct {
 
 func (f *simFleet) Status(_ context.Context, name string) (netapi.Status, error) {
 	n := f.nodes[name]
-	if n.rec.OutOfService() && n.left <= f.rebootTicks {
+	if n.rec.OutOfService() && n.left <= f.rebootTicks || n.down > 0 {
 		return netapi.Status{}, errors.New("connection refused")
 	}
 	st := netapi.Status{Version: n.version, ControlPlane: n.cp}
@@ -112,6 +113,9 @@ func (f *simFleet) tick() {
 			}
 		case n.unhealty > 0:
 			n.unhealty--
+		}
+		if n.down > 0 {
+			n.down--
 		}
 	}
 }
@@ -316,8 +320,8 @@ func TestControlPlaneByItsOwnWord(t *testing.T) {
 }
 
 // TestDoneNeverGoesBack: the plan's done count does not fall when nodes that passed their
-// gates are briefly unhealthy again (pods displaced by another node's drain, a slow API
-// answer): each such node is marked unhealthy for a while every few passes.
+// gates are briefly unhealthy again (pods displaced by another node's drain) or do not answer
+// (a slow node): every few passes each such node is one or the other for a while.
 func TestDoneNeverGoesBack(t *testing.T) {
 	f, nodes, _ := newFleet(3, 4)
 	spec := api.UpgradePlanSpec{Image: "r/keel:v2", Concurrency: 1}
@@ -334,8 +338,12 @@ func TestDoneNeverGoesBack(t *testing.T) {
 		last = st.Done
 		if passes%3 == 0 && passes < 60 {
 			for _, n := range f.nodes {
-				if n.rec != nil && n.rec.State == upgrade.Done && n.unhealty == 0 {
-					n.unhealty = 2
+				if n.rec != nil && n.rec.State == upgrade.Done && n.unhealty == 0 && n.down == 0 {
+					if dips%2 == 0 {
+						n.unhealty = 2
+					} else {
+						n.down = 2
+					}
 					dips++
 				}
 			}
@@ -524,6 +532,47 @@ func (r *refusingFleet) Upgrade(ctx context.Context, name string, req netapi.Upg
 		return "", &client.NodeError{Node: name, Status: 412, Code: "precondition_failed", Msg: "restarting cp1 leaves 1 of 3 voters healthy, quorum 2; unhealthy voters: cp2"}
 	}
 	return r.simFleet.Upgrade(ctx, name, req)
+}
+
+// staleFleet refuses the first activation of one node as a node does whose staged upgrade can
+// never be activated (412 stale_staged: its key expired, a floor raised since the staging).
+type staleFleet struct {
+	*simFleet
+	node    string
+	refused bool
+}
+
+func (r *staleFleet) Activate(ctx context.Context, name, id string) (string, error) {
+	if name == r.node && !r.refused {
+		r.refused = true
+		return "", &client.NodeError{Node: name, Status: 412, Code: "stale_staged", Msg: "upgrade: refused: the staged upgrade can no longer be activated: signature check: ... expired at ...: discard it (POST /v1/upgrade/cancel)"}
+	}
+	return r.simFleet.Activate(ctx, name, id)
+}
+
+// TestStaleStagedIsDiscarded: a staged upgrade its node refuses to activate for good is
+// discarded (not retried each pass, not a failure); the node is staged again and the plan
+// finishes with every node upgraded once.
+func TestStaleStagedIsDiscarded(t *testing.T) {
+	sim, nodes, _ := newFleet(0, 3)
+	f := &staleFleet{simFleet: sim, node: "w0001"}
+	spec := api.UpgradePlanSpec{Image: "r/keel:v2", Concurrency: 1, Stage: true}
+	p := Plan{Spec: spec, Generation: 1, Target: Target{Image: spec.Image, Version: "v2"}}
+	var st api.UpgradePlanStatus
+	saw := false
+	for pass := 0; st.Phase != "Done"; pass++ {
+		if pass > 200 || st.Phase == "Halted" {
+			t.Fatalf("pass %d: %s %q", pass, st.Phase, st.Message)
+		}
+		st = Pass(context.Background(), p, nodes, st, f, sim, time.Now())
+		if strings.Contains(st.Message, "discarded upgrade") {
+			saw = true
+		}
+		sim.tick()
+	}
+	if !f.refused || !saw || sim.cancels != 1 || sim.nodes["w0001"].calls != 2 || sim.nodes["w0001"].version != "v2" {
+		t.Fatalf("refused %v, discard seen %v, %d cancels, w0001 staged %d times, on %s", f.refused, saw, sim.cancels, sim.nodes["w0001"].calls, sim.nodes["w0001"].version)
+	}
 }
 
 // TestQuorumRefusalWaits: a control-plane node refused because its cluster cannot spare the

@@ -123,6 +123,8 @@ func UpgradeError(err error) error {
 		return fmt.Errorf("%w: %v", ErrConflict, err)
 	case errors.Is(err, upgrade.ErrInvalid):
 		return fmt.Errorf("%w: %v", ErrBadRequest, err)
+	case errors.Is(err, upgrade.ErrStale):
+		return fmt.Errorf("%w: %v", ErrStaleStaged, err)
 	case errors.Is(err, upgrade.ErrRefused):
 		return fmt.Errorf("%w: %v", ErrPrecondition, err)
 	case errors.Is(err, upgrade.ErrUnexpected):
@@ -136,7 +138,10 @@ var (
 	ErrBadRequest   = errors.New("bad request")         // 400
 	ErrConflict     = errors.New("conflict")            // 409
 	ErrPrecondition = errors.New("precondition failed") // 412
-	ErrNotFound     = errors.New("not found")           // 404
+	// ErrStaleStaged: a 412 (code "stale_staged") for a staged upgrade that can never be
+	// activated (a floor raised, a key expired since): a caller should discard it, not retry.
+	ErrStaleStaged = fmt.Errorf("%w", ErrPrecondition)
+	ErrNotFound    = errors.New("not found") // 404
 )
 
 // Options configure a Server.
@@ -555,6 +560,8 @@ func writeNodeError(w http.ResponseWriter, err error) {
 		WriteError(w, http.StatusConflict, "conflict", err.Error())
 	case errors.Is(err, ErrNotFound):
 		WriteError(w, http.StatusNotFound, "not_found", err.Error())
+	case errors.Is(err, ErrStaleStaged):
+		WriteError(w, http.StatusPreconditionFailed, "stale_staged", err.Error())
 	case errors.Is(err, ErrPrecondition):
 		WriteError(w, http.StatusPreconditionFailed, "precondition_failed", err.Error())
 	default:

@@ -26,6 +26,7 @@ import (
 	"keel/machine"
 	"keel/pki"
 	"keel/supervisor"
+	"keel/upgrade"
 )
 
 type fakeNode struct {
@@ -126,6 +127,9 @@ func (f *fakeNode) CancelUpgrade() error {
 	return fmt.Errorf("%w: no upgrade in flight", ErrConflict)
 }
 func (f *fakeNode) ActivateUpgrade(id string) (UpgradeAccepted, error) {
+	if id == "stale" { // as the executor refuses a staged upgrade it will never activate
+		return UpgradeAccepted{}, UpgradeError(fmt.Errorf("%w: %w: signature check: key k expired", upgrade.ErrRefused, upgrade.ErrStale))
+	}
 	if f.succeed {
 		return UpgradeAccepted{ID: "id1", Status: "activating"}, nil
 	}
@@ -301,6 +305,17 @@ func TestUpgradeEndpoint(t *testing.T) {
 	code, eb, _ = do(t, admin, "POST", e.url+"/v1/upgrade/activate")
 	if code != http.StatusConflict || !strings.Contains(eb.Error.Message, "no staged upgrade") {
 		t.Errorf("activate with nothing staged = %d %+v, want 409", code, eb)
+	}
+	// A staged upgrade the node will never activate: its own code, so that a caller (the
+	// controller) discards it instead of trying again.
+	resp, err := admin.Post(e.url+"/v1/upgrade/activate", "application/json", strings.NewReader(`{"id":"stale"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if json.Unmarshal(b, &eb) != nil || resp.StatusCode != http.StatusPreconditionFailed || eb.Error.Code != "stale_staged" || !strings.Contains(eb.Error.Message, "key k expired") {
+		t.Errorf("activate of a stale staged upgrade = %d %s, want 412 stale_staged", resp.StatusCode, b)
 	}
 	operator := e.client(t, e.ca, "operator")
 	for _, path := range []string{"/v1/upgrade/cancel", "/v1/upgrade/activate"} {

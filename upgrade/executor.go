@@ -48,8 +48,11 @@ type Options struct {
 
 // Errors of the executor's calls.
 var (
-	ErrStopped  = errors.New("upgrade: the executor is stopped")
-	ErrRefused  = errors.New("upgrade: refused")
+	ErrStopped = errors.New("upgrade: the executor is stopped")
+	ErrRefused = errors.New("upgrade: refused")
+	// ErrStale: the staged upgrade can never be activated (its version is below a floor
+	// raised since, its key expired): discard it. Always with ErrRefused.
+	ErrStale    = errors.New("the staged upgrade can no longer be activated")
 	ErrPersist  = errors.New("upgrade: cannot persist the record")
 	ErrShutdown = errors.New("upgrade: the node is shutting down")
 )

@@ -130,7 +130,7 @@ func Step(r Record, ev Event) (Record, []Action, error) {
 			return r, nil, fmt.Errorf("%w: pulled in %s", ErrUnexpected, u.State)
 		}
 		u.Digest, u.ToVersion, u.SlotSHA256, u.SlotSize = bound(e.Digest), bound(e.ToVersion), bound(e.SlotSHA256), e.SlotSize
-		u.SignedBy = "unsigned (allowed by upgrade.allow_unsigned)"
+		u.SignedBy = unsignedBy
 		if e.SignedBy != "" {
 			u.SignedBy, u.SignerKey = bound(e.SignedBy), bound(e.SignerKey)
 		}
@@ -153,11 +153,11 @@ func Step(r Record, ev Event) (Record, []Action, error) {
 		}
 		// The floor may have risen since the staging (a boot with a new min_version).
 		if err := checkVersion(u, n.Floor); err != nil {
-			return r, nil, fmt.Errorf("%w: %v: discard it (POST /v1/upgrade/cancel)", ErrRefused, err)
+			return r, nil, fmt.Errorf("%w: %w: %v: discard it (POST /v1/upgrade/cancel)", ErrRefused, ErrStale, err)
 		}
 		// Its key may have expired since the boot checked it.
 		if err := e.Trust.check(u, e.Now); err != nil {
-			return r, nil, fmt.Errorf("%w: %v: discard it (POST /v1/upgrade/cancel)", ErrRefused, err)
+			return r, nil, fmt.Errorf("%w: %w: %v: discard it (POST /v1/upgrade/cancel)", ErrRefused, ErrStale, err)
 		}
 		u.ActivatedAt = e.Now
 		return outOfService(n, e.Now)

@@ -70,7 +70,12 @@ func stepBoot(n Record, e Booted) (Record, []Action, error) {
 	switch u.State {
 	case Staging:
 		// A cut in the middle of the write, with the node in service: write it again (the
-		// image by digest); MaxBoots bounds the tries.
+		// image by digest); MaxBoots bounds the tries. Not if this boot's config no longer
+		// trusts its signature (it could never be activated).
+		if err := e.Trust.check(u, e.Now); err != nil {
+			setSlot(&n, u.ToSlot, SlotRecord{})
+			return finish(n, Aborted, "discarded: "+err.Error(), e.Now)
+		}
 		return enter(n, Staging, e.Now)
 	case Pulling, Locking, Checking, Cordoning, Draining, Preparing, Leaving, Stopping, Writing, Wiping:
 		was := u.State // finish changes u

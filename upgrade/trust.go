@@ -15,6 +15,9 @@ type Trust struct {
 	AllowUnsigned bool
 }
 
+// unsignedBy is the record's SignedBy for an image that carried no signature.
+const unsignedBy = "unsigned (allowed by upgrade.allow_unsigned)"
+
 // check says why u's image no longer counts as signed under t at now; nil when it does, or
 // when t is nil (a caller that checks no signatures: the simulators).
 func (t *Trust) check(u *Upgrade, now time.Time) error {
@@ -22,6 +25,10 @@ func (t *Trust) check(u *Upgrade, now time.Time) error {
 		return nil
 	}
 	if u.SignerKey == "" {
+		if u.SignedBy != unsignedBy {
+			// Signed, but by a key the record does not name: it cannot be checked again.
+			return fmt.Errorf("signature check: the staged image's signing key (%s) is not recorded", u.SignedBy)
+		}
 		if t.AllowUnsigned {
 			return nil
 		}

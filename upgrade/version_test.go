@@ -2,6 +2,7 @@ package upgrade
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -214,6 +215,9 @@ func TestStagedTrust(t *testing.T) {
 		if signer != "" {
 			signedBy = "release-2026"
 		}
+		if signer == "-" { // a signature the record names no key of
+			signer = ""
+		}
 		r = step(r, Pulled{Digest: "sha256:d", ToVersion: "v1.5.0", SignedBy: signedBy, SignerKey: signer, SlotSHA256: "s", SlotSize: 10, Now: now})
 		r = step(r, Completed{Now: now})
 		if r.Current.State != Staged || r.Current.SignerKey != signer {
@@ -227,6 +231,7 @@ func TestStagedTrust(t *testing.T) {
 		trust        *Trust
 		discarded    string // at the boot; "" stays staged
 	}{
+		{"signed, key not recorded", "-", &Trust{AllowUnsigned: true}, "signing key (release-2026) is not recorded"},
 		{"key still trusted", "k1", &Trust{Keys: map[string]time.Time{"k1": {}}}, ""},
 		{"key expires later", "k1", &Trust{Keys: map[string]time.Time{"k1": later.Add(time.Hour)}}, ""},
 		{"no policy given", "k1", nil, ""},
@@ -235,10 +240,13 @@ func TestStagedTrust(t *testing.T) {
 		{"unsigned, still allowed", "", &Trust{AllowUnsigned: true}, ""},
 		{"unsigned, no longer allowed", "", &Trust{Keys: map[string]time.Time{"k1": {}}}, "unsigned and this boot's config does not allow"},
 	} {
-		r := step(staged(c.signer), Booted{Slot: boot.SlotA, Committed: boot.SlotA, Trust: c.trust, Now: now})
+		r, acts, err := Step(staged(c.signer), Booted{Slot: boot.SlotA, Committed: boot.SlotA, Trust: c.trust, Now: now})
+		if err != nil {
+			t.Fatalf("%s: boot: %v", c.name, err)
+		}
 		if c.discarded != "" {
-			if u := r.Current; u.State != Aborted || !strings.HasPrefix(u.Reason, "discarded: signature check: ") || !strings.Contains(u.Reason, c.discarded) || r.Slots[boot.SlotB].Verified {
-				t.Errorf("%s: %s %q, slot B %+v", c.name, u.State, u.Reason, r.Slots[boot.SlotB])
+			if u := r.Current; u.State != Aborted || !strings.HasPrefix(u.Reason, "discarded: signature check: ") || !strings.Contains(u.Reason, c.discarded) || r.Slots[boot.SlotB].Verified || slices.ContainsFunc(acts, isArm) {
+				t.Errorf("%s: %s %q, slot B %+v, actions %v", c.name, u.State, u.Reason, r.Slots[boot.SlotB], acts)
 			}
 			continue
 		}
@@ -251,11 +259,27 @@ func TestStagedTrust(t *testing.T) {
 			t.Errorf("%s: activation: %v, %s, %v", c.name, err, n.Current.State, acts)
 		}
 	}
+	// A staging cut short by a reboot is written again only if this boot still trusts it.
+	r := step(Record{}, Booted{Slot: boot.SlotA, Committed: boot.SlotA, Now: now})
+	r = step(r, Request{ID: "s", Image: "r/i:v1.5.0", FromVersion: "v1.0.0", Stage: true, Booted: boot.SlotA, Committed: boot.SlotA, Now: now})
+	r = step(r, Pulled{Digest: "sha256:d", ToVersion: "v1.5.0", SignedBy: "release-2026", SignerKey: "k1", SlotSHA256: "s", SlotSize: 10, Now: now})
+	if r.Current.State != Staging {
+		t.Fatalf("staging: %s", r.Current.State)
+	}
+	if n, _, err := Step(r, Booted{Slot: boot.SlotA, Committed: boot.SlotA, Trust: &Trust{Keys: map[string]time.Time{"k2": {}}}, Now: now}); err != nil || n.Current.State != Aborted || !strings.Contains(n.Current.Reason, "discarded: signature check:") {
+		t.Fatalf("staging, key revoked by the boot: %v %s %q", err, n.Current.State, n.Current.Reason)
+	}
+	if n, _, err := Step(r, Booted{Slot: boot.SlotA, Committed: boot.SlotA, Trust: &Trust{Keys: map[string]time.Time{"k1": {}}}, Now: now}); err != nil || n.Current.State != Staging {
+		t.Fatalf("staging, key still trusted: %v %s %q", err, n.Current.State, n.Current.Reason)
+	}
+
 	// A key that expires between the boot and the activation: refused, still staged.
 	tr := &Trust{Keys: map[string]time.Time{"k1": now.Add(time.Minute)}}
-	r := step(staged("k1"), Booted{Slot: boot.SlotA, Committed: boot.SlotA, Trust: tr, Now: now})
+	r = step(staged("k1"), Booted{Slot: boot.SlotA, Committed: boot.SlotA, Trust: tr, Now: now})
 	n, acts, err := Step(r, Activate{ID: "s", Trust: tr, Now: later})
-	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "signature check:") || !strings.Contains(err.Error(), "expired at") || len(acts) != 0 || n.Current.State != Staged {
+	if !errors.Is(err, ErrRefused) || !errors.Is(err, ErrStale) || !strings.Contains(err.Error(), "signature check:") || !strings.Contains(err.Error(), "expired at") || len(acts) != 0 || n.Current.State != Staged {
 		t.Fatalf("activation after the key expired: %v, %v, %s", err, acts, n.Current.State)
 	}
 }
+
+func isArm(a Action) bool { _, ok := a.(ActArm); return ok }

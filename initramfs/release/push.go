@@ -37,24 +37,24 @@ func Push(ctx context.Context, img v1.Image, ref string, o PushOptions) (name.Di
 	}
 	r, err := installer.ParseReference(ref, insecure)
 	if err != nil {
-		return name.Digest{}, err
+		return name.Digest{}, fmt.Errorf("push %s: %w", ref, err)
 	}
 	var roots *x509.CertPool
 	if o.CAFile != "" {
 		b, err := os.ReadFile(o.CAFile)
 		if err != nil {
-			return name.Digest{}, err
+			return name.Digest{}, fmt.Errorf("registry CA: %w", err)
 		}
 		if roots = x509.NewCertPool(); !roots.AppendCertsFromPEM(b) {
-			return name.Digest{}, fmt.Errorf("-registry-ca %s: no PEM certificate in it", o.CAFile)
+			return name.Digest{}, fmt.Errorf("registry CA %s: no PEM certificate in it", o.CAFile)
 		}
 	}
 	if err := remote.Write(r, img, remote.WithTransport(installer.Transport(insecure, roots)), remote.WithContext(ctx)); err != nil {
-		return name.Digest{}, err
+		return name.Digest{}, fmt.Errorf("push %s: %w", ref, err)
 	}
 	d, err := img.Digest()
 	if err != nil {
-		return name.Digest{}, err
+		return name.Digest{}, fmt.Errorf("push %s: %w", ref, err)
 	}
 	byDigest := r.Context().Digest(d.String())
 	if o.Cosign == nil {
