@@ -133,19 +133,46 @@ func Acquire(ctx context.Context, cli *clientv3.Client, id int64, me Holder, wai
 func (l *Lock) mark(ctx context.Context, me Holder) error {
 	me.Lease = l.ID
 	me.Since = time.Now().UTC()
-	if resp, err := l.cli.Get(ctx, l.mutex.Key()); err == nil && len(resp.Kvs) > 0 {
+	gctx, cancel := context.WithTimeout(ctx, markTry)
+	if resp, err := l.cli.Get(gctx, l.mutex.Key()); err == nil && len(resp.Kvs) > 0 {
 		var prev Holder
 		if json.Unmarshal(resp.Kvs[0].Value, &prev) == nil && !prev.Since.IsZero() && prev.Node == me.Node {
 			me.Since = prev.Since
 		}
 	}
+	cancel()
 	b, _ := json.Marshal(me)
-	// The key's create revision (its place in line) is unchanged by a put.
-	if _, err := l.cli.Put(ctx, l.mutex.Key(), string(b), clientv3.WithLease(clientv3.LeaseID(l.ID))); err != nil {
-		return fmt.Errorf("etcd: mark lock holder: %w", err)
+	// The key's create revision (its place in line) is unchanged by a put, and the same put
+	// again changes nothing: it is tried again, each try bounded, while ctx lasts. The
+	// client's connection to a member that froze just now (seen in e2e: a guest stopped
+	// right after this node took the lock) fails a put only when its keep-alive ping times
+	// out, 25 s later; the next try goes to another member. Only the lease gone, or a
+	// refusal, ends it at once.
+	var err error
+	for try := 0; ; try++ {
+		pctx, cancel := context.WithTimeout(ctx, markTry)
+		_, err = l.cli.Put(pctx, l.mutex.Key(), string(b), clientv3.WithLease(clientv3.LeaseID(l.ID)))
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if errors.Is(err, rpctypes.ErrLeaseNotFound) || !askAgain(err) || ctx.Err() != nil || try == markTries-1 {
+			return fmt.Errorf("etcd: mark lock holder (%d tries): %w", try+1, err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("etcd: mark lock holder (%d tries): %w", try+1, err)
+		case <-time.After(200 * time.Millisecond):
+		}
 	}
-	return nil
 }
+
+// markTry bounds one try of the holder's mark, so that a try stuck on a frozen member's
+// connection gives way to the next; markTries bounds them all.
+const (
+	markTry   = 5 * time.Second
+	markTries = 6
+)
 
 // Revoke revokes a lease by id; one that is already gone counts as revoked.
 func Revoke(ctx context.Context, cli *clientv3.Client, id int64) error {
