@@ -558,21 +558,29 @@ func TestStaleStagedIsDiscarded(t *testing.T) {
 	f := &staleFleet{simFleet: sim, node: "w0001"}
 	spec := api.UpgradePlanSpec{Image: "r/keel:v2", Concurrency: 1, Stage: true}
 	p := Plan{Spec: spec, Generation: 1, Target: Target{Image: spec.Image, Version: "v2"}}
+	saw := runUntilDone(t, p, nodes, f, sim, "discarded upgrade")
+	if !f.refused || !saw || sim.cancels != 1 || sim.nodes["w0001"].calls != 2 || sim.nodes["w0001"].version != "v2" {
+		t.Fatalf("refused %v, discard seen %v, %d cancels, w0001 staged %d times, on %s", f.refused, saw, sim.cancels, sim.nodes["w0001"].calls, sim.nodes["w0001"].version)
+	}
+}
+
+// runUntilDone passes the plan over fleet (sim's nodes) until it is done, failing on a halt or
+// after 200 passes; it says whether the plan's message ever contained msg.
+func runUntilDone(t *testing.T, p Plan, nodes []Node, fleet Nodes, sim *simFleet, msg string) bool {
+	t.Helper()
 	var st api.UpgradePlanStatus
 	saw := false
 	for pass := 0; st.Phase != "Done"; pass++ {
 		if pass > 200 || st.Phase == "Halted" {
 			t.Fatalf("pass %d: %s %q", pass, st.Phase, st.Message)
 		}
-		st = Pass(context.Background(), p, nodes, st, f, sim, time.Now())
-		if strings.Contains(st.Message, "discarded upgrade") {
+		st = Pass(context.Background(), p, nodes, st, fleet, sim, time.Now())
+		if strings.Contains(st.Message, msg) {
 			saw = true
 		}
 		sim.tick()
 	}
-	if !f.refused || !saw || sim.cancels != 1 || sim.nodes["w0001"].calls != 2 || sim.nodes["w0001"].version != "v2" {
-		t.Fatalf("refused %v, discard seen %v, %d cancels, w0001 staged %d times, on %s", f.refused, saw, sim.cancels, sim.nodes["w0001"].calls, sim.nodes["w0001"].version)
-	}
+	return saw
 }
 
 // TestQuorumRefusalWaits: a control-plane node refused because its cluster cannot spare the
@@ -581,18 +589,7 @@ func TestQuorumRefusalWaits(t *testing.T) {
 	sim, nodes, _ := newFleet(3, 2)
 	f := &refusingFleet{simFleet: sim, node: "cp1", status: 412, refusals: 5}
 	p := Plan{Spec: api.UpgradePlanSpec{Image: "r/keel:v2", Concurrency: 1}, Generation: 1, Target: Target{Image: "r/keel:v2", Version: "v2"}}
-	var st api.UpgradePlanStatus
-	sawWait := false
-	for pass := 0; st.Phase != "Done"; pass++ {
-		if pass > 200 || st.Phase == "Halted" {
-			t.Fatalf("pass %d: %s %q", pass, st.Phase, st.Message)
-		}
-		st = Pass(context.Background(), p, nodes, st, f, sim, time.Now())
-		if strings.Contains(st.Message, "quorum 2") {
-			sawWait = true
-		}
-		sim.tick()
-	}
+	sawWait := runUntilDone(t, p, nodes, f, sim, "quorum 2")
 	if !sawWait || f.refusals != 0 || sim.nodes["cp1"].calls != 1 {
 		t.Fatalf("saw the wait %v, refusals left %d, cp1 upgraded %d times", sawWait, f.refusals, sim.nodes["cp1"].calls)
 	}

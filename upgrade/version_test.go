@@ -147,14 +147,7 @@ func TestFloor(t *testing.T) {
 // new min_version) puts below it is not activated: refused, still staged, to be discarded.
 func TestActivateBelowFloor(t *testing.T) {
 	now := time.Unix(1000, 0)
-	step := func(r Record, ev Event) Record {
-		t.Helper()
-		n, _, err := Step(r, ev)
-		if err != nil {
-			t.Fatalf("%T: %v", ev, err)
-		}
-		return n
-	}
+	step := func(r Record, ev Event) Record { t.Helper(); return mustStep(t, r, ev) }
 	r := step(Record{}, Booted{Slot: boot.SlotA, Committed: boot.SlotA, Now: now})
 	r = step(r, Request{ID: "s", Image: "r/i:v1.5.0", FromVersion: "v1.0.0", Stage: true, Booted: boot.SlotA, Committed: boot.SlotA, Now: now})
 	r = step(r, Pulled{Digest: "sha256:d", ToVersion: "v1.5.0", SlotSHA256: "s", SlotSize: 10, Now: now})
@@ -200,14 +193,7 @@ func TestInService(t *testing.T) {
 // refuses the activation and keeps it staged; a key still trusted lets it go on.
 func TestStagedTrust(t *testing.T) {
 	now := time.Unix(1000, 0)
-	step := func(r Record, ev Event) Record {
-		t.Helper()
-		n, _, err := Step(r, ev)
-		if err != nil {
-			t.Fatalf("%T: %v", ev, err)
-		}
-		return n
-	}
+	step := func(r Record, ev Event) Record { t.Helper(); return mustStep(t, r, ev) }
 	staged := func(signer string) Record {
 		r := step(Record{}, Booted{Slot: boot.SlotA, Committed: boot.SlotA, Now: now})
 		r = step(r, Request{ID: "s", Image: "r/i:v1.5.0", FromVersion: "v1.0.0", Stage: true, Booted: boot.SlotA, Committed: boot.SlotA, Now: now})
@@ -283,3 +269,13 @@ func TestStagedTrust(t *testing.T) {
 }
 
 func isArm(a Action) bool { _, ok := a.(ActArm); return ok }
+
+// mustStep steps ev, failing the test on an error.
+func mustStep(t *testing.T, r Record, ev Event) Record {
+	t.Helper()
+	n, _, err := Step(r, ev)
+	if err != nil {
+		t.Fatalf("%T: %v", ev, err)
+	}
+	return n
+}
