@@ -20,7 +20,7 @@ KVM      ?= 0
 CACHE    := build/cache
 GO       ?= go
 E2E_PARALLEL ?= 2
-E2E_TIMEOUT  ?= 50m
+E2E_TIMEOUT  ?= 65m
 
 UNIT_PKGS = $(shell $(GO) list ./... | grep -v -e /e2e -e /internal/testenv/ -e 'keel/cluster/kube$$' -e 'keel/cluster/etcd$$' -e 'keel/controller/api/crdtest$$' -e 'keel/controller/controllertest$$')
 INTEGRATION_PKGS = ./cluster/kube ./cluster/etcd ./internal/testenv/registrytest ./controller/api/crdtest ./controller/controllertest
@@ -111,7 +111,9 @@ test-unit: vet
 
 test-e2e: deps k8s-bins
 	@echo "test-e2e: QEMU end-to-end tests (TCG; KVM=1 to opt in), -parallel $(E2E_PARALLEL)"
-	@KVM=$(KVM) $(GO) test -count=1 -v -parallel $(E2E_PARALLEL) -timeout $(E2E_TIMEOUT) ./e2e 2>&1 | tee build/e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|boot_test.go|vmtest|cluster_test.go:[0-9]+: (rolling|prober|cp[0-9]|leadership|refused|cancelled|power cut|single)|upgrade_fail_test.go:[0-9]+: [a-z-]+: first boot' ; exit $${PIPESTATUS[0]}
+	@KVM=$(KVM) $(GO) test -count=1 -v -parallel $(E2E_PARALLEL) -timeout $(E2E_TIMEOUT) ./e2e 2>&1 | tee build/e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|boot_test.go|vmtest|cluster_test.go:[0-9]+: (rolling|prober|cp[0-9]|leadership|refused|cancelled|power cut|single)|upgrade_fail_test.go:[0-9]+: [a-z-]+: first boot' ; \
+	rc=$${PIPESTATUS[0]}; [ $$rc -eq 0 ] || { echo "test-e2e: FAILED (exit $$rc); from build/e2e.log:"; \
+	grep -E '^\s*--- FAIL' build/e2e.log; grep -A20 '^panic: test timed out' build/e2e.log | sed '/^goroutine /,$$d'; }; exit $$rc
 
 # Against a real etcd and kube-apiserver on 127.0.0.1.
 test-integration: deps k8s-bins
@@ -126,8 +128,8 @@ test-fleet: deps k8s-bins
 	@mkdir -p build
 	@KEEL_E2E_FLEET=1 KVM=$(KVM) $(GO) test -count=1 -v -run TestFleet -timeout 90m ./e2e 2>&1 | tee build/fleet.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|fleet_test.go' ; exit $${PIPESTATUS[0]}
 
-# Boot time and slot-write throughput (see e2e/bench_test.go).
-bench: deps
+# Boot time, slot-write throughput, status latency and idle guests' host CPU (see e2e/bench_test.go).
+bench: deps k8s-bins
 	@$(GO) test -run XXX -bench . -benchtime 3x ./e2e | grep -E '^(Benchmark|ok|FAIL)'
 
 # Short fuzzing of the decoders (the seeds always run as part of test-unit).

@@ -167,3 +167,47 @@ func BenchmarkStatusLatency(b *testing.B) {
 		vm.PowerCut()
 	}
 }
+
+// BenchmarkIdleCPU reports what an idle guest costs the host, in percent of one host core
+// (QEMU's CPU time over 30 s, sampled 15 s after the guest settled): a node without
+// Kubernetes (the floor), then a worker of the host's control plane, Ready with no pods of its
+// own, then the same worker running the workers test's agent DaemonSet pod and two web pods.
+// Under TCG these are what make the Kubernetes tests the long pole of make test: two idle
+// workers take most of one of the two cores before anything is upgraded.
+//
+//	go test -run XXX -bench IdleCPU -benchtime 1x ./e2e
+func BenchmarkIdleCPU(b *testing.B) {
+	sample := func(vm *vmtest.VM) float64 {
+		time.Sleep(15 * time.Second)
+		t0, c0 := time.Now(), vm.CPUTime()
+		time.Sleep(30 * time.Second)
+		return 100 * (vm.CPUTime() - c0).Seconds() / time.Since(t0).Seconds()
+	}
+	var plain, kube, pods float64
+	for b.Loop() {
+		vm := vmtest.New(b, image(b, vmtest.ImageOptions{VersionA: "v1.0.0-e2e"}))
+		vm.Start()
+		vm.WaitReady(bootTimeout)
+		plain += sample(vm)
+		vm.PowerCut()
+
+		c := newKubeCluster(b)
+		vm = vmtest.New(b, image(b, c.worker(b, "worker-1", "10.244.1.0/24", "v1.0.0-kw")))
+		vm.Memory = kubeGuestMemory
+		vm.Start()
+		vm.WaitReady(bootTimeout)
+		c.nodeReady(b, "worker-1", 5*time.Minute)
+		kube += sample(vm)
+		c.agentDaemonSet(b)
+		c.webDeployment(b, 9) // the preStop hook's port: no pod is stopped here
+		c.podsRunning(b, "app=agent", 1, 4*time.Minute)
+		c.podsRunning(b, "app=web", 2, 4*time.Minute)
+		pods += sample(vm)
+		vm.PowerCut()
+	}
+	n := float64(b.N)
+	b.ReportMetric(plain/n, "plain-%core")
+	b.ReportMetric(kube/n, "kube-no-pods-%core")
+	b.ReportMetric(pods/n, "kube-3-pods-%core")
+	b.ReportMetric(pods/plain, "kube-3-pods/plain-ratio")
+}

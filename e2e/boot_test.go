@@ -28,7 +28,7 @@ const (
 	downTimeout = 60 * time.Second
 )
 
-func image(t *testing.T, o vmtest.ImageOptions) *vmtest.Image {
+func image(t testing.TB, o vmtest.ImageOptions) *vmtest.Image {
 	t.Helper()
 	img, err := vmtest.BuildImage(context.Background(), o)
 	if err != nil {

@@ -31,7 +31,9 @@ import (
 // drives the two real workers, with their real pods, under an UpgradePlan. A target whose
 // kubelet never registers halts the plan at the first worker with that node's reason, the node
 // rolled back, Ready and uncordoned, the other never asked; the spec edited to a good image,
-// staged, resumes it: both workers are staged while they serve, then activated one at a time.
+// staged and with preserve=false, resumes it: both workers are staged while they serve, then
+// activated one at a time, each coming back with a wiped EPHEMERAL (its kubelet registers
+// again and pulls its images anew).
 // The caller checks the web Deployment never dropped below one ready replica.
 func (c *kubeCluster) controllerRollout(t *testing.T, vms [2]*vmtest.VM) {
 	t.Helper()
@@ -71,7 +73,7 @@ func (c *kubeCluster) controllerRollout(t *testing.T, vms [2]*vmtest.VM) {
 	}
 	t.Logf("plan halted %.0f s after it was created: %s", time.Since(tBad).Seconds(), st.Message)
 	w1 := vms[0].WaitUpgrade(vms[0].Status().Upgrade.ID, 5*time.Minute)
-	if w1.Upgrade.State != upgrade.RolledBack || w1.Version != "v3.0.0-kw" {
+	if w1.Upgrade.State != upgrade.RolledBack || w1.Version != "v2.0.0-kw" {
 		t.Errorf("worker-1 after the halt: %s on %s", w1.Upgrade.State, w1.Version)
 	}
 	c.readyAfterBoot(t, vms[0], "worker-1", "", 5*time.Minute)
@@ -88,7 +90,7 @@ func (c *kubeCluster) controllerRollout(t *testing.T, vms [2]*vmtest.VM) {
 		if err := cl.Get(ctx, client.ObjectKey{Name: "workers"}, &p); err != nil {
 			return err
 		}
-		p.Spec.Image, p.Spec.Stage, p.Spec.StageConcurrency = good, true, 2
+		p.Spec.Image, p.Spec.Stage, p.Spec.StageConcurrency, p.Spec.Preserve = good, true, 2, ptr(false)
 		return cl.Update(ctx, &p)
 	})
 	if err != nil {
@@ -104,8 +106,13 @@ func (c *kubeCluster) controllerRollout(t *testing.T, vms [2]*vmtest.VM) {
 			t.Errorf("worker-%d: %s, record %+v", i+1, s.Version, u)
 			continue
 		}
+		if u.Preserve {
+			t.Errorf("worker-%d: the record says preserve=true, the plan said false", i+1)
+		}
 		t.Logf("worker-%d: staged in %.1f s while serving; activation → done %.1f s", i+1, u.ActivatedAt.Sub(u.RequestedAt).Seconds(), u.FinishedAt.Sub(u.ActivatedAt).Seconds())
 		c.uncordoned(t, fmt.Sprintf("worker-%d", i+1), time.Minute)
+		// EPHEMERAL was wiped: the image store is empty, the agent's image pulled again.
+		c.pulledAfter(t, fmt.Sprintf("worker-%d", i+1), u.ActivatedAt, "Successfully pulled")
 	}
 	// The plan's story as Events (the nodes' regard the Node, the plan related).
 	var evs eventsv1.EventList

@@ -27,7 +27,7 @@ type kubeCluster struct {
 	busybox string
 }
 
-func newKubeCluster(t *testing.T) *kubeCluster {
+func newKubeCluster(t testing.TB) *kubeCluster {
 	api := kubetest.Start(t, kubetest.Options{ControlPlane: true})
 	reg := vmtest.NewRegistry(t)
 	kubetest.PushPause(t, reg.Addr+"/pause:test")
@@ -38,7 +38,7 @@ func newKubeCluster(t *testing.T) *kubeCluster {
 
 // worker is a Kubernetes worker node's image options: its kubelet registers as name with its
 // own node certificate; keel drains with the admin kubeconfig.
-func (c *kubeCluster) worker(t *testing.T, name, podCIDR, version string) vmtest.ImageOptions {
+func (c *kubeCluster) worker(t testing.TB, name, podCIDR, version string) vmtest.ImageOptions {
 	nodeKC, err := c.api.NodeKubeconfig("10.0.2.2", name)
 	if err != nil {
 		t.Fatal(err)
@@ -53,7 +53,7 @@ func (c *kubeCluster) worker(t *testing.T, name, podCIDR, version string) vmtest
 }
 
 // nodeReady waits until the Node reports Ready and returns when it was seen so.
-func (c *kubeCluster) nodeReady(t *testing.T, name string, timeout time.Duration) time.Time {
+func (c *kubeCluster) nodeReady(t testing.TB, name string, timeout time.Duration) time.Time {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
@@ -73,7 +73,7 @@ func (c *kubeCluster) nodeReady(t *testing.T, name string, timeout time.Duration
 }
 
 // podsRunning waits for want Running pods matching selector.
-func (c *kubeCluster) podsRunning(t *testing.T, selector string, want int, timeout time.Duration) {
+func (c *kubeCluster) podsRunning(t testing.TB, selector string, want int, timeout time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {

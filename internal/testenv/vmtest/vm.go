@@ -316,6 +316,33 @@ func (vm *VM) CtrlAltDel() {
 // PowerCut kills QEMU outright: the disk keeps exactly what the guest had written.
 func (vm *VM) PowerCut() { vm.t.Helper(); vm.kill() }
 
+// CPUTime is the host CPU time (user + system) the running QEMU has used so far: what the
+// guest costs the machine, whatever it runs (TCG emulates every guest instruction on host
+// threads).
+func (vm *VM) CPUTime() time.Duration {
+	vm.t.Helper()
+	vm.mu.Lock()
+	cmd := vm.cmd
+	vm.mu.Unlock()
+	if cmd == nil {
+		vm.t.Fatal("vmtest: CPUTime of a VM that is not running")
+	}
+	// nice (see Nice) execs QEMU: the PID is QEMU's either way.
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", cmd.Process.Pid))
+	if err != nil {
+		vm.t.Fatalf("vmtest: %v", err)
+	}
+	// Fields after the command name's closing parenthesis: utime and stime are the 12th and
+	// 13th (proc(5)'s fields 14 and 15), in clock ticks of 1/100 s on Linux.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		vm.t.Fatalf("vmtest: /proc/%d/stat: %q", cmd.Process.Pid, b)
+	}
+	return time.Duration(utime+stime) * 10 * time.Millisecond
+}
+
 func (vm *VM) kill() {
 	vm.mu.Lock()
 	cmd, exited := vm.cmd, vm.exited
