@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 )
 
 // RepoRoot finds the keel module root above the working directory.
@@ -137,4 +138,25 @@ func reserve(p int) bool {
 	l.Close()
 	held[p] = f
 	return true
+}
+
+// CPUTime is the CPU time (user + system) process pid has used so far, from /proc/PID/stat
+// (fields 14 and 15, counted after the command name, which may hold spaces and parentheses;
+// 100 clock ticks a second on Linux).
+func CPUTime(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	f := strings.Fields(string(b[i+1:]))
+	if i < 0 || len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: %q", pid, b)
+	}
+	ut, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: %q", pid, b)
+	}
+	return time.Duration(ut+st) * 10 * time.Millisecond, nil
 }

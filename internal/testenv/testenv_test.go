@@ -2,8 +2,10 @@ package testenv
 
 import (
 	"net"
+	"os"
 	"strconv"
 	"testing"
+	"time"
 )
 
 // TestFreePort: ports come from below the ephemeral range, are not handed out twice, and can
@@ -25,5 +27,24 @@ func TestFreePort(t *testing.T) {
 			t.Fatal(err)
 		}
 		l.Close()
+	}
+}
+
+func TestCPUTime(t *testing.T) {
+	before, err := CPUTime(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Burn at least 50 ms of CPU (several clock ticks) in this process.
+	x := 0
+	for t0 := time.Now(); time.Since(t0) < 50*time.Millisecond; {
+		x++
+	}
+	after, err := CPUTime(os.Getpid())
+	if err != nil || after-before < 20*time.Millisecond {
+		t.Fatalf("CPU time %v → %v (%v) after a busy loop of 50 ms (%d rounds)", before, after, err, x)
+	}
+	if _, err := CPUTime(1 << 30); err == nil {
+		t.Error("a PID that does not exist: no error")
 	}
 }

@@ -121,13 +121,10 @@ func (p *Proc) Leads() bool {
 // Stats are the replica's CPU time (user + system) and peak RSS (bytes).
 func (p *Proc) Stats() (time.Duration, int64) {
 	pid := p.Cmd.Process.Pid
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	cpu, err := testenv.CPUTime(pid)
 	if err != nil {
 		return 0, 0
 	}
-	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
 	var hwm int64
 	if s, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid)); err == nil {
 		for _, l := range strings.Split(string(s), "\n") {
@@ -137,7 +134,7 @@ func (p *Proc) Stats() (time.Duration, int64) {
 			}
 		}
 	}
-	return time.Duration(ut+st) * 10 * time.Millisecond, hwm // 100 clock ticks per second on Linux
+	return cpu, hwm
 }
 
 // syncBuffer is the replica's log (stdout and stderr).

@@ -328,19 +328,11 @@ func (vm *VM) CPUTime() time.Duration {
 		vm.t.Fatal("vmtest: CPUTime of a VM that is not running")
 	}
 	// nice (see Nice) execs QEMU: the PID is QEMU's either way.
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", cmd.Process.Pid))
+	d, err := testenv.CPUTime(cmd.Process.Pid)
 	if err != nil {
 		vm.t.Fatalf("vmtest: %v", err)
 	}
-	// Fields after the command name's closing parenthesis: utime and stime are the 12th and
-	// 13th (proc(5)'s fields 14 and 15), in clock ticks of 1/100 s on Linux.
-	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
-	utime, err1 := strconv.ParseInt(f[11], 10, 64)
-	stime, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		vm.t.Fatalf("vmtest: /proc/%d/stat: %q", cmd.Process.Pid, b)
-	}
-	return time.Duration(utime+stime) * 10 * time.Millisecond
+	return d
 }
 
 func (vm *VM) kill() {
